@@ -1,0 +1,510 @@
+"""Assemble the unit of deployment: one versioned, checksummed (optionally signed) bundle.
+
+Run: `expert bundle --llm DIR --embedder DIR --index DIR --name plant --version 1.0.0 --out dist/`
+     `expert bundle --generate-key keys/bundle-signing.key` (ed25519 key pair for --sign-key)
+Tests: `.venv/bin/pytest tests/build/test_bundle_build.py tests/appliance/test_bundle_verify.py`
+
+The bundle is written to a hidden folder beside its destination, verified with the same
+reader the device uses (appliance.bundle.load_bundle), then renamed into place, so a crash
+never leaves a half-written bundle under the final name. A bundle of the same name and
+version is never overwritten: bundles are immutable once written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import datetime as dt
+import json
+import os
+import platform
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from appliance.bundle import (
+    FORMAT_VERSION,
+    MANIFEST_NAME,
+    SIGNATURE_ALGORITHM,
+    SIGNATURE_NAME,
+    file_entries,
+    load_bundle,
+    public_key_id,
+)
+from appliance.errors import UserFacingError
+
+# Recorded in the manifest when installed, so a bundle says what built it.
+RECORDED_PACKAGES = (
+    "industry-expert",
+    "onnxruntime",
+    "onnxruntime-genai",
+    "tokenizers",
+    "hnswlib",
+    "numpy",
+    "flask",
+    "waitress",
+    "torch",
+    "transformers",
+    "peft",
+    "optimum",
+    "optimum-onnx",
+    "onnx",
+    "sentence-transformers",
+    "gguf",
+)
+# Manifest keys the builder owns; `extra` may add others or refine e.g. `chunking`.
+RESERVED_KEYS = frozenset({"format_version", "name", "bundle_version", "created", "files"})
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+@dataclass(frozen=True)
+class BundleSpec:
+    """What goes into a bundle. Validated once, naming the bad field."""
+
+    name: str
+    version: str
+    llm_dir: Path
+    embedder_dir: Path
+    index_dir: Path
+    adapters_dir: Path | None = None
+    quality_gate: dict[str, Any] | None = None
+    accept_quality_loss: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for fname in ("name", "version"):
+            value = getattr(self, fname)
+            if not isinstance(value, str) or not _NAME_RE.match(value):
+                raise UserFacingError(
+                    f"bundle {fname} {value!r} is invalid: use letters, digits, '.', '_' or '-' "
+                    "(at most 64, starting with a letter or digit), e.g. --name plant --version 1.0.0"
+                )
+        parts = [("llm_dir", "--llm"), ("embedder_dir", "--embedder"), ("index_dir", "--index")]
+        if self.adapters_dir is not None:
+            parts.append(("adapters_dir", "--adapters"))
+        for fname, flag in parts:
+            path = Path(getattr(self, fname))
+            if not path.is_dir():
+                raise UserFacingError(f"{fname} ({flag}) {path}: not a folder")
+            if not any(p.is_file() for p in path.rglob("*")):
+                raise UserFacingError(f"{fname} ({flag}) {path}: the folder has no files")
+        if self.quality_gate is not None:
+            if not isinstance(self.quality_gate, dict):
+                raise UserFacingError("quality_gate must be a JSON object (the gate's results)")
+            if self.quality_gate.get("passed") is False and not self.accept_quality_loss:
+                failed = self.quality_gate.get("failed") or self.quality_gate.get("reasons") or ""
+                raise UserFacingError(
+                    "the quality gate failed"
+                    + (f" ({failed})" if failed else "")
+                    + ": the quantized model lost too much against full precision. Export with "
+                    "a better int4 algorithm, or pass --accept-quality-loss to bundle it anyway"
+                )
+        bad = RESERVED_KEYS & set(self.extra)
+        if bad:
+            raise UserFacingError(f"extra: keys {sorted(bad)} are set by the builder; remove them")
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserFacingError(f"{path}: not valid JSON ({exc}); fix or re-create it") from None
+    if not isinstance(data, dict):
+        raise UserFacingError(f"{path}: expected a JSON object")
+    return data
+
+
+def _package_versions() -> dict[str, str]:
+    versions = {}
+    for name in RECORDED_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def _first(mapping: dict[str, Any], *keys: str) -> Any:
+    for key in keys:
+        if mapping.get(key) not in (None, ""):
+            return mapping[key]
+    return None
+
+
+def _base_model(export: dict[str, Any]) -> dict[str, Any] | None:
+    """Who the LLM descends from, from export.json's `source` (written by `expert export`)."""
+    if isinstance(export.get("base_model"), str | dict):
+        base = export["base_model"]
+        return base if isinstance(base, dict) else {"id": base}
+    src = export.get("source") or {}
+    if not src:
+        return None
+    imported = (src.get("import") or {}).get("source") or {}
+    path = imported.get("path") or src.get("path")
+    return {
+        "id": src.get("name_or_path")
+        or imported.get("name")
+        or (Path(path).name if path else None),
+        "architecture": src.get("architecture"),
+        "model_type": src.get("model_type"),
+        "config_sha256": src.get("config_sha256"),
+        "source_kind": imported.get("kind"),
+        "source_sha256": imported.get("sha256"),
+    }
+
+
+def _index_files(index_dir: Path) -> tuple[dict[str, Any], list[str] | None]:
+    """The current version's manifest of a retrieval index, and the paths to ship.
+
+    A versioned index (appliance.retrieval.versions) keeps older versions beside the current
+    one; only `CURRENT` and the current version go into the bundle, after their checksums are
+    verified. Any other folder is shipped whole (None).
+    """
+    from appliance.retrieval import versions
+
+    if not versions.is_index(index_dir):
+        return {}, None
+    current = versions.read_pointer(index_dir)
+    info = versions.verify_version(versions.version_dir(index_dir, current))
+    return info, [versions.POINTER, f"{versions.VERSIONS}/{current}"]
+
+
+def _check_embedder_matches_index(embedder: dict[str, Any], index: dict[str, Any]) -> None:
+    built_with = index.get("embedder") or {}
+    for key in ("model_id", "dim"):
+        a, b = embedder.get(key), built_with.get(key)
+        if a is not None and b is not None and a != b:
+            raise UserFacingError(
+                f"the index was built with embedder {key}={b!r} but --embedder has {a!r}: "
+                "queries would be embedded differently from the chunks. Re-ingest with this "
+                "embedder (expert ingest --rebuild) or pass the embedder the index was built with"
+            )
+
+
+def build_manifest(
+    spec: BundleSpec, files: dict[str, dict[str, Any]], index: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The manifest of design.md from the spec, the parts' own metadata files and the hashes.
+
+    `index`: the index's current-version manifest (read from spec.index_dir when None).
+    """
+    export = _read_json(spec.llm_dir / "export.json")
+    embedder = _read_json(spec.embedder_dir / "embedder.json")
+    if index is None:
+        index, _ = _index_files(spec.index_dir)
+    adapters = _read_json(spec.adapters_dir / "adapters.json") if spec.adapters_dir else {}
+    gate = None
+    if spec.quality_gate is not None:
+        gate = dict(spec.quality_gate)
+        if gate.get("passed") is False:
+            gate["accepted_quality_loss"] = True
+    manifest: dict[str, Any] = {
+        "format_version": FORMAT_VERSION,
+        "name": spec.name,
+        "bundle_version": spec.version,
+        "created": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "base_model": _base_model(export),
+        "adapters": {"merged": export.get("adapter"), "runtime": adapters or None},
+        "export": {k: v for k, v in export.items() if k != "files"} or None,
+        "quality_gate": gate,
+        "embedder": (
+            {"id": _first(embedder, "model_id", "model", "id"), **embedder} if embedder else None
+        ),
+        "chunking": index.get("chunking"),
+        "index": {k: v for k, v in index.items() if k not in ("files", "previous")} or None,
+        "packages": _package_versions(),
+        "built_with": {"python": platform.python_version(), "machine": platform.machine()},
+    }
+    manifest.update(spec.extra)
+    manifest["files"] = files
+    return manifest
+
+
+def _copy_tree(src: Path, dest: Path, progress, only: list[str] | None = None) -> None:
+    def copy(s: str, d: str) -> str:
+        out = shutil.copy2(s, d)
+        progress.update(os.path.getsize(s))
+        return out
+
+    # symlinks=False: links are replaced by the files they point to; a bundle is self-contained.
+    try:
+        if only is None:
+            shutil.copytree(src, dest, symlinks=False, copy_function=copy)
+            return
+        dest.mkdir(parents=True)
+        for rel in only:
+            if (src / rel).is_dir():
+                shutil.copytree(src / rel, dest / rel, symlinks=False, copy_function=copy)
+            else:
+                (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+                copy(str(src / rel), str(dest / rel))
+    except shutil.Error as exc:
+        first = exc.args[0][0] if exc.args and exc.args[0] else ("?", "?", str(exc))
+        raise UserFacingError(
+            f"{first[0]}: cannot copy into the bundle ({first[2]}); fix or remove it"
+        ) from None
+    except OSError as exc:
+        raise UserFacingError(f"{exc.filename or src}: cannot copy ({exc.strerror})") from None
+
+
+def _tree_size(path: Path, only: list[str] | None = None) -> int:
+    roots = [path] if only is None else [path / rel for rel in only]
+    return sum(
+        p.stat().st_size
+        for root in roots
+        for p in ([root] if root.is_file() else root.rglob("*"))
+        if p.is_file()
+    )
+
+
+def _load_private_key(path: Path):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise UserFacingError(f"{path}: cannot read the signing key ({exc.strerror})") from None
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError):
+        raise UserFacingError(
+            f"{path}: not an unencrypted PEM private key; make one with "
+            "`expert bundle --generate-key FILE`"
+        ) from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise UserFacingError(f"{path}: not an ed25519 key; make one with `--generate-key`")
+    return key
+
+
+def sign_bundle(bundle_dir: Path, signing_key: Path) -> Path:
+    """Write `manifest.sig`: an ed25519 signature over the exact bytes of manifest.json."""
+    from cryptography.hazmat.primitives import serialization
+
+    key = _load_private_key(signing_key)
+    raw_pub = key.public_key().public_bytes(
+        serialization.Encoding.Raw, serialization.PublicFormat.Raw
+    )
+    signature = key.sign((Path(bundle_dir) / MANIFEST_NAME).read_bytes())
+    sig_path = Path(bundle_dir) / SIGNATURE_NAME
+    sig_path.write_text(
+        json.dumps(
+            {
+                "algorithm": SIGNATURE_ALGORITHM,
+                "key_id": public_key_id(raw_pub),
+                "signature": base64.b64encode(signature).decode("ascii"),
+            },
+            indent=2,
+        )
+        + "\n",
+        encoding="utf-8",
+    )
+    return sig_path
+
+
+def public_key_path(private_key: Path) -> Path:
+    """Where generate_signing_key puts the public half: `x.key` -> `x.pub`."""
+    return Path(private_key).with_suffix(".pub")
+
+
+def generate_signing_key(path: Path) -> tuple[Path, Path]:
+    """Write a new ed25519 private key (PEM, mode 0600) and its public key (`.pub`).
+
+    The private key stays on the build machine; copy the .pub to the device
+    (install.sh --public-key) so it can require signed bundles.
+    """
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    path = Path(path)
+    pub = public_key_path(path)
+    if path.suffix == ".pub":
+        raise UserFacingError(f"{path}: give the private key's name (e.g. signing.key), not .pub")
+    for p in (path, pub):
+        if p.exists():
+            raise UserFacingError(f"{p}: exists; refusing to overwrite a key, choose another path")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = Ed25519PrivateKey.generate()
+    private_pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(private_pem)
+    os.chmod(path, 0o600)
+    pub.write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    return path, pub
+
+
+def build_bundle(
+    out_root: Path,
+    *,
+    name: str,
+    version: str,
+    llm_dir: Path,
+    embedder_dir: Path,
+    index_dir: Path,
+    adapters_dir: Path | None = None,
+    quality_gate: dict | None = None,
+    extra: dict | None = None,
+    signing_key: Path | None = None,
+    accept_quality_loss: bool = False,
+) -> Path:
+    """Write `out_root/bundle-<name>-<version>/` and return it. See the module docstring."""
+    from tqdm import tqdm
+
+    spec = BundleSpec(
+        name=name,
+        version=version,
+        llm_dir=Path(llm_dir),
+        embedder_dir=Path(embedder_dir),
+        index_dir=Path(index_dir),
+        adapters_dir=Path(adapters_dir) if adapters_dir is not None else None,
+        quality_gate=quality_gate,
+        accept_quality_loss=accept_quality_loss,
+        extra=dict(extra or {}),
+    )
+    if signing_key is not None:
+        _load_private_key(Path(signing_key))  # fail before copying gigabytes
+    out_root = Path(out_root)
+    final = out_root / f"bundle-{name}-{version}"
+    if final.exists() or final.is_symlink():
+        raise UserFacingError(
+            f"{final}: exists; bundles are immutable: pass a new --version or remove the old one"
+        )
+    out_root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=out_root))
+    try:
+        parts = [("llm", spec.llm_dir), ("embedder", spec.embedder_dir), ("index", spec.index_dir)]
+        if spec.adapters_dir is not None:
+            parts.append(("adapters", spec.adapters_dir))
+        index_info, index_only = _index_files(spec.index_dir)
+        _check_embedder_matches_index(_read_json(spec.embedder_dir / "embedder.json"), index_info)
+        only = {"index": index_only}
+        total = sum(_tree_size(src, only.get(part)) for part, src in parts)
+        with tqdm(total=total, unit="B", unit_scale=True, desc=f"bundle {final.name}") as bar:
+            for part, src in parts:
+                _copy_tree(src, tmp / part, bar, only.get(part))
+        manifest = build_manifest(spec, file_entries(tmp), index_info)
+        (tmp / MANIFEST_NAME).write_text(
+            json.dumps(manifest, indent=2, sort_keys=False) + "\n", encoding="utf-8"
+        )
+        if signing_key is None:
+            # The device's own check, before the bundle gets its final name.
+            load_bundle(tmp)
+        else:
+            sign_bundle(tmp, Path(signing_key))
+            with tempfile.TemporaryDirectory(dir=out_root, prefix=".verify-") as keydir:
+                public_key = Path(keydir) / "signing.pub"
+                _write_public_key(Path(signing_key), public_key)
+                load_bundle(tmp, require_signature=True, public_key=public_key)
+        for dirpath, _dirs, filenames in os.walk(tmp):
+            for fname in filenames:
+                os.chmod(os.path.join(dirpath, fname), 0o444)
+        os.chmod(tmp, 0o755)
+        if final.exists():
+            raise UserFacingError(f"{final}: appeared while building; not overwriting it")
+        os.rename(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def _write_public_key(private_key: Path, dest: Path) -> None:
+    from cryptography.hazmat.primitives import serialization
+
+    key = _load_private_key(private_key)
+    dest.write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# CLI: `expert bundle`
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--llm", type=Path, help="onnxruntime-genai model folder (expert export)")
+    parser.add_argument(
+        "--embedder", type=Path, help="ONNX embedder folder (expert export-embedder)"
+    )
+    parser.add_argument("--index", type=Path, help="retrieval index folder (expert ingest)")
+    parser.add_argument("--adapters", type=Path, help="optional runtime LoRA adapters folder")
+    parser.add_argument("--name", help="bundle name, e.g. plant")
+    parser.add_argument("--version", help="bundle version, e.g. 1.0.0")
+    parser.add_argument("--out", type=Path, help="folder to write bundle-<name>-<version>/ into")
+    parser.add_argument("--quality-gate", type=Path, metavar="FILE.json", help="gate results")
+    parser.add_argument(
+        "--accept-quality-loss",
+        action="store_true",
+        help="bundle even though the quality gate failed (recorded in the manifest)",
+    )
+    parser.add_argument("--sign-key", type=Path, metavar="FILE", help="ed25519 private key (PEM)")
+    parser.add_argument(
+        "--extra", type=Path, metavar="FILE.json", help="extra manifest fields (JSON object)"
+    )
+    parser.add_argument(
+        "--generate-key",
+        type=Path,
+        metavar="FILE",
+        help="only write a new ed25519 signing key FILE (0600) and FILE's .pub, then exit",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.generate_key is not None:
+        private, public = generate_signing_key(args.generate_key)
+        print(f"private key: {private} (keep it on the build machine)")
+        print(f"public key:  {public} (copy it to the device: install.sh --public-key {public})")
+        return 0
+    required = {"--llm": args.llm, "--embedder": args.embedder, "--index": args.index}
+    required |= {"--name": args.name, "--version": args.version, "--out": args.out}
+    missing = [flag for flag, value in required.items() if value is None]
+    if missing:
+        raise UserFacingError(f"missing {', '.join(missing)}; see `expert bundle --help`")
+    gate = None
+    if args.quality_gate is not None:
+        if not args.quality_gate.is_file():
+            raise UserFacingError(f"--quality-gate {args.quality_gate}: no such file")
+        gate = _read_json(args.quality_gate)
+    extra = None
+    if args.extra is not None:
+        if not args.extra.is_file():
+            raise UserFacingError(f"--extra {args.extra}: no such file")
+        extra = _read_json(args.extra)
+    path = build_bundle(
+        args.out,
+        name=args.name,
+        version=args.version,
+        llm_dir=args.llm,
+        embedder_dir=args.embedder,
+        index_dir=args.index,
+        adapters_dir=args.adapters,
+        quality_gate=gate,
+        extra=extra,
+        signing_key=args.sign_key,
+        accept_quality_loss=args.accept_quality_loss,
+    )
+    manifest = json.loads((path / MANIFEST_NAME).read_text(encoding="utf-8"))
+    size = sum(f["size"] for f in manifest["files"].values())
+    print(
+        f"wrote {path} ({len(manifest['files'])} files, {size / 1e6:.1f} MB"
+        + (", signed" if args.sign_key else "")
+        + ")"
+    )
+    return 0
