@@ -81,7 +81,10 @@ def tiny_phi3_hf() -> Path:
     def make(tmp: Path) -> None:
         make_tiny_phi3(tmp / "model")
 
-    return cached_dir("tiny-phi3-hf", ("tests/tiny_models.py", "build/import_model.py"), make) / "model"
+    return (
+        cached_dir("tiny-phi3-hf", ("tests/tiny_models.py", "build/import_model.py"), make)
+        / "model"
+    )
 
 
 @pytest.fixture(scope="session")
@@ -103,3 +106,32 @@ def embedder_onnx() -> Path:
         export_embedder(tmp / "embedder")
 
     return cached_dir("embedder-onnx", ("build/export_embedder.py",), make) / "embedder"
+
+
+PLANT_INDEX_CODE = (
+    "appliance/documents/loaders.py",
+    "appliance/documents/chunking.py",
+    "appliance/retrieval/ingest.py",
+    "appliance/retrieval/store.py",
+    "appliance/retrieval/keywords.py",
+    "appliance/retrieval/vectors.py",
+    "appliance/retrieval/versions.py",
+    "build/export_embedder.py",
+)
+
+
+@pytest.fixture(scope="session")
+def plant_index(plant_dir: Path, embedder_onnx: Path) -> Path:
+    """The example plant's documents ingested once (read-only: tests copy it before writing)."""
+    from appliance.embedding import OnnxEmbedder
+    from appliance.retrieval import ingest_folder
+
+    docs = plant_dir / "docs"
+    sources = PLANT_INDEX_CODE + tuple(
+        str(p.relative_to(REPO)) for p in sorted(docs.rglob("*")) if p.is_file()
+    )
+
+    def make(tmp: Path) -> None:
+        ingest_folder(docs, tmp / "index", OnnxEmbedder(embedder_onnx), progress=False)
+
+    return cached_dir("plant-index", sources, make) / "index"

@@ -12,36 +12,13 @@ from pathlib import Path
 import pytest
 
 from appliance.embedding import OnnxEmbedder
-from appliance.retrieval import Retriever, ingest_folder
+from appliance.retrieval import Retriever
 from appliance.retrieval.evaluation import evaluate_retrieval, format_report, load_questions
-
-CODE_FILES = (
-    "appliance/documents/loaders.py",
-    "appliance/documents/chunking.py",
-    "appliance/retrieval/ingest.py",
-    "appliance/retrieval/store.py",
-    "appliance/retrieval/keywords.py",
-    "build/export_embedder.py",
-)
 
 
 @pytest.fixture(scope="module")
-def plant_retriever(plant_dir: Path, embedder_onnx: Path):
-    from tests.conftest import REPO, cached_dir
-
-    docs = plant_dir / "docs"
-    if not (plant_dir / "qa" / "eval.jsonl").is_file() or not docs.is_dir():
-        pytest.skip("examples/plant is not there yet")
-    sources = CODE_FILES + tuple(
-        str(p.relative_to(REPO)) for p in sorted(docs.rglob("*")) if p.is_file()
-    )
-    embedder = OnnxEmbedder(embedder_onnx)
-
-    def make(tmp: Path) -> None:
-        ingest_folder(docs, tmp / "index", embedder, progress=False)
-
-    index = cached_dir("plant-index", sources, make) / "index"
-    r = Retriever.open(index, embedder)
+def plant_retriever(plant_index: Path, embedder_onnx: Path):
+    r = Retriever.open(plant_index, OnnxEmbedder(embedder_onnx))
     yield r
     r.close()
 
