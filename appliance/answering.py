@@ -1,0 +1,567 @@
+"""One grounded answer: retrieve -> abstain or fit the prompt -> generate -> cite.
+
+The service and the evaluation code both answer questions through this module, so what is
+measured offline is exactly what the terminals get. The work is split in two steps so that
+the service can refuse a request (context overflow -> HTTP 400) before any streaming starts:
+
+    prepared = prepare(question, history, generator=..., retriever=..., params=..., k=5)
+    stream = AnswerStream(prepared, generator)     # iterate text deltas, then stream.result
+    answer(...)                                    # both steps, returns the whole Answer
+
+Abstention: when the best passage's dense (cosine) score is under `abstain_threshold`, the
+documents are taken not to cover the question; the generator is not called and the answer
+is the plain NOT_IN_DOCUMENTS sentence, flagged `abstained=True`. An answer in which the
+model itself says that sentence is flagged too. DEFAULT_ABSTAIN_THRESHOLD says how the
+threshold was chosen.
+
+Test: .venv/bin/pytest tests/appliance/test_answering.py
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+from appliance.errors import UserFacingError
+from appliance.generation.base import GenerationParams, Generator
+from appliance.prompting import (
+    DEFAULT_SYSTEM_PROMPT,
+    NOT_IN_DOCUMENTS,
+    PLAIN_SYSTEM_PROMPT,
+    PromptPassage,
+    build_messages,
+)
+
+# Calibrated on examples/plant (all-MiniLM-L6-v2, default chunking, hybrid top 5) with
+# `calibrate_abstain_threshold`: the best passage's dense score of each of the 62 questions of
+# qa/eval.jsonl (47 answerable: 0.42-0.81; 15 unanswerable: 0.37-0.68, several of them
+# near-misses such as a pump or an alarm code that does not exist), and the highest threshold
+# that still answers >= 95% of the answerable ones: 0.456, rounded to 0.46. It answers
+# 45/47 answerable questions and refuses 7/15 unanswerable ones; the near-misses are left to
+# the model, which the prompt tells to say NOT_IN_DOCUMENTS. Reproduce (and see the numbers)
+# with `.venv/bin/pytest -m slow -s tests/appliance/test_answering_calibration.py`. A bundle
+# may carry its own calibrated value in its manifest (`retrieval.abstain_threshold`), which
+# then wins over this default; an operator's --abstain-threshold wins over both.
+DEFAULT_ABSTAIN_THRESHOLD = 0.46
+
+_MARKER = re.compile(r"\[(\d{1,3}(?:\s*,\s*\d{1,3})*)\]")
+_WORD = re.compile(r"[a-z0-9][a-z0-9.\-/]*", re.I)
+_STOPWORDS = frozenset(
+    "the a an and or of to in on for with is are was were be by at as it this that from "
+    "according documents document passage passages".split()
+)
+
+
+class PassageLike(Protocol):
+    """What a retriever returns (appliance.retrieval.Passage)."""
+
+    chunk_id: Any
+    doc_id: Any
+    path: str
+    title: str
+    section: str
+    page: int | None
+    text: str
+    score: float
+    dense_score: float | None
+
+    def to_prompt(self) -> PromptPassage: ...
+
+
+class RetrieverLike(Protocol):
+    def search(
+        self, query: str, k: int = 5, filters: Mapping | None = None, mode: str = "hybrid"
+    ) -> Sequence[PassageLike]: ...
+
+
+class ContextOverflowError(UserFacingError):
+    """The prompt and max_tokens do not fit the model's context even after trimming."""
+
+    def __init__(self, prompt_tokens: int, max_new_tokens: int, context_length: int) -> None:
+        self.prompt_tokens = prompt_tokens
+        self.max_new_tokens = max_new_tokens
+        self.context_length = context_length
+        super().__init__(
+            f"the prompt needs {prompt_tokens} tokens and max_tokens asks for {max_new_tokens}, "
+            f"but the model's context holds {context_length}; shorten the question or the last "
+            "message, or lower max_tokens"
+        )
+
+
+@dataclass(frozen=True)
+class AnswerPolicy:
+    """How answers are grounded; one per service, validated at load."""
+
+    abstain_threshold: float | None = DEFAULT_ABSTAIN_THRESHOLD  # None: never abstain on score
+    abstain_message: str = NOT_IN_DOCUMENTS
+    system_prompt: str | None = None  # None: appliance.prompting's default
+    min_passages: int = 1  # passages kept when the budget forces dropping some
+    cite_fallback: bool = True  # add [n] markers by word overlap when the model gives none
+
+    def __post_init__(self) -> None:
+        t = self.abstain_threshold
+        if t is not None and not (isinstance(t, int | float) and math.isfinite(t) and -1 <= t <= 1):
+            raise ValueError(
+                f"abstain_threshold must be a cosine score in [-1, 1] or None, got {t!r}"
+            )
+        if not self.abstain_message.strip():
+            raise ValueError("abstain_message must not be empty")
+        if self.min_passages < 1:
+            raise ValueError(f"min_passages must be >= 1, got {self.min_passages}")
+
+
+@dataclass
+class Source:
+    """A passage shown to the model as [n]: what the answer's `sources` list holds."""
+
+    n: int
+    chunk_id: Any
+    doc_id: Any
+    document: str
+    title: str
+    section: str
+    page: int | None
+    score: float
+    dense_score: float | None
+    keyword_score: float | None
+    text: str
+    metadata: dict = field(default_factory=dict)
+    cited: bool = False
+
+    @classmethod
+    def from_passage(cls, n: int, p: PassageLike) -> Source:
+        return cls(
+            n=n,
+            chunk_id=p.chunk_id,
+            doc_id=p.doc_id,
+            document=str(getattr(p, "path", "") or ""),
+            title=str(getattr(p, "title", "") or ""),
+            section=str(getattr(p, "section", "") or ""),
+            page=getattr(p, "page", None),
+            score=_float(getattr(p, "score", 0.0)),
+            dense_score=_float_or_none(getattr(p, "dense_score", None)),
+            keyword_score=_float_or_none(getattr(p, "keyword_score", None)),
+            text=str(p.text),
+            metadata=dict(getattr(p, "metadata", None) or {}),
+        )
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Answer:
+    text: str
+    sources: list[Source]
+    abstained: bool
+    abstain_reason: str | None  # "low_score" | "no_passages" | "model" | None
+    finish_reason: str  # "stop" | "length"
+    prompt_tokens: int
+    completion_tokens: int
+    best_score: float | None
+    retrieval_s: float
+    first_token_s: float | None  # from generation start to the first delta
+    generation_s: float
+    timed_out: bool = False
+    dropped_history: int = 0
+    dropped_passages: int = 0
+
+    @property
+    def cited(self) -> list[int]:
+        return [s.n for s in self.sources if s.cited]
+
+
+@dataclass
+class PreparedAnswer:
+    """Everything decided before generation: passages, abstention, the fitted prompt."""
+
+    question: str
+    prompt: str
+    prompt_tokens: int
+    params: GenerationParams
+    sources: list[Source]
+    abstained: bool
+    abstain_reason: str | None
+    best_score: float | None
+    retrieval_s: float
+    policy: AnswerPolicy
+    dropped_history: int = 0
+    dropped_passages: int = 0
+
+
+def _float(x) -> float:
+    return float(x) if x is not None else 0.0
+
+
+def _float_or_none(x) -> float | None:
+    return None if x is None else float(x)
+
+
+def best_dense_score(passages: Sequence[PassageLike]) -> float | None:
+    scores = [p.dense_score for p in passages if getattr(p, "dense_score", None) is not None]
+    return max(scores) if scores else None
+
+
+def prepare(
+    question: str,
+    history: Sequence[dict] = (),
+    *,
+    generator: Generator,
+    retriever: RetrieverLike | None,
+    params: GenerationParams,
+    k: int = 5,
+    filters: Mapping | None = None,
+    use_retrieval: bool = True,
+    policy: AnswerPolicy | None = None,
+    system_prompt: str | None = None,
+) -> PreparedAnswer:
+    """Retrieve, decide on abstention, and fit system + passages + history + max_new_tokens
+    into the context (oldest whole turns of history first, then the lowest-ranked passages). Raises
+    ContextOverflowError when even that does not fit."""
+    policy = policy or AnswerPolicy()
+    if not question or not question.strip():
+        raise UserFacingError("the question is empty; ask something")
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    passages: list[PassageLike] | None = None
+    retrieval_s = 0.0
+    best = None
+    abstain_reason = None
+    if use_retrieval:
+        if retriever is None:
+            raise UserFacingError("retrieval was asked for but no document index is loaded")
+        t0 = time.perf_counter()
+        passages = list(retriever.search(question, k=k, filters=filters))
+        retrieval_s = time.perf_counter() - t0
+        best = best_dense_score(passages)
+        if not passages:
+            abstain_reason = "no_passages"
+        elif policy.abstain_threshold is not None and (
+            best is None or best < policy.abstain_threshold
+        ):
+            abstain_reason = "low_score"
+
+    # A client's system message is added after the appliance's own rules, never instead.
+    system = policy.system_prompt
+    if system_prompt:
+        base = system or (DEFAULT_SYSTEM_PROMPT if passages is not None else PLAIN_SYSTEM_PROMPT)
+        system = f"{base}\n\n{system_prompt}"
+
+    budget = generator.context_length - params.max_new_tokens
+    if abstain_reason is not None:
+        # The same request must not be a 400 or a 200 depending on what retrieval found:
+        # the question alone (with the system prompt) has to fit in any case.
+        bare = generator.count_tokens(
+            generator.chat_prompt(build_messages(question, [], (), system))
+        )
+        if bare > budget:
+            raise ContextOverflowError(bare, params.max_new_tokens, generator.context_length)
+        return PreparedAnswer(
+            question=question,
+            prompt="",
+            prompt_tokens=0,
+            params=params,
+            sources=[],
+            abstained=True,
+            abstain_reason=abstain_reason,
+            best_score=best,
+            retrieval_s=retrieval_s,
+            policy=policy,
+        )
+
+    history = list(history)
+    dropped_history = dropped_passages = 0
+
+    def render(turns: Sequence[dict]) -> tuple[str, int]:
+        shown = None if passages is None else [p.to_prompt() for p in passages]
+        prompt = generator.chat_prompt(build_messages(question, shown, turns, system))
+        return prompt, generator.count_tokens(prompt)
+
+    prompt, n_tokens = render(history)
+    if n_tokens > budget and history:
+        # Keep the longest tail of whole turns (starting at a user message) that fits; the
+        # token count falls as the cut moves right, so a binary search finds it.
+        cuts = [i for i, m in enumerate(history) if i > 0 and m.get("role") == "user"]
+        cuts.append(len(history))
+        lo, hi = 0, len(cuts) - 1
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if render(history[cuts[mid] :])[1] <= budget:
+                hi = mid
+            else:
+                lo = mid + 1
+        dropped_history = cuts[lo]
+        history = history[cuts[lo] :]
+        prompt, n_tokens = render(history)
+    while n_tokens > budget and passages is not None and len(passages) > policy.min_passages:
+        passages.pop()
+        dropped_passages += 1
+        prompt, n_tokens = render(history)
+    if n_tokens > budget:
+        raise ContextOverflowError(n_tokens, params.max_new_tokens, generator.context_length)
+
+    sources = [Source.from_passage(i, p) for i, p in enumerate(passages or [], start=1)]
+    return PreparedAnswer(
+        question=question,
+        prompt=prompt,
+        prompt_tokens=n_tokens,
+        params=params,
+        sources=sources,
+        abstained=False,
+        abstain_reason=None,
+        best_score=best,
+        retrieval_s=retrieval_s,
+        policy=policy,
+        dropped_history=dropped_history,
+        dropped_passages=dropped_passages,
+    )
+
+
+def cited_numbers(text: str, n_sources: int) -> list[int]:
+    """Valid [n] / [n, m] markers in text, in order of first appearance."""
+    seen: list[int] = []
+    for group in _MARKER.findall(text):
+        for part in group.split(","):
+            n = int(part)
+            if 1 <= n <= n_sources and n not in seen:
+                seen.append(n)
+    return seen
+
+
+def _content_words(text: str) -> set[str]:
+    return {w.lower().rstrip(".") for w in _WORD.findall(text)} - _STOPWORDS
+
+
+def attribute_citations(
+    text: str, sources: Sequence[Source], min_overlap: float = 0.3
+) -> list[int]:
+    """Passages an answer without markers most likely came from, by word overlap.
+
+    Returns the best passage and any within 80% of it, or nothing when no passage shares at
+    least `min_overlap` of the answer's content words (then no marker is invented).
+    """
+    words = _content_words(text)
+    if not words or not sources:
+        return []
+    overlaps = [(len(words & _content_words(s.text)) / len(words), s.n) for s in sources]
+    best = max(o for o, _ in overlaps)
+    if best < min_overlap:
+        return []
+    return sorted(n for o, n in overlaps if o >= 0.8 * best)
+
+
+def is_model_abstention(text: str, message: str = NOT_IN_DOCUMENTS) -> bool:
+    norm = " ".join(text.lower().split())
+    return " ".join(message.lower().split()).rstrip(".") in norm
+
+
+class AnswerStream:
+    """Iterate text deltas of a prepared answer; `result` holds the Answer afterwards.
+
+    `deadline` (a time.monotonic() value) stops generation when passed (finish_reason
+    "length", `timed_out`). `close()` cancels generation and frees the generator's resources.
+    """
+
+    def __init__(
+        self, prepared: PreparedAnswer, generator: Generator, *, deadline: float | None = None
+    ) -> None:
+        self.prepared = prepared
+        self.generator = generator
+        self.deadline = deadline
+        self.result: Answer | None = None
+        self._gen = self._run()
+
+    def __iter__(self) -> AnswerStream:
+        return self
+
+    def __next__(self) -> str:
+        return next(self._gen)
+
+    def close(self) -> None:
+        self._gen.close()
+
+    def _run(self) -> Iterator[str]:
+        p = self.prepared
+        if p.abstained:
+            text = p.policy.abstain_message
+            yield text
+            self.result = Answer(
+                text=text,
+                sources=[],
+                abstained=True,
+                abstain_reason=p.abstain_reason,
+                finish_reason="stop",
+                prompt_tokens=0,
+                completion_tokens=0,
+                best_score=p.best_score,
+                retrieval_s=p.retrieval_s,
+                first_token_s=None,
+                generation_s=0.0,
+            )
+            return
+        t0 = time.perf_counter()
+        first = None
+        parts: list[str] = []
+        timed_out = False
+        stream = self.generator.generate(p.prompt, p.params)
+        try:
+            for delta in stream:
+                if first is None:
+                    first = time.perf_counter() - t0
+                parts.append(delta)
+                yield delta
+                if self.deadline is not None and time.monotonic() > self.deadline:
+                    timed_out = True
+                    break
+        finally:
+            close = getattr(stream, "close", None)
+            if close is not None:
+                close()
+        text = "".join(parts)
+        sources = [Source(**asdict(s)) for s in p.sources]
+        abstained = is_model_abstention(text, NOT_IN_DOCUMENTS) or is_model_abstention(
+            text, p.policy.abstain_message
+        )
+        cited = [] if abstained else cited_numbers(text, len(sources))
+        if not cited and not abstained and p.policy.cite_fallback and sources:
+            cited = attribute_citations(text, sources)
+            if cited:
+                suffix = " " + "".join(f"[{n}]" for n in cited)
+                parts.append(suffix)
+                text += suffix
+                yield suffix
+        for s in sources:
+            s.cited = s.n in cited
+        completion = getattr(stream, "completion_tokens", None)
+        if completion is None:
+            completion = self.generator.count_tokens("".join(parts)) if parts else 0
+        finish = "length" if timed_out else (getattr(stream, "finish_reason", None) or "stop")
+        self.result = Answer(
+            text=text,
+            sources=sources,
+            abstained=abstained,
+            abstain_reason="model" if abstained else None,
+            finish_reason=finish,
+            prompt_tokens=p.prompt_tokens,
+            completion_tokens=int(completion),
+            best_score=p.best_score,
+            retrieval_s=p.retrieval_s,
+            first_token_s=first,
+            generation_s=time.perf_counter() - t0,
+            timed_out=timed_out,
+            dropped_history=p.dropped_history,
+            dropped_passages=p.dropped_passages,
+        )
+
+
+def answer_stream(
+    question: str,
+    history: Sequence[dict] = (),
+    *,
+    generator: Generator,
+    retriever: RetrieverLike | None,
+    params: GenerationParams,
+    k: int = 5,
+    filters: Mapping | None = None,
+    use_retrieval: bool = True,
+    policy: AnswerPolicy | None = None,
+    system_prompt: str | None = None,
+    deadline: float | None = None,
+) -> AnswerStream:
+    """Prepare (may raise ContextOverflowError) and return the stream of the answer."""
+    prepared = prepare(
+        question,
+        history,
+        generator=generator,
+        retriever=retriever,
+        params=params,
+        k=k,
+        filters=filters,
+        use_retrieval=use_retrieval,
+        policy=policy,
+        system_prompt=system_prompt,
+    )
+    return AnswerStream(prepared, generator, deadline=deadline)
+
+
+def answer(
+    question: str,
+    history: Sequence[dict] = (),
+    *,
+    generator: Generator,
+    retriever: RetrieverLike | None,
+    params: GenerationParams,
+    k: int = 5,
+    filters: Mapping | None = None,
+    use_retrieval: bool = True,
+    policy: AnswerPolicy | None = None,
+    system_prompt: str | None = None,
+    deadline: float | None = None,
+) -> Answer:
+    """Answer one question completely (what the evaluation code calls)."""
+    stream = answer_stream(
+        question,
+        history,
+        generator=generator,
+        retriever=retriever,
+        params=params,
+        k=k,
+        filters=filters,
+        use_retrieval=use_retrieval,
+        policy=policy,
+        system_prompt=system_prompt,
+        deadline=deadline,
+    )
+    for _ in stream:
+        pass
+    assert stream.result is not None
+    return stream.result
+
+
+@dataclass(frozen=True)
+class Calibration:
+    threshold: float
+    answerable_recall: float  # answerable questions that are answered (score >= threshold)
+    unanswerable_recall: float  # unanswerable questions that are refused (score < threshold)
+
+    @property
+    def balanced_accuracy(self) -> float:
+        return (self.answerable_recall + self.unanswerable_recall) / 2
+
+
+def calibrate_abstain_threshold(
+    answerable: Sequence[float], unanswerable: Sequence[float], min_answerable_recall: float = 0.95
+) -> Calibration:
+    """The threshold on the best passage's dense score, from labelled questions.
+
+    A wrong refusal of a question the documents do answer costs more on the shop floor than
+    passing a near-miss question to the model (which is itself told to say NOT_IN_DOCUMENTS),
+    so the rule is: the highest threshold that still answers at least `min_answerable_recall`
+    of the answerable questions. Candidates are midpoints between consecutive distinct scores.
+    """
+    if not answerable or not unanswerable:
+        raise ValueError("calibration needs scores of both answerable and unanswerable questions")
+    if not 0 < min_answerable_recall <= 1:
+        raise ValueError(f"min_answerable_recall must be in (0, 1], got {min_answerable_recall}")
+    values = sorted(set(answerable) | set(unanswerable))
+    candidates = [values[0] - 1e-6] + [
+        (a + b) / 2 for a, b in zip(values, values[1:], strict=False)
+    ]
+
+    def measure(t: float) -> Calibration:
+        return Calibration(
+            threshold=t,
+            answerable_recall=sum(s >= t for s in answerable) / len(answerable),
+            unanswerable_recall=sum(s < t for s in unanswerable) / len(unanswerable),
+        )
+
+    best = measure(candidates[0])
+    for t in candidates[1:]:
+        m = measure(t)
+        if m.answerable_recall + 1e-12 >= min_answerable_recall:
+            best = m
+    return best

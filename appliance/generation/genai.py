@@ -1,0 +1,330 @@
+"""The device's text generator: an int4 ONNX model run by onnxruntime-genai.
+
+One `og.Model` is loaded per bundle and shared by every request; each request gets its own
+`og.Generator` (its own KV cache), created when iteration starts and dropped as soon as the
+caller stops iterating, so a client that disconnects frees its memory at once.
+
+The chat template is the Hugging Face one that was exported with the model (chat_template.jinja
+or tokenizer_config.json), rendered with a sandboxed Jinja2 environment configured as
+transformers configures it, so the device formats prompts exactly as training did.
+
+Test: .venv/bin/pytest tests/appliance/test_generation_genai.py
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Iterator, Sequence
+from datetime import datetime
+from pathlib import Path
+
+from appliance.errors import BundleError
+from appliance.generation.base import GenerationParams
+
+log = logging.getLogger(__name__)
+
+ADAPTER_SUFFIX = ".onnx_adapter"
+
+
+class StopScanner:
+    """Cuts streamed text at the first stop string without ever emitting part of one.
+
+    Text that could be the start of a stop string is held back until the next delta shows
+    whether it is; `finish()` releases what is held when generation ends normally.
+    """
+
+    def __init__(self, stop: Sequence[str]) -> None:
+        self.stop = tuple(s for s in stop if s)
+        self.text = ""
+        self.sent = 0
+        self.stopped = False
+
+    def feed(self, delta: str) -> str:
+        if self.stopped:
+            return ""
+        self.text += delta
+        if not self.stop:
+            out, self.sent = self.text[self.sent :], len(self.text)
+            return out
+        start = max(0, self.sent - max(len(s) for s in self.stop))
+        hits = [i for i in (self.text.find(s, start) for s in self.stop) if i >= 0]
+        if hits:
+            cut = min(hits)
+            out = self.text[self.sent : cut]
+            self.sent = cut
+            self.stopped = True
+            return out
+        hold = 0
+        for s in self.stop:
+            for n in range(min(len(s) - 1, len(self.text)), hold, -1):
+                if self.text.endswith(s[:n]):
+                    hold = n
+                    break
+        end = max(self.sent, len(self.text) - hold)
+        out, self.sent = self.text[self.sent : end], end
+        return out
+
+    def finish(self) -> str:
+        if self.stopped:
+            return ""
+        out, self.sent = self.text[self.sent :], len(self.text)
+        return out
+
+
+class GenerationStream:
+    """An iterator of text deltas that also reports how generation ended.
+
+    After iteration: `finish_reason` is "stop" (end-of-sequence token or a stop string) or
+    "length" (max_new_tokens or the context was reached); `completion_tokens` counts the
+    tokens generated. `close()` cancels and frees the generation.
+    """
+
+    def __init__(self, prompt_tokens: int = 0) -> None:
+        self.prompt_tokens = prompt_tokens
+        self.completion_tokens = 0
+        self.finish_reason: str | None = None
+        self._inner: Iterator[str] = iter(())
+
+    def __iter__(self) -> GenerationStream:
+        return self
+
+    def __next__(self) -> str:
+        return next(self._inner)
+
+    def close(self) -> None:
+        close = getattr(self._inner, "close", None)
+        if close is not None:
+            close()
+
+
+def load_chat_template(llm_dir: Path) -> tuple[str | None, dict]:
+    """The HF chat template exported with the model, and the special tokens it may use."""
+    special: dict = {}
+    template: str | None = None
+    cfg_path = llm_dir / "tokenizer_config.json"
+    if cfg_path.is_file():
+        try:
+            cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+        except ValueError as exc:
+            raise BundleError(
+                f"{cfg_path.name} in the model folder is not valid JSON: {exc}"
+            ) from None
+        for key in ("bos_token", "eos_token", "unk_token", "pad_token"):
+            value = cfg.get(key)
+            if isinstance(value, dict):
+                value = value.get("content")
+            if isinstance(value, str):
+                special[key] = value
+        raw = cfg.get("chat_template")
+        if isinstance(raw, list):  # named templates: use "default"
+            named = {t.get("name"): t.get("template") for t in raw if isinstance(t, dict)}
+            raw = named.get("default") or next(iter(named.values()), None)
+        if isinstance(raw, str):
+            template = raw
+    jinja_file = llm_dir / "chat_template.jinja"
+    if jinja_file.is_file():
+        template = jinja_file.read_text(encoding="utf-8")
+    elif template is None and (llm_dir / "chat_template.json").is_file():
+        try:
+            template = json.loads((llm_dir / "chat_template.json").read_text("utf-8"))[
+                "chat_template"
+            ]
+        except (ValueError, KeyError) as exc:
+            raise BundleError(
+                f"chat_template.json in the model folder is unreadable: {exc}"
+            ) from None
+    return template, special
+
+
+def compile_chat_template(template: str):
+    """A Jinja2 template configured as transformers renders chat templates."""
+    from jinja2 import TemplateError
+    from jinja2.ext import loopcontrols
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message: str):
+        raise TemplateError(message)
+
+    def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
+        return json.dumps(
+            x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys
+        )
+
+    env = ImmutableSandboxedEnvironment(
+        trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols]
+    )
+    env.filters["tojson"] = tojson
+    env.globals["raise_exception"] = raise_exception
+    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
+    return env.from_string(template)
+
+
+class GenaiGenerator:
+    """`Generator` backed by onnxruntime-genai, for the `llm/` folder of a bundle."""
+
+    def __init__(
+        self,
+        llm_dir: Path,
+        *,
+        adapters_dir: Path | None = None,
+        threads: int | None = None,
+        model_id: str | None = None,
+    ) -> None:
+        import onnxruntime_genai as og
+
+        self.llm_dir = Path(llm_dir)
+        config_path = self.llm_dir / "genai_config.json"
+        if not config_path.is_file():
+            raise BundleError(
+                f"model folder {self.llm_dir.name!r} has no genai_config.json; export the model "
+                "with `expert export` and rebuild the bundle"
+            )
+        if threads is not None and threads < 1:
+            raise ValueError(f"threads must be >= 1 or None, got {threads}")
+        try:
+            genai_config = json.loads(config_path.read_text(encoding="utf-8"))
+            self.context_length = int(genai_config["model"]["context_length"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise BundleError(
+                f"genai_config.json has no usable model.context_length: {exc}"
+            ) from None
+        try:
+            config = og.Config(str(self.llm_dir))
+            if threads:
+                options = {"intra_op_num_threads": threads, "inter_op_num_threads": 1}
+                config.overlay(json.dumps({"model": {"decoder": {"session_options": options}}}))
+            self._model = og.Model(config)
+            self._tokenizer = og.Tokenizer(self._model)
+        except Exception as exc:  # onnxruntime-genai raises plain RuntimeError/OgaError
+            raise BundleError(
+                f"onnxruntime-genai cannot load the model in {self.llm_dir.name!r}: {exc}; "
+                "re-export it with `expert export`"
+            ) from exc
+        self.model_id = model_id or self.llm_dir.resolve().parent.name or "model"
+        template, self._special = load_chat_template(self.llm_dir)
+        self._template = compile_chat_template(template) if template else None
+        self._adapters: og.Adapters | None = None
+        self._adapter_names: tuple[str, ...] = ()
+        if adapters_dir is not None and Path(adapters_dir).is_dir():
+            self._load_adapters(og, Path(adapters_dir))
+        self._lock = threading.Lock()
+        self.active = 0
+
+    def _load_adapters(self, og, adapters_dir: Path) -> None:
+        files = sorted(adapters_dir.glob(f"*{ADAPTER_SUFFIX}"))
+        if not files:
+            return
+        self._adapters = og.Adapters(self._model)
+        names = []
+        for path in files:
+            name = path.name[: -len(ADAPTER_SUFFIX)]
+            try:
+                self._adapters.load(str(path), name)
+            except Exception as exc:
+                raise BundleError(
+                    f"adapter {path.name!r} does not fit this model: {exc}; rebuild the bundle "
+                    "with adapters exported from the same base model"
+                ) from exc
+            names.append(name)
+        self._adapter_names = tuple(names)
+
+    @property
+    def adapters(self) -> Sequence[str]:
+        return self._adapter_names
+
+    def chat_prompt(self, messages: Sequence[dict]) -> str:
+        """Render with the model's template; ValueError if the template refuses the messages."""
+        messages = [{"role": m["role"], "content": m["content"]} for m in messages]
+        if self._template is None:
+            return self._tokenizer.apply_chat_template(
+                json.dumps(messages), add_generation_prompt=True
+            )
+        from jinja2 import TemplateError
+
+        try:
+            try:
+                return self._render(messages)
+            except TemplateError:
+                # Some templates refuse a system role: fold it into the first user turn.
+                if not messages or messages[0]["role"] != "system" or len(messages) < 2:
+                    raise
+                system, first, *rest = messages
+                merged = {
+                    "role": first["role"],
+                    "content": f"{system['content']}\n\n{first['content']}",
+                }
+                return self._render([merged, *rest])
+        except TemplateError as exc:
+            # e.g. a template that insists on strictly alternating user/assistant turns
+            raise ValueError(f"the model's chat template refuses these messages: {exc}") from None
+
+    def _render(self, messages: list[dict]) -> str:
+        return self._template.render(messages=messages, add_generation_prompt=True, **self._special)
+
+    def encode(self, text: str):
+        return self._tokenizer.encode(text)
+
+    def count_tokens(self, text: str) -> int:
+        return int(len(self._tokenizer.encode(text)))
+
+    def generate(self, prompt: str, params: GenerationParams) -> GenerationStream:
+        """Stream the completion of `prompt`. Raises ValueError before any work if the prompt
+        and max_new_tokens do not fit the context or the adapter is unknown."""
+        if params.adapter and params.adapter not in self._adapter_names:
+            raise ValueError(
+                f"unknown adapter {params.adapter!r}; this bundle has {list(self._adapter_names)}"
+            )
+        ids = self._tokenizer.encode(prompt)
+        if len(ids) + params.max_new_tokens > self.context_length:
+            raise ValueError(
+                f"prompt ({len(ids)} tokens) + max_new_tokens ({params.max_new_tokens}) exceeds "
+                f"the model context ({self.context_length} tokens)"
+            )
+        stream = GenerationStream(prompt_tokens=int(len(ids)))
+        stream._inner = self._run(ids, params, stream)
+        return stream
+
+    def _run(self, ids, params: GenerationParams, stream: GenerationStream) -> Iterator[str]:
+        import onnxruntime_genai as og
+
+        options: dict = {"max_length": int(len(ids) + params.max_new_tokens)}
+        if params.temperature > 0:
+            options.update(
+                do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=0
+            )
+        else:
+            options["do_sample"] = False
+        if params.seed is not None:
+            options["random_seed"] = int(params.seed)
+        gen_params = og.GeneratorParams(self._model)
+        gen_params.set_search_options(**options)
+        generator = og.Generator(self._model, gen_params)
+        with self._lock:
+            self.active += 1
+        try:
+            if params.adapter:
+                generator.set_active_adapter(self._adapters, params.adapter)
+            generator.append_tokens(ids)
+            decoder = self._tokenizer.create_stream()
+            scanner = StopScanner(params.stop)
+            while not generator.is_done():
+                generator.generate_next_token()
+                token = int(generator.get_next_tokens()[0])
+                stream.completion_tokens += 1
+                out = scanner.feed(decoder.decode(token))
+                if out:
+                    yield out
+                if scanner.stopped:
+                    stream.finish_reason = "stop"
+                    return
+            tail = scanner.finish()
+            if tail:
+                yield tail
+            hit_length = stream.completion_tokens >= params.max_new_tokens
+            stream.finish_reason = "length" if hit_length else "stop"
+        finally:
+            del generator  # frees the KV cache now, not at the next garbage collection
+            with self._lock:
+                self.active -= 1

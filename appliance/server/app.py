@@ -1,0 +1,236 @@
+"""The Flask app factory: blueprints, authentication, limits and error mapping in one place.
+
+`create_app(config)` loads the configured bundle; tests and the evaluation code pass their
+own components (`generator=`, `retriever=`, `embedder=`) instead. Every error leaves as an
+OpenAI-style JSON body with no file path and no traceback; the log gets the details, with
+control characters escaped so a client cannot forge log lines.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from flask import Flask, Response, g, jsonify, request
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+
+from appliance.errors import UserFacingError
+from appliance.generation.base import Generator
+from appliance.server.auth import KeyStore
+from appliance.server.config import ServeConfig, is_loopback
+from appliance.server.runtime import Runtime, Service, answer_policy, load_runtime
+from appliance.server.validation import ApiError
+
+log = logging.getLogger("appliance.server")
+
+EXTENSION = "expert"
+# Routes answered without an API key: liveness/readiness probes and the UI's static shell
+# (it holds no data; every API call it makes carries the key the operator types in).
+PUBLIC_ENDPOINTS = frozenset({"ops.healthz", "ops.readyz", "ui.index", "ui.asset"})
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def escape_for_log(value: object, limit: int = 2000) -> str:
+    """One log line per event: control characters become visible escapes (\\n, \\x1b)."""
+    text = str(value)
+    if len(text) > limit:
+        text = text[:limit] + "..."
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+
+
+class EscapingFilter(logging.Filter):
+    """Escapes the formatted message of every record of the server's logger."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a bad format string must not lose the record
+            message = f"{record.msg!r} {record.args!r}"
+        record.msg, record.args = escape_for_log(message, limit=8000), None
+        return True
+
+
+if not any(isinstance(f, EscapingFilter) for f in log.filters):
+    log.addFilter(EscapingFilter())
+
+
+def service() -> Service:
+    from flask import current_app
+
+    return current_app.extensions[EXTENSION]
+
+
+def error_response(err: ApiError) -> Response:
+    resp = jsonify(err.body())
+    resp.status_code = err.status
+    for k, v in err.headers.items():
+        resp.headers[k] = v
+    return resp
+
+
+def check_bind_security(config: ServeConfig, keys: KeyStore) -> None:
+    if not is_loopback(config.host) and not keys.enabled:
+        raise UserFacingError(
+            f"refusing to listen on {config.host} without API keys: anyone on the network "
+            "could use the service. Add a key with `expert serve --add-key NAME` (keys file "
+            f"{config.keys_path}), or bind 127.0.0.1"
+        )
+
+
+def create_app(
+    config: ServeConfig,
+    *,
+    generator: Generator | None = None,
+    retriever: object | None = None,
+    embedder: object | None = None,
+    loader: Callable[[ServeConfig], Runtime] | None = None,
+) -> Flask:
+    """The service as a WSGI app. Without `generator`, the configured bundle is loaded (and
+    SIGHUP reloads it); with one, those components are served and `loader`, if given,
+    is what a reload calls."""
+    keys = KeyStore.load(config.keys_path)
+    check_bind_security(config, keys)
+    if generator is None:
+        loader = loader or load_runtime
+        runtime = loader(config)
+    else:
+        runtime = Runtime(
+            generator=generator,
+            retriever=retriever,
+            embedder=embedder if embedder is not None else getattr(retriever, "embedder", None),
+            name=generator.model_id,
+            policy=answer_policy(config, None),
+        )
+    svc = Service(config, runtime, loader, keys)
+
+    app = Flask(__name__, static_folder=None)
+    app.debug = config.debug
+    app.config.update(
+        MAX_CONTENT_LENGTH=config.max_body_bytes,
+        PROPAGATE_EXCEPTIONS=False,
+        TRAP_HTTP_EXCEPTIONS=False,
+        JSON_SORT_KEYS=False,
+    )
+    app.json.sort_keys = False
+    app.json.ensure_ascii = False
+    app.extensions[EXTENSION] = svc
+
+    from appliance.server.api import bp as api_bp
+    from appliance.server.ops import bp as ops_bp
+    from appliance.server.ui import bp as ui_bp
+
+    app.register_blueprint(api_bp)
+    app.register_blueprint(ops_bp)
+    app.register_blueprint(ui_bp)
+
+    @app.before_request
+    def _start() -> None:
+        g.t_start = time.perf_counter()
+        g.streaming = False
+        g.key_name = None
+        if request.endpoint in PUBLIC_ENDPOINTS:
+            return
+        keys = svc.keys
+        if not keys.enabled:
+            return
+        header = request.headers.get("Authorization", "")
+        presented = header[7:].strip() if header[:7].lower() == "bearer " else None
+        presented = presented or request.headers.get("X-API-Key")
+        name = keys.check(presented)
+        if name is None:
+            raise ApiError(
+                401,
+                "a valid API key is required: send `Authorization: Bearer <key>`",
+                type="authentication_error",
+                code="invalid_api_key",
+                headers={"WWW-Authenticate": 'Bearer realm="industry-expert"'},
+            )
+        g.key_name = name
+
+    @app.after_request
+    def _finish(resp: Response) -> Response:
+        resp.headers.setdefault("X-Content-Type-Options", "nosniff")
+        resp.headers.setdefault("X-Frame-Options", "DENY")
+        resp.headers.setdefault("Referrer-Policy", "no-referrer")
+        resp.headers.setdefault("Cache-Control", "no-store")
+        if not getattr(g, "streaming", False):
+            record_request(svc, resp.status_code)
+        return resp
+
+    @app.errorhandler(ApiError)
+    def _api_error(err: ApiError):
+        return error_response(err)
+
+    @app.errorhandler(RequestEntityTooLarge)
+    def _too_large(_err):
+        return error_response(
+            ApiError(
+                413,
+                f"the request body is larger than {config.max_body_bytes} bytes",
+                param="body",
+                code="body_too_large",
+            )
+        )
+
+    @app.errorhandler(HTTPException)
+    def _http_error(err: HTTPException):
+        messages = {
+            404: "no such route; the API is under /v1 (chat/completions, models, embeddings, "
+            "retrieve, documents), the UI at /",
+            405: f"method {request.method} is not allowed on this route",
+        }
+        message = messages.get(err.code or 500, err.description or err.name)
+        return error_response(
+            ApiError(err.code or 500, message, code=err.name.lower().replace(" ", "_"))
+        )
+
+    @app.errorhandler(Exception)
+    def _unexpected(err: Exception):
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return error_response(
+            ApiError(500, "internal error; the service log has the details", type="server_error")
+        )
+
+    return app
+
+
+def route_label() -> str:
+    rule = request.url_rule
+    return rule.rule if rule is not None else "unmatched"
+
+
+@dataclass(frozen=True)
+class RequestInfo:
+    """What the access log and the metrics need, captured so a stream can log after the
+    request context is gone."""
+
+    method: str
+    path: str
+    route: str
+    t_start: float
+    key_name: str | None
+
+    @classmethod
+    def current(cls) -> RequestInfo:
+        return cls(
+            request.method,
+            request.path,
+            route_label(),
+            getattr(g, "t_start", time.perf_counter()),
+            getattr(g, "key_name", None),
+        )
+
+
+def record_request(
+    svc: Service, status: int, info: RequestInfo | None = None, note: str = ""
+) -> None:
+    """Count a finished request and log one escaped access line."""
+    info = info or RequestInfo.current()
+    elapsed = time.perf_counter() - info.t_start
+    svc.metrics.requests.inc(info.route, str(status))
+    svc.metrics.latency.observe(elapsed, info.route)
+    key = f" key={info.key_name}" if info.key_name else ""
+    log.info("%s %s %s %.3fs%s%s", info.method, info.path, status, elapsed, key, note)

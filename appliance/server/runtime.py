@@ -1,0 +1,207 @@
+"""What the service serves, and how it is swapped for a new bundle without dropping requests.
+
+A `Runtime` is everything loaded from one bundle: generator, embedder, retriever, the model
+names and the answer policy. The `Service` holds the current runtime; a request takes a
+reference to it once, at its start, and keeps using it to the end, so a reload (SIGHUP)
+that loads a new bundle and swaps the reference never disturbs a request in flight. The
+old runtime is freed when its last request lets go of it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from appliance.answering import DEFAULT_ABSTAIN_THRESHOLD, AnswerPolicy
+from appliance.errors import UserFacingError
+from appliance.generation.base import Generator
+from appliance.prompting import NOT_IN_DOCUMENTS
+from appliance.server.auth import KeyStore
+from appliance.server.config import ServeConfig
+from appliance.server.metrics import ServiceMetrics
+from appliance.server.slots import SlotPool
+from appliance.server.validation import ApiError
+
+log = logging.getLogger("appliance.server")
+
+ADAPTER_SEPARATOR = ":"
+
+
+@dataclass
+class Runtime:
+    generator: Generator
+    retriever: object | None  # appliance.retrieval.Retriever (search, and document writes)
+    embedder: object | None  # appliance.embedding.OnnxEmbedder (embed, count_tokens)
+    name: str  # the model name clients send: the bundle id
+    policy: AnswerPolicy
+    bundle: object | None = None  # appliance.bundle.Bundle
+    created: int = 0
+
+    def __post_init__(self) -> None:
+        self.created = self.created or int(time.time())
+
+    @property
+    def model_ids(self) -> list[str]:
+        return [self.name] + [f"{self.name}{ADAPTER_SEPARATOR}{a}" for a in self.generator.adapters]
+
+    def adapter_for(self, model: str | None) -> str | None:
+        """The runtime adapter a request's `model` names (`<bundle>` or `<bundle>:<adapter>`)."""
+        if model is None or model == self.name:
+            return None
+        name, sep, adapter = model.partition(ADAPTER_SEPARATOR)
+        if sep and name == self.name and adapter in self.generator.adapters:
+            return adapter
+        raise ApiError(
+            404,
+            f"model {model!r} is not served here; GET /v1/models lists: "
+            + ", ".join(self.model_ids),
+            param="model",
+            code="model_not_found",
+        )
+
+
+def answer_policy(config: ServeConfig, manifest: dict | None) -> AnswerPolicy:
+    """Threshold precedence: the operator's setting > the bundle's calibrated value > default."""
+    threshold = config.abstain_threshold
+    if threshold is None and manifest:
+        value = (manifest.get("retrieval") or {}).get("abstain_threshold")
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            threshold = float(value)
+    if threshold is None:
+        threshold = DEFAULT_ABSTAIN_THRESHOLD
+    return AnswerPolicy(
+        abstain_threshold=threshold, abstain_message=config.abstain_message or NOT_IN_DOCUMENTS
+    )
+
+
+def load_runtime(config: ServeConfig) -> Runtime:
+    """Verify and load the configured bundle (its `current` link is re-read every time)."""
+    from appliance.bundle import load_bundle_with_policy, resolve_current
+    from appliance.embedding import OnnxEmbedder
+    from appliance.generation.genai import GenaiGenerator
+    from appliance.retrieval import Retriever, open_writable_copy
+
+    path = config.bundle if config.bundle is not None else resolve_current(config.state_dir)
+    t0 = time.perf_counter()
+    bundle = load_bundle_with_policy(path)
+    generator = GenaiGenerator(
+        bundle.llm_dir, adapters_dir=bundle.adapters_dir, threads=config.threads, model_id=bundle.id
+    )
+    embedder = OnnxEmbedder(bundle.embedder_dir)
+    # The bundle's index is immutable; documents posted to the service go into a copy in
+    # the state directory (made once per bundle index, API documents carried over).
+    index_dir = open_writable_copy(bundle.index_dir, config.state_dir, embedder)
+    retriever = Retriever.open(index_dir, embedder)
+    log.info("loaded bundle %s in %.1f s", bundle.id, time.perf_counter() - t0)
+    return Runtime(
+        generator=generator,
+        retriever=retriever,
+        embedder=embedder,
+        name=bundle.id,
+        policy=answer_policy(config, bundle.manifest),
+        bundle=bundle,
+    )
+
+
+class Service:
+    """The app's shared state: config, current runtime, slots, metrics, keys."""
+
+    def __init__(
+        self,
+        config: ServeConfig,
+        runtime: Runtime | None,
+        loader: Callable[[ServeConfig], Runtime] | None,
+        keys: KeyStore,
+    ) -> None:
+        self.config = config
+        self.loader = loader
+        self.keys = keys
+        self.slots = SlotPool(config.slots, config.queue_limit)
+        self.metrics = ServiceMetrics(lambda: self.slots.waiting, lambda: self.slots.busy)
+        self._runtime = runtime
+        self._reload_lock = threading.Lock()
+        self.draining = False
+        self.started = time.time()
+        if runtime is not None:
+            self._describe(runtime)
+
+    @property
+    def runtime(self) -> Runtime:
+        rt = self._runtime
+        if rt is None:
+            raise ApiError(
+                503,
+                "the model is still loading; retry shortly",
+                code="loading",
+                type="server_busy",
+                headers={"Retry-After": "5"},
+            )
+        return rt
+
+    @property
+    def ready(self) -> bool:
+        return self._runtime is not None and not self.draining
+
+    def _describe(self, rt: Runtime) -> None:
+        info = {"bundle": rt.name, "model": rt.generator.model_id}
+        bundle = rt.bundle
+        if bundle is not None:
+            info["version"] = str(getattr(bundle, "version", ""))
+        self.metrics.info = info
+
+    def reload(self) -> bool:
+        """Load the configured bundle again and switch to it; keep the old one on failure.
+
+        Requests in flight finish on the runtime they started with. Returns success.
+        """
+        if self.loader is None:
+            log.warning("reload asked for, but this service was given its components directly")
+            return False
+        if not self._reload_lock.acquire(blocking=False):
+            log.info("reload already in progress; ignoring this one")
+            return False
+        try:
+            t0 = time.perf_counter()
+            try:
+                new = self.loader(self.config)
+                keys = KeyStore.load(self.config.keys_path)
+            except (UserFacingError, OSError, ValueError) as exc:
+                self.metrics.reloads.inc("failed")
+                log.error("reload failed, still serving the previous bundle: %s", exc)
+                return False
+            except Exception:
+                self.metrics.reloads.inc("failed")
+                log.exception("reload failed, still serving the previous bundle")
+                return False
+            old, self._runtime = self._runtime, new
+            self.keys = keys
+            self._describe(new)
+            self.metrics.reloads.inc("ok")
+            log.info(
+                "reloaded in %.1f s: now serving %s (was %s)",
+                time.perf_counter() - t0,
+                new.name,
+                old.name if old else "nothing",
+            )
+            return True
+        finally:
+            self._reload_lock.release()
+
+    def models(self) -> Sequence[dict]:
+        rt = self.runtime
+        out = []
+        for mid in rt.model_ids:
+            out.append(
+                {
+                    "id": mid,
+                    "object": "model",
+                    "created": rt.created,
+                    "owned_by": "industry-expert",
+                    "context_length": rt.generator.context_length,
+                    "adapter": mid.partition(ADAPTER_SEPARATOR)[2] or None,
+                }
+            )
+        return out

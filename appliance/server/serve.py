@@ -1,0 +1,220 @@
+"""`expert serve`: run the service under waitress, the production WSGI server.
+
+Run: `expert serve --bundle var/bundles/bundle-plant-0.1.0 --state-dir var/state`
+     `expert serve --add-key terminal-1`   (prints a new API key once; stores its hash)
+Tests: .venv/bin/pytest tests/appliance/test_server_serve.py
+
+Signals: SIGHUP loads the bundle again (re-reading the `current` link and the key file) and
+switches to it while requests in flight finish on the old one; SIGTERM stops taking new
+work (/readyz turns 503), lets running generations finish (up to --drain-timeout), then exits.
+"""
+
+from __future__ import annotations
+
+import _thread
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+from appliance.errors import UserFacingError
+from appliance.server.config import ServeConfig
+
+log = logging.getLogger("appliance.server")
+
+# Threads beyond slots + queue, so /healthz, /readyz and /metrics always find one free.
+SPARE_THREADS = 4
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--bundle", type=Path, help="bundle folder (default: <state-dir>/current)")
+    parser.add_argument(
+        "--state-dir", type=Path, help="writable state: keys, index copy (env EXPERT_STATE_DIR)"
+    )
+    parser.add_argument("--host", help="address to bind (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="port (default 8080)")
+    parser.add_argument("--slots", type=int, help="concurrent generations (default: cores / 2)")
+    parser.add_argument("--max-queue", type=int, help="requests waiting for a slot (0: 4 x slots)")
+    parser.add_argument("--queue-timeout-s", type=float, help="longest wait for a slot (s)")
+    parser.add_argument("--request-timeout-s", type=float, help="longest generation (s)")
+    parser.add_argument("--max-body-bytes", type=int, help="largest request body (bytes)")
+    parser.add_argument("--max-document-bytes", type=int, help="largest POST /v1/documents body")
+    parser.add_argument("--max-tokens-limit", type=int, help="largest max_tokens accepted")
+    parser.add_argument("--top-k", type=int, help="passages retrieved per question (default 5)")
+    parser.add_argument(
+        "--abstain-threshold",
+        type=float,
+        help="best dense score under which the documents are taken not to cover a question",
+    )
+    parser.add_argument("--abstain-message", help="what to answer then")
+    parser.add_argument("--api-keys-file", type=Path, help="default <state-dir>/api_keys.json")
+    parser.add_argument("--threads", type=int, help="onnxruntime threads per generation")
+    parser.add_argument("--drain-timeout-s", type=float, default=30.0, help="SIGTERM grace (s)")
+    parser.add_argument(
+        "--debug", action="store_true", default=None, help="development only; refused in production"
+    )
+    keys = parser.add_mutually_exclusive_group()
+    keys.add_argument("--add-key", metavar="NAME", help="create an API key, print it, and exit")
+    keys.add_argument("--revoke-key", metavar="NAME", help="remove an API key and exit")
+    keys.add_argument("--list-keys", action="store_true", help="list API key names and exit")
+
+
+def config_from_args(args: argparse.Namespace) -> ServeConfig:
+    names = (
+        "bundle state_dir host port slots max_queue queue_timeout_s request_timeout_s "
+        "max_body_bytes max_document_bytes max_tokens_limit top_k abstain_threshold abstain_message api_keys_file "
+        "threads debug"
+    ).split()
+    return ServeConfig.load({n: getattr(args, n, None) for n in names})
+
+
+def _manage_keys(args: argparse.Namespace, config: ServeConfig) -> int | None:
+    from appliance.server.auth import KeyStore, add_key, revoke_key
+
+    path = config.keys_path
+    if args.add_key:
+        key = add_key(path, args.add_key)
+        print(f"API key {args.add_key!r} (shown only now; its hash is stored in {path}):")
+        print(key)
+        print("Send it as `Authorization: Bearer <key>`; reload a running service (SIGHUP).")
+        return 0
+    if args.revoke_key:
+        revoke_key(path, args.revoke_key)
+        print(f"revoked {args.revoke_key!r}; reload a running service (SIGHUP) to apply")
+        return 0
+    if args.list_keys:
+        for k in KeyStore.load(path).keys:
+            print(f"{k.name}\t{k.created}")
+        return 0
+    return None
+
+
+def build_server(app, config: ServeConfig):
+    """A waitress server for the app, sized so probes are never starved."""
+    from waitress import create_server
+
+    threads = config.slots + config.queue_limit + SPARE_THREADS
+    return create_server(
+        app,
+        host=config.host,
+        port=config.port,
+        threads=threads,
+        ident="industry-expert",
+        # Flask checks the exact limit and answers with a JSON 413; waitress's own limit
+        # only stops a body from being buffered without bound.
+        max_request_body_size=config.max_document_bytes + (1 << 20),
+        channel_timeout=max(120, int(config.request_timeout_s) + 30),
+        connection_limit=max(100, threads * 4),
+        expose_tracebacks=False,
+        clear_untrusted_proxy_headers=True,
+    )
+
+
+def install_signal_handlers(svc, drain_timeout_s: float) -> None:
+    """SIGHUP -> reload in a thread; SIGTERM -> drain in a thread, then stop the main loop.
+
+    The handlers only start threads: the main thread runs waitress's I/O loop, which must
+    keep streaming to clients while a bundle loads or generations drain.
+    """
+
+    def on_hup(_signum, _frame):
+        log.info("SIGHUP: reloading the bundle")
+        threading.Thread(target=svc.reload, name="reload", daemon=True).start()
+
+    def drain_then_stop():
+        svc.draining = True
+        deadline = time.monotonic() + drain_timeout_s
+        while (svc.slots.busy or svc.slots.waiting) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if svc.slots.busy:
+            log.warning("stopping with %d generation(s) still running", svc.slots.busy)
+        _thread.interrupt_main()  # waitress's loop ends on KeyboardInterrupt and closes
+
+    def on_term(_signum, _frame):
+        if svc.draining:
+            return
+        log.info(
+            "SIGTERM: draining (no new work; up to %.0f s for running generations)", drain_timeout_s
+        )
+        threading.Thread(target=drain_then_stop, name="drain", daemon=True).start()
+
+    signal.signal(signal.SIGHUP, on_hup)
+    signal.signal(signal.SIGTERM, on_term)
+
+
+def limit_malloc_arenas(arenas: int = 2) -> None:
+    """Cap glibc's malloc arenas (as MALLOC_ARENA_MAX does) before the worker threads start.
+
+    glibc gives each thread that allocates its own arena, and waitress runs slots + queue + 4
+    threads: measured on the plant bundle after 8 answers at concurrency 4, peak RSS fell from
+    880 to 742 MiB and steady RSS from 762 to 568 MiB, with no change in latency. An operator's
+    own MALLOC_ARENA_MAX wins; other C libraries are left alone.
+    """
+    if os.environ.get("MALLOC_ARENA_MAX") or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(-8, arenas)  # M_ARENA_MAX
+    except (OSError, AttributeError):
+        log.debug("not glibc: malloc arenas left as they are")
+
+
+def ensure_state_dir(path: Path) -> None:
+    """The state directory (keys, the index copy) must be writable; say how to fix it if not."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserFacingError(
+            f"cannot create the state directory {path} ({exc.strerror}); pass --state-dir DIR "
+            "or set EXPERT_STATE_DIR (systemd's StateDirectory= sets it for the service)"
+        ) from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise UserFacingError(
+            f"the state directory {path} is not writable by this user; pass --state-dir DIR"
+        )
+
+
+def run(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    ensure_state_dir(config.state_dir)
+    managed = _manage_keys(args, config)
+    if managed is not None:
+        return managed
+    if args.drain_timeout_s is None or not (args.drain_timeout_s >= 0):
+        raise UserFacingError("--drain-timeout-s must be >= 0")
+    logging.getLogger("appliance").setLevel(logging.DEBUG if config.debug else logging.INFO)
+    limit_malloc_arenas()
+
+    from appliance.server.app import EXTENSION, create_app
+
+    t0 = time.perf_counter()
+    app = create_app(config)
+    svc = app.extensions[EXTENSION]
+    server = build_server(app, config)
+    install_signal_handlers(svc, args.drain_timeout_s)
+    host, port = server.effective_host, server.effective_port
+    log.info(
+        "serving %s on http://%s:%s (started in %.1f s; slots %d, queue %d, API keys %s)",
+        svc.runtime.name,
+        host,
+        port,
+        time.perf_counter() - t0,
+        config.slots,
+        config.queue_limit,
+        "required" if svc.keys.enabled else "off (loopback only)",
+    )
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.close()
+    log.info("stopped")
+    return 0

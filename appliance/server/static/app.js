@@ -1,0 +1,230 @@
+// The terminal chat page: streams answers from /v1/chat/completions and shows their sources.
+// Keyboard only; every text from the server is inserted with textContent (never as HTML).
+"use strict";
+
+(function () {
+  const HISTORY_MESSAGES = 8; // earlier turns sent with each question
+  const $ = (id) => document.getElementById(id);
+  const conversation = $("conversation");
+  const form = $("ask");
+  const question = $("question");
+  const sendButton = $("send");
+  const stopButton = $("stop");
+  const status = $("status");
+  const keyForm = $("keyform");
+  const keyInput = $("apikey");
+
+  let apiKey = sessionStorage.getItem("expert-api-key") || "";
+  let model = null;
+  let history = [];
+  let controller = null;
+  let lastSources = null;
+
+  function headers() {
+    const h = { "Content-Type": "application/json" };
+    if (apiKey) h["Authorization"] = "Bearer " + apiKey;
+    return h;
+  }
+
+  function setStatus(text) { status.textContent = text; }
+
+  function askForKey(message) {
+    keyForm.hidden = false;
+    form.hidden = true;
+    setStatus(message);
+    keyInput.value = "";
+    keyInput.focus();
+  }
+
+  async function connect() {
+    try {
+      const r = await fetch("/v1/models", { headers: headers() });
+      if (r.status === 401) { askForKey("An API key is needed."); return; }
+      if (!r.ok) { setStatus("Service not ready (" + r.status + "). Retrying…"); setTimeout(connect, 3000); return; }
+      const body = await r.json();
+      model = body.data.length ? body.data[0].id : null;
+      keyForm.hidden = true;
+      form.hidden = false;
+      setStatus("Ready · " + (model || "model"));
+      question.focus();
+    } catch (e) {
+      setStatus("Cannot reach the service. Retrying…");
+      setTimeout(connect, 3000);
+    }
+  }
+
+  function el(tag, cls, text) {
+    const node = document.createElement(tag);
+    if (cls) node.className = cls;
+    if (text !== undefined) node.textContent = text;
+    return node;
+  }
+
+  function addTurn(role, text) {
+    const turn = el("article", "turn " + role);
+    turn.appendChild(el("div", "who", role === "user" ? "You" : "Expert"));
+    const body = el("div", "text", text);
+    turn.appendChild(body);
+    conversation.appendChild(turn);
+    turn.scrollIntoView({ block: "end" });
+    return { turn, body };
+  }
+
+  function where(s) {
+    const parts = [s.title || s.document, s.section].filter(Boolean);
+    let w = parts.join(" › ");
+    if (s.page !== null && s.page !== undefined) w += (w ? ", " : "") + "page " + s.page;
+    return w || "passage";
+  }
+
+  function renderSources(turn, sources) {
+    const old = turn.querySelector(".sources");
+    if (old) old.remove();
+    if (!sources || !sources.length) return null;
+    const box = el("section", "sources");
+    box.setAttribute("aria-label", "Sources");
+    box.appendChild(el("h2", null, "Sources"));
+    const cited = sources.filter((s) => s.cited);
+    const shown = cited.length ? cited.concat(sources.filter((s) => !s.cited)) : sources;
+    for (const s of shown) {
+      const d = el("details", "source");
+      d.dataset.n = String(s.n);
+      const summary = el("summary", null, "[" + s.n + "] " + where(s) + (s.cited ? " (cited)" : ""));
+      d.appendChild(summary);
+      d.appendChild(el("div", "passage", s.text));
+      const meta = "document " + s.document + " · chunk " + s.chunk_id + " · score " +
+        (typeof s.score === "number" ? s.score.toFixed(3) : s.score);
+      d.appendChild(el("div", "meta", meta));
+      box.appendChild(d);
+    }
+    turn.appendChild(box);
+    return box;
+  }
+
+  function busy(on) {
+    sendButton.disabled = on;
+    stopButton.disabled = !on;
+    question.readOnly = on;
+  }
+
+  async function ask(text) {
+    addTurn("user", text);
+    const { turn, body } = addTurn("assistant", "");
+    turn.dataset.state = "streaming";
+    body.textContent = "…";
+    const messages = history.slice(-HISTORY_MESSAGES).concat([{ role: "user", content: text }]);
+    controller = new AbortController();
+    busy(true);
+    let answer = "";
+    let finished = false;
+    try {
+      const r = await fetch("/v1/chat/completions", {
+        method: "POST",
+        headers: headers(),
+        body: JSON.stringify({ model: model || undefined, messages, stream: true }),
+        signal: controller.signal,
+      });
+      if (r.status === 401) { turn.remove(); askForKey("The API key was not accepted."); return; }
+      if (!r.ok) {
+        let msg = "Error " + r.status;
+        try { msg = (await r.json()).error.message; } catch (e) { /* keep the status */ }
+        throw new Error(msg);
+      }
+      const reader = r.body.getReader();
+      const decoder = new TextDecoder();
+      let buffer = "";
+      body.textContent = "";
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buffer += decoder.decode(value, { stream: true });
+        let cut;
+        while ((cut = buffer.indexOf("\n\n")) >= 0) {
+          const event = buffer.slice(0, cut);
+          buffer = buffer.slice(cut + 2);
+          for (const line of event.split("\n")) {
+            if (!line.startsWith("data: ")) continue;
+            const data = line.slice(6);
+            if (data === "[DONE]") { finished = true; continue; }
+            const chunk = JSON.parse(data);
+            if (chunk.error) throw new Error(chunk.error.message);
+            if (chunk.sources !== undefined) renderSources(turn, chunk.sources);
+            if (chunk.abstained) turn.classList.add("abstained");
+            const choice = chunk.choices && chunk.choices[0];
+            if (choice && choice.delta && choice.delta.content) {
+              answer += choice.delta.content;
+              body.textContent = answer;
+            }
+          }
+        }
+      }
+      if (!finished) throw new Error("the answer was cut off");
+      history.push({ role: "user", content: text }, { role: "assistant", content: answer });
+      lastSources = turn.querySelector(".sources");
+      turn.dataset.state = "done";
+    } catch (e) {
+      if (e.name === "AbortError") {
+        turn.dataset.state = "stopped";
+        body.textContent = answer + (answer ? " " : "") + "[stopped]";
+      } else {
+        turn.classList.add("error");
+        turn.dataset.state = "error";
+        body.textContent = "Could not answer: " + e.message;
+      }
+    } finally {
+      controller = null;
+      busy(false);
+      question.focus();
+    }
+  }
+
+  form.addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    const text = question.value.trim();
+    if (!text || controller) return;
+    question.value = "";
+    ask(text);
+  });
+
+  question.addEventListener("keydown", (ev) => {
+    if (ev.key === "Enter" && !ev.shiftKey && !ev.altKey && !ev.ctrlKey) {
+      ev.preventDefault();
+      form.requestSubmit();
+    }
+  });
+
+  keyForm.addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    apiKey = keyInput.value.trim();
+    sessionStorage.setItem("expert-api-key", apiKey);
+    connect();
+  });
+
+  stopButton.addEventListener("click", () => { if (controller) controller.abort(); });
+
+  function newConversation() {
+    if (controller) controller.abort();
+    history = [];
+    lastSources = null;
+    conversation.textContent = "";
+    question.value = "";
+    question.focus();
+    setStatus("New conversation · " + (model || "model"));
+  }
+  $("new").addEventListener("click", newConversation);
+
+  document.addEventListener("keydown", (ev) => {
+    if (ev.key === "Escape" && controller) { ev.preventDefault(); controller.abort(); return; }
+    if (!ev.altKey) return;
+    const key = ev.key.toLowerCase();
+    if (key === "n") { ev.preventDefault(); newConversation(); }
+    else if (key === "q") { ev.preventDefault(); question.focus(); }
+    else if (key === "s" && lastSources) {
+      ev.preventDefault();
+      const first = lastSources.querySelector("summary");
+      if (first) first.focus();
+    }
+  });
+
+  connect();
+})();

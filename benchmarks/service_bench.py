@@ -1,0 +1,285 @@
+"""Service latency, memory and cold start: `expert serve` against the same engine in-process.
+
+Run (all suites):  `expert bench --bundle var/bundles/bundle-plant-0.1.0`
+Run (this suite):  .venv/bin/python -m benchmarks.service_bench [--quick] [--bundle DIR]
+
+Ours is the real service: `expert serve` in its own process (waitress, slots, SSE), driven
+over HTTP by client threads that stream grounded answers to the example plant's answerable
+questions. The peer is the very same bundle and answering code (appliance.answering) called
+in-process, with the same number of slots (a semaphore), no HTTP: the ratio is what the
+service layer costs (both admit work through the same FIFO slot pool). Measured, at
+concurrency 1 and 4 (closed loop: each client thread sends its next question when the last
+answer ends):
+- time to first token (request sent -> first answer text received; queueing included),
+- total latency (request sent -> end of the answer),
+as medians and p95; then peak resident memory (VmHWM) of each process and cold start (process
+start -> ready to answer: /readyz for ours, parts loaded for the peer). Phases alternate
+(peer, ours) so a noisy neighbour hits both alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import multiprocessing as mp
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from benchmarks.records import make_record, skipped_record, summarize
+
+log = logging.getLogger(__name__)
+
+SUITE = "service"
+PEER = "same bundle in-process (appliance.answering, no HTTP)"
+REPO = Path(__file__).resolve().parents[1]
+CONCURRENCY = (1, 4)
+
+
+def _default_bundle() -> Path | None:
+    found = sorted((REPO / "var" / "bundles").glob("bundle-*/manifest.json"), key=os.path.getmtime)
+    return found[-1].parent if found else None
+
+
+def _questions(plant: Path, n: int) -> list[str]:
+    rows = [
+        json.loads(x) for x in (plant / "qa" / "eval.jsonl").read_text().splitlines() if x.strip()
+    ]
+    return [r["question"] for r in rows if r.get("answerable")][:n]
+
+
+def _vm(pid: int, field: str) -> float:
+    """A memory figure (MiB) from /proc/<pid>/status: VmRSS now, VmHWM the peak."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _drive(questions: list[str], concurrency: int, ask) -> tuple[list[float], list[float]]:
+    """Run every question through `ask(q) -> (ttft_s, total_s)` with `concurrency` threads."""
+    ttft: list[float] = []
+    total: list[float] = []
+    lock = threading.Lock()
+    todo = list(questions)
+
+    def worker() -> None:
+        while True:
+            with lock:
+                if not todo:
+                    return
+                q = todo.pop(0)
+            first, whole = ask(q)
+            with lock:
+                ttft.append(first)
+                total.append(whole)
+
+    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return ttft, total
+
+
+# --- the peer: the engine in-process ------------------------------------------------------
+
+
+def _peer_worker(
+    conn, bundle: str, state: str, threads: int | None, slots: int, t_spawn: float
+) -> None:
+    from appliance.answering import answer_stream
+    from appliance.generation.base import GenerationParams
+    from appliance.server.config import ServeConfig
+    from appliance.server.runtime import load_runtime
+    from appliance.server.slots import SlotPool
+
+    config = ServeConfig(bundle=Path(bundle), state_dir=Path(state), threads=threads, slots=slots)
+    rt = load_runtime(config)
+    conn.send({"cold_start_s": time.time() - t_spawn})
+    # The service's own admission (FIFO among waiters); a bare Semaphore lets one thread
+    # re-take the slot again and again, which flatters the median and ruins the p95.
+    pool = SlotPool(slots, max_queue=64)
+
+    def ask(question: str, max_tokens: int) -> tuple[float, float]:
+        t0 = time.perf_counter()
+        first = None
+        with pool.acquire(timeout=3600):
+            stream = answer_stream(
+                question, generator=rt.generator, retriever=rt.retriever,
+                params=GenerationParams(max_new_tokens=max_tokens), k=config.top_k, policy=rt.policy,
+            )  # fmt: skip
+            for _ in stream:
+                if first is None:
+                    first = time.perf_counter() - t0
+        return first or 0.0, time.perf_counter() - t0
+
+    while True:
+        msg = conn.recv()
+        if msg is None:
+            break
+        questions, concurrency, max_tokens = msg
+        conn.send(_drive(questions, concurrency, lambda q, m=max_tokens: ask(q, m)))
+    conn.send({"peak_mib": _vm(os.getpid(), "VmHWM")})
+
+
+# --- ours: the service over HTTP -----------------------------------------------------------
+
+
+def _ask_http(url: str, question: str, max_tokens: int) -> tuple[float, float]:
+    import requests
+
+    body = {
+        "messages": [{"role": "user", "content": question}],
+        "stream": True,
+        "max_tokens": max_tokens,
+    }
+    t0 = time.perf_counter()
+    first = None
+    with requests.post(f"{url}/v1/chat/completions", json=body, stream=True, timeout=600) as r:
+        r.raise_for_status()
+        for line in r.iter_lines():
+            if not line.startswith(b"data: "):
+                continue
+            data = line[6:]
+            if data == b"[DONE]":
+                break
+            if first is None:
+                choices = json.loads(data).get("choices") or [{}]
+                if choices[0].get("delta", {}).get("content"):
+                    first = time.perf_counter() - t0
+    return first or 0.0, time.perf_counter() - t0
+
+
+def _start_service(bundle: Path, state: Path, threads: int | None, slots: int, port: int):
+    import requests
+
+    cmd = [sys.executable, "-m", "appliance.cli", "serve", "--bundle", str(bundle),
+           "--state-dir", str(state), "--port", str(port), "--slots", str(slots),
+           "--max-queue", "16"]  # fmt: skip
+    if threads:
+        cmd += ["--threads", str(threads)]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    url = f"http://127.0.0.1:{port}"
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"expert serve exited: {proc.stderr.read().decode()[-2000:]}")
+        try:
+            if requests.get(url + "/readyz", timeout=1).status_code == 200:
+                return proc, url, time.perf_counter() - t0
+        except requests.ConnectionError:
+            pass
+        if time.perf_counter() - t0 > 300:
+            proc.kill()
+            raise RuntimeError("expert serve was not ready within 300 s")
+        time.sleep(0.05)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run(
+    quick: bool = False,
+    bundle: Path | None = None,
+    plant: Path | None = None,
+    threads: int | None = None,
+) -> list[dict]:
+    bundle = Path(bundle) if bundle else _default_bundle()
+    plant = Path(plant) if plant else REPO / "examples" / "plant"
+    if bundle is None or not (bundle / "manifest.json").is_file():
+        reason = "no bundle: build one with `make bundle` or pass --bundle"
+        return [skipped_record(SUITE, "service", reason, peer_name=PEER)]
+    from appliance.server.config import default_slots
+
+    slots = default_slots()
+    max_tokens = 32 if quick else 64
+    n_questions = {1: 3 if quick else 10, 4: 4 if quick else 16}
+    questions = _questions(plant, max(n_questions.values()))
+    params = {"bundle": bundle.name, "slots": slots, "max_tokens": max_tokens, "threads": threads,
+              "questions": "examples/plant/qa/eval.jsonl (answerable)", "k": 5}  # fmt: skip
+
+    results: dict[str, dict] = {"ours": {}, "peer": {}}
+    with tempfile.TemporaryDirectory(prefix="service-bench-") as tmp:
+        ctx = mp.get_context("spawn")
+        parent, child = ctx.Pipe()
+        peer = ctx.Process(
+            target=_peer_worker,
+            args=(child, str(bundle), f"{tmp}/peer", threads, slots, time.time()),
+        )
+        peer.start()
+        results["peer"]["cold_start_s"] = parent.recv()["cold_start_s"]
+        proc, url, cold = _start_service(bundle, Path(tmp) / "ours", threads, slots, _free_port())
+        results["ours"]["cold_start_s"] = cold
+        try:
+            # Warm-up, one each, not measured.
+            parent.send((questions[:1], 1, 8))
+            parent.recv()
+            _ask_http(url, questions[0], 8)
+            for c in CONCURRENCY:
+                qs = questions[: n_questions[c]]
+                parent.send((qs, c, max_tokens))
+                results["peer"][c] = parent.recv()
+                results["ours"][c] = _drive(qs, c, lambda q: _ask_http(url, q, max_tokens))
+            results["ours"]["peak_mib"] = _vm(proc.pid, "VmHWM")
+            parent.send(None)
+            results["peer"]["peak_mib"] = parent.recv()["peak_mib"]
+        finally:
+            proc.terminate()
+            proc.wait(timeout=60)
+            peer.join(timeout=60)
+            if peer.is_alive():
+                peer.kill()
+
+    out = []
+    for c in CONCURRENCY:
+        for i, label in enumerate(("time to first token", "total latency")):
+            ours = summarize(results["ours"][c][i])
+            theirs = summarize(results["peer"][c][i])
+            out.append(
+                make_record(
+                    SUITE, f"{label} p50, concurrency {c}", "s", ours["median"], theirs["median"], PEER,
+                    "lower", ours_p95=ours["p95"], peer_p95=theirs["p95"], repeats=ours["n"],
+                    params={**params, "concurrency": c},
+                )
+            )  # fmt: skip
+    out.append(
+        make_record(SUITE, "peak resident memory", "MiB", results["ours"]["peak_mib"],
+                    results["peer"]["peak_mib"], PEER, "lower", params=params)
+    )  # fmt: skip
+    out.append(
+        make_record(
+            SUITE, "cold start (process start to ready)", "s", results["ours"]["cold_start_s"],
+            results["peer"]["cold_start_s"], PEER, "lower", params=params,
+            note="ours: until /readyz answers 200; peer: until the parts are loaded",
+        )
+    )  # fmt: skip
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--bundle", type=Path)
+    parser.add_argument("--plant", type=Path)
+    parser.add_argument("--threads", type=int)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO)
+    records = run(args.quick, args.bundle, args.plant, args.threads)
+    print(json.dumps(records, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

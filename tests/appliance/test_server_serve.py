@@ -1,0 +1,131 @@
+# Run: .venv/bin/pytest tests/appliance/test_server_serve.py
+"""`expert serve` end to end: a real bundle (SmolLM2 int4 + MiniLM + a small plant index) in
+a child process; the official client; SIGHUP to a second bundle; SIGTERM drains and exits."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import openai
+import pytest
+import requests
+
+from tests.appliance import server_harness
+from tests.appliance.server_harness import free_port, offline_env
+from tests.conftest import cached_dir
+
+# Shared fixtures (tests/appliance/server_harness.py), bound here so pytest finds them.
+small_index = server_harness.small_index
+
+
+QUESTION = "What is the torque for the P-101 impeller nut?"
+
+
+@pytest.fixture(scope="module")
+def bundles(smollm2_onnx_int4: Path, embedder_onnx: Path, small_index: Path) -> tuple[Path, Path]:  # noqa: F811
+    from build.bundle import build_bundle
+
+    def make(tmp: Path) -> None:
+        for version in ("1.0.0", "2.0.0"):
+            build_bundle(
+                tmp, name="plant", version=version, llm_dir=smollm2_onnx_int4,
+                embedder_dir=embedder_onnx, index_dir=small_index,
+            )  # fmt: skip
+
+    sources = (
+        "build/bundle.py", "appliance/bundle.py", "build/export_llm.py", "build/import_model.py",
+        "build/export_embedder.py", "appliance/retrieval/ingest.py", "examples/plant/docs/pump-maintenance-manual.md",
+    )  # fmt: skip
+    root = cached_dir("service-bundles", sources, make)
+    return root / "bundle-plant-1.0.0", root / "bundle-plant-2.0.0"
+
+
+def point(link: Path, target: Path) -> None:
+    tmp = link.with_name(link.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(target)
+    os.replace(tmp, link)
+
+
+def test_serve_a_real_bundle_reload_and_stop(bundles, tmp_path: Path):
+    v1, v2 = bundles
+    current = tmp_path / "current"
+    point(current, v1)
+    port = free_port()
+    log = tmp_path / "serve.log"
+    cmd = [sys.executable, "-m", "appliance.cli", "serve", "--bundle", str(current),
+           "--state-dir", str(tmp_path / "state"), "--port", str(port), "--slots", "1"]  # fmt: skip
+    t0 = time.monotonic()
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=offline_env())
+    url = f"http://127.0.0.1:{port}"
+    try:
+        while True:
+            assert proc.poll() is None, log.read_text()[-3000:]
+            try:
+                if requests.get(url + "/readyz", timeout=1).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            assert time.monotonic() - t0 < 90, "not ready in 90 s"
+            time.sleep(0.1)
+        print(f"\ncold start to ready: {time.monotonic() - t0:.1f} s")
+
+        client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=120)
+        assert [m.id for m in client.models.list()] == ["bundle-plant-1.0.0"]
+        r = client.chat.completions.create(
+            model="bundle-plant-1.0.0",
+            messages=[{"role": "user", "content": QUESTION}],
+            max_tokens=32,
+            extra_body={"k": 2},
+        )
+        assert r.choices[0].message.content.strip()
+        sources = r.model_extra["sources"]
+        assert sources and sources[0]["document"] == "pump-maintenance-manual.md"
+        assert r.usage.prompt_tokens > 50 and r.usage.completion_tokens > 0
+
+        stream = client.chat.completions.create(
+            model="bundle-plant-1.0.0",
+            messages=[
+                {"role": "user", "content": "Describe how to replace a pump seal, step by step."}
+            ],
+            max_tokens=60,
+            stream=True,
+            extra_body={"retrieval": False},
+        )
+        pieces = []
+        for i, chunk in enumerate(stream):
+            if i == 2:  # mid-stream: switch the link and ask for a reload
+                point(current, v2)
+                proc.send_signal(signal.SIGHUP)
+            if chunk.choices:
+                pieces.append(chunk.choices[0].delta.content or "")
+        assert "".join(pieces).strip(), "the stream in flight was dropped"
+        assert chunk.model == "bundle-plant-1.0.0"
+
+        deadline = time.monotonic() + 60
+        while [m.id for m in client.models.list()] != ["bundle-plant-2.0.0"]:
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.2)
+        r = client.chat.completions.create(
+            model="bundle-plant-2.0.0",
+            messages=[{"role": "user", "content": QUESTION}],
+            max_tokens=4,
+            extra_body={"k": 1},
+        )
+        assert r.system_fingerprint == "bundle-plant-2.0.0"
+
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        text = log.read_text()
+        assert "reloaded" in text and "stopped" in text
+        assert "Traceback" not in text
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
