@@ -100,7 +100,7 @@ format: $(STAMP)
 	$(VENV)/bin/ruff check --fix appliance trainer build tests benchmarks
 
 package: bundle ## one tarball for an air-gapped box: bundle + wheelhouse + systemd unit + install.sh
-	$(EXPERT) package --bundle $(BUNDLE) --out dist
+	$(PY) -m build.package --bundle $(BUNDLE) --out dist $(if $(PUBKEY),--public-key $(PUBKEY))
 
 eval: bundle ## RAG vs fine-tuning vs both on the example plant: HTML/JSON/Markdown report
 	$(EXPERT) eval modes --plant $(PLANT) --work $(WORK) --bundle $(BUNDLE) --out var/eval
