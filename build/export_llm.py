@@ -1,0 +1,980 @@
+"""LLM export: an HF checkpoint becomes an ONNX model folder that onnxruntime-genai opens.
+
+Run: `expert export --model DIR --out DIR [--backend genai|optimum] [--precision int4|int8|fp32]`
+     `expert export --model DIR --out DIR --runtime-adapter NAME=LORA_DIR ...` (build/adapters.py)
+Tests: `.venv/bin/pytest tests/build/test_export_llm.py` (slow ones: add `-m slow`).
+
+Two backends produce the same kind of folder (model.onnx + .data, genai_config.json, tokenizer
+files, chat template, export.json):
+- `genai` (default): onnxruntime-genai's model builder. Fused attention (GroupQueryAttention),
+  MatMulNBits int4/int8 weights, the fastest graph on the device.
+- `optimum`: Optimum's ONNX export (text-generation-with-past), then onnxruntime's
+  MatMulNBitsQuantizer, then a genai_config.json written here from the exported graph's own
+  input/output names. A second, independent path for architectures or checkpoints the builder
+  does not handle, and a cross-check of the first; it decodes ~2.5-3x slower.
+
+The output is written to a sibling `.partial` folder, opened and run through onnxruntime-genai
+(a few greedy tokens) and only then moved into place, so a finished folder is always a working
+one; a finished folder is never overwritten without `--force`. export.json records what was done
+(backend, precision, quantization options, source model, package versions); the bundle copies it
+into its manifest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as _dt
+import hashlib
+import io
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from appliance.errors import UserFacingError
+
+log = logging.getLogger(__name__)
+
+EXPORT_RECORD = "export.json"
+EXPORT_FORMAT_VERSION = 1
+
+BACKENDS = ("genai", "optimum")
+PRECISIONS = ("int4", "int8", "fp32")
+EXECUTION_PROVIDERS = ("cpu", "cuda")
+BLOCK_SIZES = (16, 32, 64, 128, 256)
+
+# Text decoders the onnxruntime-genai 0.15.2 model builder converts (builder.py `create_model`),
+# minus the vision/audio ones whose text part needs `inputs_embeds` and so cannot serve plain
+# chat here, and PhiMoE (CUDA only). Tested in this project: LlamaForCausalLM (SmolLM2) and
+# Phi3ForCausalLM (tiny Phi-3; real Phi-3-mini uses the same path).
+GENAI_ARCHITECTURES = (
+    "LlamaForCausalLM",
+    "Phi3ForCausalLM",
+    "MistralForCausalLM",
+    "Qwen2ForCausalLM",
+    "Qwen3ForCausalLM",
+    "GemmaForCausalLM",
+    "Gemma2ForCausalLM",
+    "Gemma3ForCausalLM",
+    "GraniteForCausalLM",
+    "OlmoForCausalLM",
+    "NemotronForCausalLM",
+    "PhiForCausalLM",
+    "Phi3SmallForCausalLM",
+    "InternLM2ForCausalLM",
+    "Ernie4_5ForCausalLM",
+    "SmolLM3ForCausalLM",
+    "HunYuanDenseV1ForCausalLM",
+    "ChatGLMModel",
+    "GptOssForCausalLM",
+    "Lfm2ForCausalLM",
+)
+
+# Architectures the optimum path handles end to end: Optimum exports them with the standard
+# `past_key_values.N.key` / `present.N.key` names, and onnxruntime-genai runs them as the
+# decoder-only model type named here (the `model.type` in genai_config.json).
+OPTIMUM_ARCHITECTURES = {
+    "LlamaForCausalLM": "llama",
+    "Phi3ForCausalLM": "phi3",
+    "MistralForCausalLM": "mistral",
+    "Qwen2ForCausalLM": "qwen2",
+}
+
+# Weight-only quantization algorithms (int4 body; the `_last` / `_mixed` variants keep the
+# LM head, and for `_mixed` also the most sensitive layers' attention/MLP, in int8):
+#   default  onnxruntime's built-in blockwise quantizer (round to nearest, MLAS)
+#   rtn      round to nearest (neural-compressor style)
+#   k_quant  llama.cpp-style k-quant scale search, no calibration data
+#   hqq      half-quadratic quantization (optimum backend only). Near-lossless on SmolLM2, but
+#            its float zero points take onnxruntime 1.32's slow MatMulNBits path (~5 tok/s
+#            decode against ~170 for k_quant_mixed on 2 cores): for a GPU target or research.
+GENAI_ALGOS = ("default", "rtn", "rtn_last", "k_quant", "k_quant_last", "k_quant_mixed")
+OPTIMUM_ALGOS = GENAI_ALGOS + ("hqq",)
+ALL_ALGOS = OPTIMUM_ALGOS
+
+# Chosen from measurements on SmolLM2-135M (benchmarks/quantization_bench.py; 2,048 tokens of
+# the plant documents; decode speed on 2 cores): perplexity change / top-1 agreement / decode
+#   default (RTN)        +34% / 0.69 / 178 tok/s
+#   k_quant_last         +24% / 0.73
+#   k_quant_mixed        +10% / 0.80 / 163 tok/s   <- default
+#   k_quant_mixed bs16   +7.5% / 0.81 / 118 tok/s (and 1.2x the prefill time)
+# k_quant_mixed keeps the LM head and the most sensitive layers' V/down projections in int8.
+DEFAULT_INT4_ALGO = "k_quant_mixed"
+DEFAULT_BLOCK_SIZE = 32
+
+SMOKE_PROMPT = "Hello"
+SMOKE_TOKENS = 4
+
+
+@dataclass(frozen=True)
+class Int4Options:
+    """Weight-only quantization settings (used for int4 and, where the backend allows, int8)."""
+
+    block_size: int = DEFAULT_BLOCK_SIZE
+    algo: str = DEFAULT_INT4_ALGO
+    symmetric: bool = True
+    # MatMulNBits compute precision: 4 = int8 activations (fast on CPU), 1 = fp32. None means the
+    # builder's default: 4 on CPU, 0 (unset) on CUDA.
+    accuracy_level: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.block_size not in BLOCK_SIZES:
+            raise ValueError(f"block_size must be one of {BLOCK_SIZES}, got {self.block_size!r}")
+        if self.algo not in ALL_ALGOS:
+            raise ValueError(f"algo must be one of {ALL_ALGOS}, got {self.algo!r}")
+        if not isinstance(self.symmetric, bool):
+            raise ValueError(f"symmetric must be a bool, got {self.symmetric!r}")
+        if self.accuracy_level is not None and self.accuracy_level not in (0, 1, 2, 3, 4):
+            raise ValueError(f"accuracy_level must be 0-4 or None, got {self.accuracy_level!r}")
+
+    def resolved_accuracy_level(self, execution_provider: str) -> int:
+        if self.accuracy_level is not None:
+            return self.accuracy_level
+        return 4 if execution_provider == "cpu" else 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# --------------------------------------------------------------------------------------------
+# Input checks
+# --------------------------------------------------------------------------------------------
+
+
+def read_hf_config(model_dir: Path) -> dict:
+    config_path = Path(model_dir) / "config.json"
+    if not Path(model_dir).is_dir():
+        raise UserFacingError(
+            f"model folder {model_dir} does not exist; pass an HF checkpoint folder "
+            "(make one with `expert import-model` or `expert merge`)."
+        )
+    if not config_path.is_file():
+        raise UserFacingError(
+            f"{config_path} is missing: {model_dir} is not a Hugging Face checkpoint folder; "
+            "import the model first with `expert import-model --gguf FILE|--hf DIR --out DIR`."
+        )
+    try:
+        return json.loads(config_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise UserFacingError(
+            f"{config_path} is not valid JSON ({exc}); re-import the model."
+        ) from exc
+
+
+def architecture_of(config: dict, config_path: Path) -> str:
+    archs = config.get("architectures") or []
+    if not archs:
+        raise UserFacingError(
+            f'{config_path} names no `architectures`; add e.g. "architectures": '
+            '["LlamaForCausalLM"] or re-save the checkpoint with transformers.'
+        )
+    return archs[0]
+
+
+def check_architecture(arch: str, backend: str) -> None:
+    supported = GENAI_ARCHITECTURES if backend == "genai" else tuple(OPTIMUM_ARCHITECTURES)
+    if arch not in supported:
+        other = "optimum" if backend == "genai" else "genai"
+        other_ok = arch in (OPTIMUM_ARCHITECTURES if other == "optimum" else GENAI_ARCHITECTURES)
+        hint = f" The {other} backend supports it: use --backend {other}." if other_ok else ""
+        raise UserFacingError(
+            f"architecture {arch} is not supported by the {backend} export backend; supported: "
+            f"{', '.join(supported)}.{hint}"
+        )
+
+
+def has_chat_template(folder: Path) -> bool:
+    if (folder / "chat_template.jinja").is_file() or (folder / "chat_template.json").is_file():
+        return True
+    tc = folder / "tokenizer_config.json"
+    if tc.is_file():
+        with contextlib.suppress(json.JSONDecodeError):
+            return bool(json.loads(tc.read_text()).get("chat_template"))
+    return False
+
+
+def _check_tokenizer_files(model_dir: Path) -> None:
+    if not (model_dir / "tokenizer.json").is_file():
+        raise UserFacingError(
+            f"{model_dir / 'tokenizer.json'} is missing: onnxruntime-genai needs a fast-tokenizer "
+            "file; re-import the model with `expert import-model`, which writes one."
+        )
+    if not has_chat_template(model_dir):
+        raise UserFacingError(
+            f"{model_dir} has no chat template (neither chat_template.jinja nor a `chat_template` "
+            "in tokenizer_config.json); the appliance needs one to format prompts. Add the "
+            "template of the model's family to tokenizer_config.json and export again."
+        )
+
+
+def _check_out_dir(out_dir: Path, force: bool) -> None:
+    if not out_dir.exists():
+        return
+    if not out_dir.is_dir():
+        raise UserFacingError(f"output {out_dir} exists and is not a folder; choose another --out.")
+    if (out_dir / EXPORT_RECORD).is_file() and not force:
+        raise UserFacingError(
+            f"{out_dir} already holds a finished export ({EXPORT_RECORD}); choose another --out, "
+            "or use --force to replace it."
+        )
+    if any(out_dir.iterdir()) and not force:
+        raise UserFacingError(
+            f"{out_dir} exists and is not empty (and is no finished export); remove it, choose "
+            "another --out, or use --force to replace it."
+        )
+
+
+def _validate_choices(
+    backend: str, precision: str, execution_provider: str, int4: Int4Options
+) -> None:
+    if backend not in BACKENDS:
+        raise UserFacingError(f"backend must be one of {BACKENDS}, got {backend!r}.")
+    if precision not in PRECISIONS:
+        raise UserFacingError(f"precision must be one of {PRECISIONS}, got {precision!r}.")
+    if execution_provider not in EXECUTION_PROVIDERS:
+        raise UserFacingError(
+            f"execution provider must be one of {EXECUTION_PROVIDERS}, got {execution_provider!r}."
+        )
+    if backend == "genai" and int4.algo not in GENAI_ALGOS:
+        raise UserFacingError(
+            f"int4 algorithm {int4.algo!r} is not offered by the genai backend (choose one of "
+            f"{', '.join(GENAI_ALGOS)}), or use --backend optimum."
+        )
+    if backend == "optimum" and precision == "int8" and int4.algo != "default":
+        raise UserFacingError(
+            f"the optimum backend quantizes int8 with the default algorithm only; drop "
+            f"--int4-algo {int4.algo} or use --int4-algo default (or --backend genai)."
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Public entry point
+# --------------------------------------------------------------------------------------------
+
+
+def export_llm(
+    model_dir: Path,
+    out_dir: Path,
+    *,
+    backend: str = "genai",
+    precision: str = "int4",
+    int4: Int4Options | None = None,
+    execution_provider: str = "cpu",
+    adapter_dir: Path | None = None,
+    force: bool = False,
+    verify: bool = True,
+) -> Path:
+    """Export `model_dir` (an HF checkpoint) to `out_dir`, a folder onnxruntime-genai opens.
+
+    `adapter_dir` (a peft LoRA folder) is merged into the weights before export; for adapters
+    chosen per request at run time use `build.adapters.export_runtime_adapters` instead.
+    `verify` opens the result with onnxruntime-genai and generates a few tokens (CPU only).
+    Returns `out_dir`.
+    """
+    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    int4 = int4 or Int4Options()
+    _validate_choices(backend, precision, execution_provider, int4)
+    config = read_hf_config(model_dir)
+    arch = architecture_of(config, model_dir / "config.json")
+    check_architecture(arch, backend)
+    _check_tokenizer_files(model_dir)
+    if adapter_dir is not None:
+        _check_adapter_dir(Path(adapter_dir))
+    _check_out_dir(out_dir, force)
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+    started = time.monotonic()
+    try:
+        with tempfile.TemporaryDirectory(prefix="expert-export-") as scratch:
+            source = model_dir
+            if adapter_dir is not None:
+                source = merge_adapter(model_dir, Path(adapter_dir), Path(scratch) / "merged")
+            if backend == "genai":
+                _export_genai(source, work, precision, execution_provider, int4, Path(scratch))
+            else:
+                _export_optimum(
+                    source, work, precision, execution_provider, int4, arch, Path(scratch)
+                )
+        _ensure_processing_files(model_dir, work)
+        if verify and execution_provider == "cpu":
+            smoke_test(work)
+        record = _export_record(
+            model_dir=model_dir,
+            config=config,
+            arch=arch,
+            backend=backend,
+            precision=precision,
+            execution_provider=execution_provider,
+            int4=int4,
+            adapter_dir=adapter_dir,
+            out=work,
+            duration_s=time.monotonic() - started,
+        )
+        (work / EXPORT_RECORD).write_text(json.dumps(record, indent=2) + "\n")
+        _normalise_permissions(work)
+        if out_dir.exists():  # only reached with force (checked above)
+            shutil.rmtree(out_dir)
+        os.replace(work, out_dir)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    log.info(
+        "exported %s (%s, %s, %s) to %s in %.1f s",
+        model_dir,
+        backend,
+        precision,
+        execution_provider,
+        out_dir,
+        time.monotonic() - started,
+    )
+    return out_dir
+
+
+def read_export_record(onnx_dir: Path) -> dict:
+    path = Path(onnx_dir) / EXPORT_RECORD
+    if not path.is_file():
+        raise UserFacingError(
+            f"{path} is missing: {onnx_dir} is not a finished `expert export` output."
+        )
+    return json.loads(path.read_text())
+
+
+# --------------------------------------------------------------------------------------------
+# genai backend
+# --------------------------------------------------------------------------------------------
+
+
+def genai_extra_options(
+    precision: str, execution_provider: str, int4: Int4Options
+) -> dict[str, str]:
+    """The builder's --extra_options (strings, as its CLI passes them) for these settings."""
+    opts = {"hf_token": "false"}
+    if precision in ("int4", "int8"):
+        opts.update(
+            block_size=str(int4.block_size),
+            is_symmetric="true" if int4.symmetric else "false",
+            accuracy_level=str(int4.resolved_accuracy_level(execution_provider)),
+            algo_config=int4.algo,
+        )
+    return opts
+
+
+@contextlib.contextmanager
+def _quiet_builder():
+    """The builder and the quantizer print per-node chatter; keep it out of the user's way."""
+    buf = io.StringIO()
+    chatty = [
+        logging.getLogger(name)
+        for name in [
+            "onnxruntime.quantization",
+            "neural_compressor",
+            *logging.root.manager.loggerDict,
+        ]
+        if name.startswith(("onnxruntime.quantization", "neural_compressor"))
+    ]
+    old_levels = [lg.level for lg in chatty]
+    for lg in chatty:
+        lg.setLevel(logging.WARNING)
+    try:
+        with contextlib.redirect_stdout(buf):
+            yield buf
+    except Exception:
+        tail = buf.getvalue()[-3000:]
+        if tail:
+            log.error("exporter output before the failure:\n%s", tail)
+        raise
+    finally:
+        for lg, level in zip(chatty, old_levels, strict=True):
+            lg.setLevel(level)
+        log.debug("exporter output:\n%s", buf.getvalue()[-20000:])
+
+
+def _export_genai(
+    model_dir: Path,
+    out: Path,
+    precision: str,
+    execution_provider: str,
+    int4: Int4Options,
+    scratch: Path,
+) -> None:
+    from onnxruntime_genai.models.builder import check_extra_options, create_model
+
+    opts = genai_extra_options(precision, execution_provider, int4)
+    cache_dir = scratch / "builder-cache"
+    log.info(
+        "genai builder: %s -> %s (%s, %s, %s)", model_dir, out, precision, execution_provider, opts
+    )
+    with _quiet_builder():
+        check_extra_options(
+            None, str(model_dir), str(out), precision, execution_provider, str(cache_dir), opts
+        )
+        create_model(
+            None, str(model_dir), str(out), precision, execution_provider, str(cache_dir), **opts
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# optimum backend
+# --------------------------------------------------------------------------------------------
+
+
+def _export_optimum(
+    model_dir: Path,
+    out: Path,
+    precision: str,
+    execution_provider: str,
+    int4: Int4Options,
+    arch: str,
+    scratch: Path,
+) -> None:
+    from optimum.exporters.onnx import main_export
+
+    raw = scratch / "optimum-fp32"
+    log.info("optimum export: %s -> %s", model_dir, raw)
+    with _quiet_builder(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit tracer warnings, expected for these models
+        main_export(
+            str(model_dir),
+            output=str(raw),
+            task="text-generation-with-past",
+            device="cpu",
+            do_validation=False,
+            local_files_only=True,
+        )
+    model_path = raw / "model.onnx"
+    if not model_path.is_file():
+        raise UserFacingError(f"Optimum wrote no model.onnx into {raw}; see the log above.")
+    if precision == "fp32":
+        _save_onnx(_load_onnx(model_path), out / "model.onnx")
+    else:
+        bits = 4 if precision == "int4" else 8
+        model = quantize_matmul_nbits(_load_onnx(model_path), bits, int4, execution_provider)
+        _save_onnx(model, out / "model.onnx")
+    write_genai_config(model_dir, out, OPTIMUM_ARCHITECTURES[arch], execution_provider)
+    from transformers import AutoTokenizer
+
+    AutoTokenizer.from_pretrained(str(model_dir)).save_pretrained(str(out))
+
+
+def _load_onnx(path: Path):
+    import onnx
+
+    return onnx.load(str(path), load_external_data=True)
+
+
+def _save_onnx(model, path: Path) -> None:
+    import onnx
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save_model(
+        model,
+        str(path),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=path.name + ".data",
+        size_threshold=1024,
+    )
+
+
+def _matmul_groups(graph) -> dict[str, list[str]]:
+    """Node names of the quantizable MatMuls, grouped the way the builder's `_last` and `_mixed`
+    presets see them (LM head; per layer: q/k/v, o, gate/up, down)."""
+    import re
+
+    inits = {t.name for t in graph.initializer}
+    groups: dict[str, list[str]] = {"last": [], "mixed": []}
+    layer_re = re.compile(r"/model/layers\.(\d+)/")
+    matmuls = [n for n in graph.node if n.op_type == "MatMul" and any(i in inits for i in n.input)]
+    layers = sorted({int(m.group(1)) for n in matmuls if (m := layer_re.search(n.name))})
+    num_layers = (max(layers) + 1) if layers else 0
+    # llama.cpp's mixed preset, as the genai builder applies it: the first and last eighth of the
+    # layers plus every third layer get int8 for V (or fused QKV) and the MLP down projection.
+    upgraded = {
+        i
+        for i in range(num_layers)
+        if i < num_layers / 8 or i >= 7 * num_layers / 8 or (i - round(num_layers / 8)) % 3 == 2
+    }
+    for n in matmuls:
+        if n.name.startswith("/lm_head/"):
+            groups["last"].append(n.name)
+        m = layer_re.search(n.name)
+        if (
+            m
+            and int(m.group(1)) in upgraded
+            and re.search(r"/(v_proj|qkv_proj|down_proj)/", n.name)
+        ):
+            groups["mixed"].append(n.name)
+    if not groups["last"] and matmuls:
+        groups["last"].append(matmuls[-1].name)
+    return groups
+
+
+def quantize_matmul_nbits(model, bits: int, int4: Int4Options, execution_provider: str):
+    """onnxruntime's MatMulNBitsQuantizer over an fp32 ONNX model; returns the quantized proto."""
+    from onnxruntime.quantization.matmul_nbits_quantizer import (
+        HQQWeightOnlyQuantConfig,
+        KQuantWeightOnlyQuantConfig,
+        MatMulNBitsQuantizer,
+        RTNWeightOnlyQuantConfig,
+    )
+
+    accuracy_level = int4.resolved_accuracy_level(execution_provider)
+    algo = int4.algo
+    base = {"rtn_last": "rtn", "k_quant_last": "k_quant", "k_quant_mixed": "k_quant"}.get(
+        algo, algo
+    )
+    groups = _matmul_groups(model.graph)
+    upgraded: list[str] = []
+    if algo.endswith("_last"):
+        upgraded = groups["last"]
+    elif algo == "k_quant_mixed":
+        upgraded = groups["last"] + groups["mixed"]
+    custom = {name: {"bits": 8} for name in upgraded}
+
+    def run(quantizer):
+        with _quiet_builder():
+            quantizer.process()
+        return quantizer.model.model
+
+    common = dict(
+        block_size=int4.block_size,
+        is_symmetric=int4.symmetric,
+        accuracy_level=accuracy_level,
+    )
+    if base == "default":
+        return run(MatMulNBitsQuantizer(model, bits=bits, algo_config=None, **common))
+    if base == "hqq":
+        cfg = HQQWeightOnlyQuantConfig(block_size=int4.block_size, bits=bits)
+        return run(MatMulNBitsQuantizer(model, bits=bits, algo_config=cfg, **common))
+    cls = RTNWeightOnlyQuantConfig if base == "rtn" else KQuantWeightOnlyQuantConfig
+    cfg = cls(customized_weight_config=custom)
+    return run(MatMulNBitsQuantizer(model, bits=bits, algo_config=cfg, **common))
+
+
+def write_genai_config(
+    model_dir: Path, out: Path, model_type: str, execution_provider: str
+) -> dict:
+    """genai_config.json for an Optimum-exported decoder, with names read from the graph."""
+    import onnx
+
+    hf = json.loads((model_dir / "config.json").read_text())
+    graph = onnx.load(str(out / "model.onnx"), load_external_data=False).graph
+    inputs = [i.name for i in graph.input]
+    outputs = [o.name for o in graph.output]
+    for required in ("input_ids", "attention_mask", "past_key_values.0.key"):
+        if required not in inputs:
+            raise UserFacingError(
+                f"the exported graph has no input {required!r} (inputs: {inputs[:6]}...); this "
+                "checkpoint cannot run on onnxruntime-genai through the optimum backend; use "
+                "--backend genai."
+            )
+    gen = {}
+    if (model_dir / "generation_config.json").is_file():
+        gen = json.loads((model_dir / "generation_config.json").read_text())
+    heads = hf["num_attention_heads"]
+    context = int(hf.get("max_position_embeddings") or 4096)
+
+    def first(v):
+        return v[0] if isinstance(v, list) and v else v
+
+    eos = gen.get("eos_token_id", hf.get("eos_token_id"))
+    decoder_inputs = {
+        "input_ids": "input_ids",
+        "attention_mask": "attention_mask",
+        "past_key_names": "past_key_values.%d.key",
+        "past_value_names": "past_key_values.%d.value",
+    }
+    if "position_ids" in inputs:
+        decoder_inputs["position_ids"] = "position_ids"
+    provider_options = [] if execution_provider == "cpu" else [{execution_provider: {}}]
+    config = {
+        "model": {
+            "bos_token_id": first(gen.get("bos_token_id", hf.get("bos_token_id"))),
+            "context_length": context,
+            "decoder": {
+                "session_options": {
+                    "log_id": "onnxruntime-genai",
+                    "provider_options": provider_options,
+                },
+                "filename": "model.onnx",
+                "head_size": int(hf.get("head_dim") or hf["hidden_size"] // heads),
+                "hidden_size": hf["hidden_size"],
+                "inputs": decoder_inputs,
+                "outputs": {
+                    "logits": "logits" if "logits" in outputs else outputs[0],
+                    "present_key_names": "present.%d.key",
+                    "present_value_names": "present.%d.value",
+                },
+                "num_attention_heads": heads,
+                "num_hidden_layers": hf["num_hidden_layers"],
+                "num_key_value_heads": hf.get("num_key_value_heads") or heads,
+            },
+            "eos_token_id": eos,
+            "pad_token_id": first(gen.get("pad_token_id", hf.get("pad_token_id"))) or first(eos),
+            "type": model_type,
+            "vocab_size": hf["vocab_size"],
+        },
+        "search": {
+            "do_sample": False,
+            "max_length": context,
+            "min_length": 0,
+            "num_beams": 1,
+            "num_return_sequences": 1,
+            # The Optimum graph concatenates past and new keys (no GroupQueryAttention), so the
+            # runtime must hand it separate past/present buffers.
+            "past_present_share_buffer": False,
+            "repetition_penalty": 1.0,
+            "temperature": 1.0,
+            "top_k": 50,
+            "top_p": 1.0,
+        },
+    }
+    (out / "genai_config.json").write_text(json.dumps(config, indent=4) + "\n")
+    return config
+
+
+# --------------------------------------------------------------------------------------------
+# Adapters merged at export time
+# --------------------------------------------------------------------------------------------
+
+
+def _check_adapter_dir(adapter_dir: Path) -> None:
+    if not (adapter_dir / "adapter_config.json").is_file():
+        raise UserFacingError(
+            f"{adapter_dir / 'adapter_config.json'} is missing: --adapter must be a peft LoRA "
+            "folder (adapter_config.json + adapter_model.safetensors) as `expert train` writes."
+        )
+
+
+def merge_adapter(model_dir: Path, adapter_dir: Path, out: Path) -> Path:
+    """Merge a LoRA adapter into a full-precision copy of the base (fp32) for export."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    log.info("merging adapter %s into %s", adapter_dir, model_dir)
+    base = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+    merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+    merged.save_pretrained(str(out), safe_serialization=True)
+    for name in (
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "chat_template.jinja",
+        "generation_config.json",
+    ):
+        if (model_dir / name).is_file() and not (out / name).is_file():
+            shutil.copy2(model_dir / name, out / name)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Output checks and the export record
+# --------------------------------------------------------------------------------------------
+
+
+def _ensure_processing_files(model_dir: Path, out: Path) -> None:
+    """The runtime needs tokenizer.json, tokenizer_config.json and the chat template beside the
+    model; both exporters copy them, this makes sure (and copies what is missing)."""
+    for name in (
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "chat_template.jinja",
+    ):
+        if (model_dir / name).is_file() and not (out / name).is_file():
+            shutil.copy2(model_dir / name, out / name)
+    missing = [
+        n for n in ("model.onnx", "genai_config.json", "tokenizer.json") if not (out / n).is_file()
+    ]
+    if missing:
+        raise UserFacingError(
+            f"the export left no {', '.join(missing)} in {out}; see the log above."
+        )
+    if not has_chat_template(out):
+        raise UserFacingError(f"the export left no chat template in {out}; see the log above.")
+
+
+def _normalise_permissions(folder: Path) -> None:
+    """mkdtemp and some writers create 0700/0600 entries; the device's service user reads these."""
+    folder.chmod(0o755)
+    for p in folder.rglob("*"):
+        p.chmod(0o755 if p.is_dir() else 0o644)
+
+
+def smoke_test(onnx_dir: Path, prompt: str = SMOKE_PROMPT, tokens: int = SMOKE_TOKENS) -> list[int]:
+    """Open the folder with onnxruntime-genai and generate a few greedy tokens."""
+    import onnxruntime_genai as og
+
+    try:
+        model = og.Model(str(onnx_dir))
+        tokenizer = og.Tokenizer(model)
+        ids = tokenizer.encode(prompt)
+        params = og.GeneratorParams(model)
+        params.set_search_options(do_sample=False, max_length=len(ids) + tokens)
+        generator = og.Generator(model, params)
+        generator.append_tokens(ids)
+        out: list[int] = []
+        while not generator.is_done():
+            generator.generate_next_token()
+            out.append(int(generator.get_next_tokens()[0]))
+        del generator
+    except Exception as exc:  # onnxruntime-genai raises plain RuntimeError/OrtException
+        raise UserFacingError(
+            f"the exported model in {onnx_dir} does not run on onnxruntime-genai: {exc}"
+        ) from exc
+    if not out:
+        raise UserFacingError(f"the exported model in {onnx_dir} generated no tokens.")
+    return out
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def package_versions() -> dict[str, str | None]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out: dict[str, str | None] = {"python": sys.version.split()[0]}
+    for name in (
+        "onnxruntime",
+        "onnxruntime-genai",
+        "onnx",
+        "onnx-ir",
+        "transformers",
+        "torch",
+        "optimum",
+        "optimum-onnx",
+        "peft",
+    ):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def _export_record(
+    *,
+    model_dir: Path,
+    config: dict,
+    arch: str,
+    backend: str,
+    precision: str,
+    execution_provider: str,
+    int4: Int4Options,
+    adapter_dir: Path | None,
+    out: Path,
+    duration_s: float,
+) -> dict:
+    source: dict = {
+        "path": str(model_dir.resolve()),
+        "architecture": arch,
+        "model_type": config.get("model_type"),
+        "name_or_path": config.get("_name_or_path"),
+        "config_sha256": _sha256_file(model_dir / "config.json"),
+    }
+    if (model_dir / "import.json").is_file():
+        with contextlib.suppress(json.JSONDecodeError):
+            source["import"] = json.loads((model_dir / "import.json").read_text())
+    adapter = None
+    if adapter_dir is not None:
+        adapter_dir = Path(adapter_dir)
+        adapter = {
+            "path": str(adapter_dir.resolve()),
+            "mode": "merged",
+            "config": json.loads((adapter_dir / "adapter_config.json").read_text()),
+        }
+    genai_cfg = json.loads((out / "genai_config.json").read_text())
+    quant = None
+    if precision in ("int4", "int8"):
+        quant = int4.to_dict() | {
+            "bits": 4 if precision == "int4" else 8,
+            "accuracy_level": int4.resolved_accuracy_level(execution_provider),
+        }
+    return {
+        "format_version": EXPORT_FORMAT_VERSION,
+        "backend": backend,
+        "precision": precision,
+        "execution_provider": execution_provider,
+        "quantization": quant,
+        "source": source,
+        "adapter": adapter,
+        "genai": {
+            "model_type": genai_cfg["model"]["type"],
+            "context_length": genai_cfg["model"]["context_length"],
+        },
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "duration_s": round(duration_s, 2),
+        "versions": package_versions(),
+        "files": sorted(p.name for p in out.iterdir() if p.name != EXPORT_RECORD),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# CLI
+# --------------------------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, type=Path, help="HF checkpoint folder")
+    parser.add_argument("--out", required=True, type=Path, help="output folder (must not exist)")
+    parser.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="genai",
+        help="genai: onnxruntime-genai model builder (default); optimum: Optimum "
+        "export + onnxruntime MatMulNBits quantizer",
+    )
+    parser.add_argument("--precision", choices=PRECISIONS, default="int4")
+    parser.add_argument(
+        "--device",
+        choices=EXECUTION_PROVIDERS,
+        default="cpu",
+        help="execution provider the model is built for (default cpu)",
+    )
+    parser.add_argument(
+        "--block-size",
+        type=int,
+        choices=BLOCK_SIZES,
+        default=DEFAULT_BLOCK_SIZE,
+        help=f"quantization block size (default {DEFAULT_BLOCK_SIZE})",
+    )
+    parser.add_argument(
+        "--int4-algo",
+        choices=ALL_ALGOS,
+        default=DEFAULT_INT4_ALGO,
+        help=f"weight quantization algorithm (default {DEFAULT_INT4_ALGO}; hqq: "
+        "optimum backend only)",
+    )
+    parser.add_argument(
+        "--accuracy-level",
+        type=int,
+        choices=(0, 1, 2, 3, 4),
+        default=None,
+        help="MatMulNBits compute accuracy: 4 int8 (CPU default), 1 fp32, 0 unset",
+    )
+    sym = parser.add_mutually_exclusive_group()
+    sym.add_argument(
+        "--symmetric",
+        dest="symmetric",
+        action="store_true",
+        default=True,
+        help="symmetric weight quantization (default)",
+    )
+    sym.add_argument(
+        "--asymmetric",
+        dest="symmetric",
+        action="store_false",
+        help="asymmetric (zero-point) weight quantization",
+    )
+    parser.add_argument(
+        "--adapter",
+        type=Path,
+        default=None,
+        help="peft LoRA folder to merge into the weights before export",
+    )
+    parser.add_argument(
+        "--runtime-adapter",
+        action="append",
+        default=[],
+        metavar="NAME=DIR",
+        help="peft LoRA folder to serve per request under NAME (repeatable); the "
+        "output then holds llm/ (the base with LoRA inputs) and adapters/",
+    )
+    parser.add_argument("--force", action="store_true", help="replace a finished output folder")
+    parser.add_argument(
+        "--no-verify",
+        dest="verify",
+        action="store_false",
+        help="skip the onnxruntime-genai smoke test of the result",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        int4 = Int4Options(
+            block_size=args.block_size,
+            algo=args.int4_algo,
+            symmetric=args.symmetric,
+            accuracy_level=args.accuracy_level,
+        )
+    except ValueError as exc:
+        raise UserFacingError(str(exc)) from exc
+    if args.runtime_adapter:
+        return _run_runtime_adapters(args, int4)
+    out = export_llm(
+        args.model,
+        args.out,
+        backend=args.backend,
+        precision=args.precision,
+        int4=int4,
+        execution_provider=args.device,
+        adapter_dir=args.adapter,
+        force=args.force,
+        verify=args.verify,
+    )
+    record = read_export_record(out)
+    print(
+        f"exported {args.model} -> {out} ({record['backend']}, {record['precision']}, "
+        f"{record['execution_provider']}) in {record['duration_s']} s"
+    )
+    return 0
+
+
+def _run_runtime_adapters(args: argparse.Namespace, int4: Int4Options) -> int:
+    from build.adapters import export_runtime_adapters
+
+    if args.adapter is not None:
+        raise UserFacingError(
+            "--adapter (merge) and --runtime-adapter cannot be combined; merge "
+            "first with `expert merge`, then export that with --runtime-adapter."
+        )
+    adapters: dict[str, Path] = {}
+    for spec in args.runtime_adapter:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            raise UserFacingError(
+                f"--runtime-adapter {spec!r}: write it as NAME=DIR, e.g. "
+                "maintenance=var/adapters/maintenance."
+            )
+        if name in adapters:
+            raise UserFacingError(f"--runtime-adapter: the name {name!r} is given twice.")
+        adapters[name] = Path(path)
+    out = export_runtime_adapters(
+        args.model,
+        adapters,
+        args.out,
+        backend=args.backend,
+        precision=args.precision,
+        int4=int4,
+        execution_provider=args.device,
+        force=args.force,
+    )
+    print(
+        f"exported {args.model} with runtime adapters {', '.join(adapters)} -> {out} "
+        "(llm/ and adapters/; pass both to `expert bundle`)"
+    )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from appliance.cli import main as cli_main
+
+    return cli_main(["export", *(sys.argv[1:] if argv is None else argv)])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

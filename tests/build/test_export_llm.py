@@ -1,0 +1,254 @@
+# Run: .venv/bin/pytest tests/build/test_export_llm.py        (slow ones: add -m slow)
+"""`expert export`: both backends produce folders onnxruntime-genai opens and runs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from appliance.errors import UserFacingError
+from build.export_llm import (
+    EXPORT_RECORD,
+    GENAI_ARCHITECTURES,
+    Int4Options,
+    export_llm,
+    has_chat_template,
+)
+
+
+def greedy_genai(onnx_dir: Path, prompt_ids: list[int], n: int) -> list[int]:
+    import onnxruntime_genai as og
+
+    model = og.Model(str(onnx_dir))
+    params = og.GeneratorParams(model)
+    params.set_search_options(do_sample=False, max_length=len(prompt_ids) + n)
+    gen = og.Generator(model, params)
+    gen.append_tokens(prompt_ids)
+    out = []
+    while not gen.is_done():
+        gen.generate_next_token()
+        out.append(int(gen.get_next_tokens()[0]))
+    return out
+
+
+def greedy_hf(hf_dir: Path, prompt_ids: list[int], n: int) -> list[int]:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32).eval()
+    with torch.no_grad():
+        out = model.generate(
+            torch.tensor([prompt_ids]), max_new_tokens=n, do_sample=False, min_new_tokens=n
+        )
+    return out[0, len(prompt_ids) :].tolist()
+
+
+def assert_genai_folder(out: Path, backend: str, precision: str) -> dict:
+    for name in ("model.onnx", "genai_config.json", "tokenizer.json", "tokenizer_config.json"):
+        assert (out / name).is_file(), name
+    assert has_chat_template(out)
+    record = json.loads((out / EXPORT_RECORD).read_text())
+    assert record["backend"] == backend and record["precision"] == precision
+    assert record["versions"]["onnxruntime-genai"] == "0.15.2"
+    assert "model.onnx" in record["files"]
+    assert not list(out.parent.glob(f".{out.name}.partial-*")), "partial folder left behind"
+    return record
+
+
+@pytest.fixture(scope="module")
+def tiny_exports(tiny_phi3_hf: Path, tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("tiny-exports")
+    return {
+        "genai-int4": export_llm(tiny_phi3_hf, root / "genai-int4"),
+        "optimum-int4": export_llm(tiny_phi3_hf, root / "optimum-int4", backend="optimum"),
+    }
+
+
+@pytest.mark.parametrize("which", ["genai-int4", "optimum-int4"])
+def test_tiny_phi3_int4_exports_run_on_genai(tiny_exports, which):
+    out = tiny_exports[which]
+    backend, precision = which.split("-")
+    record = assert_genai_folder(out, backend, precision)
+    assert record["source"]["architecture"] == "Phi3ForCausalLM"
+    assert record["quantization"]["bits"] == 4
+    cfg = json.loads((out / "genai_config.json").read_text())
+    assert cfg["model"]["type"] == "phi3"
+    tokens = greedy_genai(out, [1, 520, 2318, 314], 8)
+    assert len(tokens) == 8
+
+
+def test_both_backends_agree_on_tiny_phi3(tiny_exports):
+    # Same weights, same int4 algorithm: greedy continuations of the tiny model should agree.
+    a = greedy_genai(tiny_exports["genai-int4"], [1, 520, 2318, 314], 12)
+    b = greedy_genai(tiny_exports["optimum-int4"], [1, 520, 2318, 314], 12)
+    assert np.mean(np.array(a) == np.array(b)) >= 0.75, (a, b)
+
+
+@pytest.mark.parametrize("backend", ["genai", "optimum"])
+def test_fp32_export_matches_transformers_greedy(tiny_phi3_hf, tmp_path, backend):
+    out = export_llm(tiny_phi3_hf, tmp_path / "fp32", backend=backend, precision="fp32")
+    assert_genai_folder(out, backend, "fp32")
+    prompt = [1, 4093, 314, 260, 3575, 30]
+    assert greedy_genai(out, prompt, 10) == greedy_hf(tiny_phi3_hf, prompt, 10)
+
+
+def test_refuses_to_overwrite_finished_export_unless_forced(tiny_phi3_hf, tiny_exports, tmp_path):
+    out = tmp_path / "copy"
+    shutil.copytree(tiny_exports["genai-int4"], out)
+    with pytest.raises(UserFacingError, match="--force"):
+        export_llm(tiny_phi3_hf, out)
+    (out / "stale.txt").write_text("x")
+    export_llm(tiny_phi3_hf, out, precision="int8", force=True)
+    assert not (out / "stale.txt").exists()
+    assert json.loads((out / EXPORT_RECORD).read_text())["precision"] == "int8"
+
+
+def test_refuses_non_empty_unfinished_output(tiny_phi3_hf, tmp_path):
+    out = tmp_path / "busy"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(UserFacingError, match="not empty"):
+        export_llm(tiny_phi3_hf, out)
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_unsupported_architecture_names_the_supported_ones(tmp_path):
+    model = tmp_path / "bert"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({"architectures": ["BertForMaskedLM"]}))
+    with pytest.raises(UserFacingError) as err:
+        export_llm(model, tmp_path / "out")
+    msg = str(err.value)
+    assert "BertForMaskedLM" in msg and "LlamaForCausalLM" in msg and "Phi3ForCausalLM" in msg
+    assert "LlamaForCausalLM" in GENAI_ARCHITECTURES
+
+
+def test_missing_model_and_bad_options_are_user_errors(tmp_path, tiny_phi3_hf):
+    with pytest.raises(UserFacingError, match="config.json"):
+        export_llm(tmp_path, tmp_path / "out")
+    with pytest.raises(UserFacingError, match="hqq"):
+        export_llm(tiny_phi3_hf, tmp_path / "o", int4=Int4Options(algo="hqq"))
+    with pytest.raises(ValueError, match="block_size"):
+        Int4Options(block_size=48)
+    with pytest.raises(ValueError, match="algo"):
+        Int4Options(algo="awq")
+    with pytest.raises(ValueError, match="accuracy_level"):
+        Int4Options(accuracy_level=7)
+
+
+def test_cli_export_and_error_exit(tiny_phi3_hf, tmp_path, capsys):
+    from appliance.cli import main
+
+    out = tmp_path / "cli"
+    rc = main(
+        [
+            "export",
+            "--model",
+            str(tiny_phi3_hf),
+            "--out",
+            str(out),
+            "--backend",
+            "genai",
+            "--precision",
+            "int4",
+            "--block-size",
+            "16",
+            "--int4-algo",
+            "rtn_last",
+            "--accuracy-level",
+            "4",
+            "--asymmetric",
+        ]
+    )
+    assert rc == 0
+    q = json.loads((out / EXPORT_RECORD).read_text())["quantization"]
+    assert q == {
+        "block_size": 16,
+        "algo": "rtn_last",
+        "symmetric": False,
+        "accuracy_level": 4,
+        "bits": 4,
+    }
+    rc = main(["export", "--model", str(tiny_phi3_hf), "--out", str(out)])
+    assert rc == 2
+    assert "--force" in capsys.readouterr().err
+
+
+def test_smollm2_int4_answers_through_genai(smollm2_onnx_int4):
+    """The shared fixture (genai backend, default settings) is a working chat model."""
+    import onnxruntime_genai as og
+
+    record = assert_genai_folder(smollm2_onnx_int4, "genai", "int4")
+    assert record["source"]["architecture"] == "LlamaForCausalLM"
+    model = og.Model(str(smollm2_onnx_int4))
+    tok = og.Tokenizer(model)
+    prompt = tok.apply_chat_template(
+        json.dumps([{"role": "user", "content": "What is the capital of France?"}]),
+        add_generation_prompt=True,
+    )
+    answer = tok.decode(greedy_genai(smollm2_onnx_int4, list(tok.encode(prompt)), 12))
+    assert "Paris" in answer
+
+
+@pytest.mark.slow
+def test_smollm2_optimum_int4_answers(smollm2_hf, tmp_path):
+    import onnxruntime_genai as og
+
+    out = export_llm(smollm2_hf, tmp_path / "opt", backend="optimum")
+    assert_genai_folder(out, "optimum", "int4")
+    model = og.Model(str(out))
+    tok = og.Tokenizer(model)
+    prompt = tok.apply_chat_template(
+        json.dumps([{"role": "user", "content": "What is the capital of France?"}]),
+        add_generation_prompt=True,
+    )
+    assert "Paris" in tok.decode(greedy_genai(out, list(tok.encode(prompt)), 12))
+
+
+def test_cuda_target_export_is_built_for_cuda(tiny_phi3_hf, tmp_path):
+    """Built here (no GPU): fp16 I/O, the CUDA provider in genai_config, accuracy level 0.
+    Running it needs onnxruntime-genai-cuda on the target."""
+    import onnx
+
+    out = export_llm(tiny_phi3_hf, tmp_path / "cuda", execution_provider="cuda")
+    cfg = json.loads((out / "genai_config.json").read_text())
+    assert "cuda" in cfg["model"]["decoder"]["session_options"]["provider_options"][0]
+    graph = onnx.load(str(out / "model.onnx"), load_external_data=False).graph
+    logits = next(o for o in graph.output if o.name == "logits")
+    assert logits.type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
+    record = json.loads((out / EXPORT_RECORD).read_text())
+    assert record["execution_provider"] == "cuda"
+    assert record["quantization"]["accuracy_level"] == 0
+
+
+def test_adapter_is_merged_before_export(tiny_phi3_hf, tmp_path):
+    import torch
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(5)
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_phi3_hf), dtype=torch.float32)
+    lora = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["qkv_proj"]))
+    with torch.no_grad():
+        for name, p in lora.named_parameters():
+            if "lora_" in name:
+                p.normal_(0.0, 0.3)
+    lora.save_pretrained(str(tmp_path / "lora"))
+    out = export_llm(
+        tiny_phi3_hf, tmp_path / "merged", precision="fp32", adapter_dir=tmp_path / "lora"
+    )
+    merged = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(str(tiny_phi3_hf), dtype=torch.float32),
+        str(tmp_path / "lora"),
+    ).merge_and_unload()
+    merged.save_pretrained(str(tmp_path / "merged-hf"))
+    prompt = [1, 4093, 314, 260, 3575, 30]
+    assert greedy_genai(out, prompt, 8) == greedy_hf(tmp_path / "merged-hf", prompt, 8)
+    assert greedy_genai(out, prompt, 8) != greedy_hf(tiny_phi3_hf, prompt, 8)
+    assert json.loads((out / EXPORT_RECORD).read_text())["adapter"]["mode"] == "merged"
+    with pytest.raises(UserFacingError, match="adapter_config.json"):
+        export_llm(tiny_phi3_hf, tmp_path / "x", adapter_dir=tmp_path)

@@ -1,0 +1,125 @@
+# Run: .venv/bin/pytest tests/build/test_quality_gate.py        (SmolLM2 run: add -m slow)
+"""The quality gate: exported model (onnxruntime-genai) against the HF checkpoint."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from appliance.errors import UserFacingError
+from build.export_llm import export_llm
+from build.quality_gate import (
+    GateSettings,
+    GateThresholds,
+    Reference,
+    answer_f1,
+    compare_with_reference,
+    load_questions,
+    load_texts,
+    run_quality_gate,
+    spread_windows,
+)
+
+# Small enough for the default test run on the tiny model (a few seconds).
+FAST = GateSettings(max_tokens=384, window=128, max_questions=2, answer_tokens=8)
+
+
+@pytest.fixture(scope="module")
+def tiny_reference(tiny_phi3_hf, plant_dir) -> Reference:
+    return Reference.compute(
+        tiny_phi3_hf,
+        docs_dir=plant_dir / "docs",
+        questions=plant_dir / "qa" / "eval.jsonl",
+        settings=FAST,
+    )
+
+
+def test_fp32_export_passes_with_no_loss(tiny_phi3_hf, tiny_reference, tmp_path):
+    onnx = export_llm(tiny_phi3_hf, tmp_path / "fp32", precision="fp32", verify=False)
+    result = compare_with_reference(tiny_reference, onnx, settings=FAST)
+    assert result.passed, result.failed
+    assert abs(result.perplexity_change_pct) < 0.05
+    assert result.top1_agreement >= 0.99
+    assert result.answer_agreement == 1.0 and result.answer_exact == 1.0
+    assert result.tokens_scored == 384 - len(tiny_reference.windows)
+    assert result.export["precision"] == "fp32"
+
+
+def test_int4_export_fails_strict_thresholds_with_reasons(tiny_phi3_hf, tiny_reference, tmp_path):
+    onnx = export_llm(tiny_phi3_hf, tmp_path / "int4", verify=False)
+    strict = GateThresholds(
+        max_perplexity_increase_pct=0.0, min_top1_agreement=1.0, min_answer_agreement=1.0
+    )
+    result = compare_with_reference(tiny_reference, onnx, strict, settings=FAST)
+    assert not result.passed
+    # (int4 may even lower a random model's perplexity; top-1 agreement cannot stay at 1.0.)
+    assert any("top-1" in f for f in result.failed)
+    if result.perplexity_change_pct > 0:
+        assert any("perplexity" in f for f in result.failed)
+    d = json.loads(json.dumps(result.to_dict()))  # goes into the manifest as JSON
+    assert d["passed"] is False and d["failed"] == result.failed
+    assert d["thresholds"]["min_top1_agreement"] == 1.0
+    assert d["export"]["quantization"]["bits"] == 4
+    assert len(d["answers"]) == 2 and {"question", "reference", "exported", "f1"} <= set(
+        d["answers"][0]
+    )
+    # The same export against lenient thresholds passes: thresholds are the only difference.
+    lenient = GateThresholds(
+        max_perplexity_increase_pct=1e6, min_top1_agreement=0.0, min_answer_agreement=0.0
+    )
+    assert compare_with_reference(tiny_reference, onnx, lenient, settings=FAST).passed
+
+
+def test_run_quality_gate_with_explicit_texts_and_questions(tiny_phi3_hf, tmp_path):
+    onnx = export_llm(tiny_phi3_hf, tmp_path / "fp32", precision="fp32", verify=False)
+    result = run_quality_gate(
+        tiny_phi3_hf,
+        onnx,
+        texts=["Pump P-101: the seal gland nuts are torqued to 24 N·m in two stages. " * 10],
+        questions=["What torque for the P-101 gland nuts?"],
+        settings=GateSettings(max_tokens=128, window=64, max_questions=1, answer_tokens=4),
+    )
+    assert result.passed and result.questions == 1
+
+
+def test_inputs_and_metrics(plant_dir, tmp_path):
+    assert len(load_texts(plant_dir / "docs")) >= 5
+    qs = load_questions(plant_dir / "qa" / "eval.jsonl")
+    assert len(qs) >= 10 and all(isinstance(q, str) and q for q in qs)
+    with pytest.raises(UserFacingError, match="does not exist"):
+        load_texts(tmp_path / "nope")
+    (tmp_path / "bad.jsonl").write_text('{"question": "ok"}\nnot json\n')
+    with pytest.raises(UserFacingError, match="bad.jsonl:2"):
+        load_questions(tmp_path / "bad.jsonl")
+    assert answer_f1("Torque to 24 N·m.", "torque to 24 n·m") == 1.0
+    assert answer_f1("24 N·m", "12 N·m") == pytest.approx(2 / 3)
+    assert answer_f1("", "") == 1.0 and answer_f1("a", "") == 0.0
+    # Windows are spread over every document before any document gets a second one.
+    docs = [list(range(10)), list(range(100, 130)), list(range(200, 205))]
+    wins = spread_windows(docs, window=8, max_tokens=30)
+    assert [w[0] for w in wins[:3]] == [0, 100, 200]
+    assert sum(len(w) for w in wins) == 30
+
+
+def test_thresholds_and_settings_are_validated(tmp_path):
+    with pytest.raises(ValueError, match="max_perplexity_increase_pct"):
+        GateThresholds(max_perplexity_increase_pct=-1)
+    with pytest.raises(ValueError, match="min_top1_agreement"):
+        GateThresholds(min_top1_agreement=1.5)
+    with pytest.raises(ValueError, match="window"):
+        GateSettings(window=1)
+    with pytest.raises(UserFacingError, match="genai_config.json"):
+        run_quality_gate(tmp_path, tmp_path)
+
+
+@pytest.mark.slow
+def test_smollm2_default_int4_passes_the_default_gate(smollm2_hf, smollm2_onnx_int4, plant_dir):
+    result = run_quality_gate(
+        smollm2_hf,
+        smollm2_onnx_int4,
+        docs_dir=plant_dir / "docs",
+        questions=plant_dir / "qa" / "eval.jsonl",
+    )
+    assert result.passed, result.to_dict()
+    assert result.tokens_scored > 2000 and result.questions == 8
