@@ -1,0 +1,897 @@
+"""Generation speed: our int4 model on onnxruntime-genai against llama.cpp and transformers.
+
+Run (all suites):  `expert bench --bundle var/bundles/bundle-plant-0.1.0 --work var/work`
+Run (this suite, comparing export variants side by side, as OPTIMISATION.md does):
+    .venv/bin/python -m benchmarks.generation_bench --ours default=var/bench/int4-default \
+        --ours pruned=var/bench/int4-pruned --hf var/bench/smollm2-hf --repeats 5
+
+What is measured, per prompt length (~100 and ~800 tokens of a grounded RAG prompt), 128 new
+tokens, greedy, the same thread count for every engine:
+- time to first token (prompt processing + the first sampled token),
+- decode tokens/s (the 127 tokens after the first, over their wall time),
+- peak resident memory of the process that ran the engine (VmHWM),
+- the decode ceiling that memory bandwidth allows (bytes of weights read per token / measured
+  copy bandwidth) and each engine's share of it.
+
+Every engine gets the very same token ids (tokenized once with our tokenizer), and runs in its
+own worker process, loaded once. The runs are interleaved: warm-up rounds first, then each
+repetition runs every engine once, in an order that rotates, so a noisy neighbour on a shared
+box hits all engines alike. Figures are medians (and p95) of the repetitions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import multiprocessing as mp
+import os
+import struct
+import sys
+import time
+import traceback
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from benchmarks.records import make_record, skipped_record, summarize
+
+log = logging.getLogger(__name__)
+
+SUITE = "generation"
+OURS = "ours"
+LLAMA_CPP = "llama.cpp"
+LLAMA_CPP_FA = "llama.cpp-flash-attn"  # the same, with flash attention on (llama-cpp-python's default is off)
+TRANSFORMERS = "transformers-fp32"
+PEERS = (LLAMA_CPP, TRANSFORMERS)
+KNOWN_PEERS = (LLAMA_CPP, LLAMA_CPP_FA, TRANSFORMERS)
+
+DEFAULT_PROMPT_TOKENS = (100, 800)
+DEFAULT_NEW_TOKENS = 128
+QUESTION = "Which seal does pump P-101 use, and what torque do the gland nuts need?"
+
+# Used when examples/plant is not there: any technical prose works, speed does not depend on it.
+FALLBACK_TEXT = (
+    "Centrifugal pump P-101 moves cooling water from the basin to the condenser. Before any work, "
+    "isolate the motor at the local switch, lock and tag it, close suction valve V-11 and discharge "
+    "valve V-12, and drain the casing through the low-point drain. The mechanical seal is a single "
+    "cartridge seal with silicon carbide faces; replace it as a unit. Torque the gland nuts evenly "
+    "in a cross pattern to 24 N m. After reassembly, vent the casing, open the suction valve fully, "
+    "start the pump against a closed discharge valve, then open the discharge valve slowly while "
+    "watching the discharge pressure, which must settle between 4.2 and 5.1 bar. Record vibration "
+    "at the drive-end bearing; above 4.5 mm/s RMS, stop the pump and check the alignment. "
+)
+
+
+# ------------------------------------------------------------------------------------------------
+# Configuration
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One onnxruntime-genai model folder to measure, with optional runtime settings."""
+
+    name: str
+    model_dir: Path
+    tuning: dict = field(default_factory=dict)  # GenaiTuning fields; {} = the measured defaults
+
+    def __post_init__(self) -> None:
+        if not self.name or "/" in self.name:
+            raise ValueError(f"variant name must be a non-empty word, got {self.name!r}")
+
+
+@dataclass(frozen=True)
+class GenerationBenchConfig:
+    variants: tuple[Variant, ...]
+    hf_dir: Path | None = None  # transformers peer; also the source of the chat template
+    gguf: Path | None = None  # llama.cpp peer
+    threads: int = 2
+    prompt_tokens: tuple[int, ...] = DEFAULT_PROMPT_TOKENS
+    new_tokens: int = DEFAULT_NEW_TOKENS
+    warmups: int = 1
+    repeats: int = 5
+    peers: tuple[str, ...] = PEERS
+    plant_dir: Path | None = None
+    worker_timeout_s: float = 600.0
+    # Before each run, wait up to this long for other processes to leave the CPU mostly idle
+    # (their share below quiet_share); a shared box is never fully quiet, so it is bounded.
+    quiet_wait_s: float = 10.0
+    quiet_share: float = 0.25
+
+    def __post_init__(self) -> None:
+        if not self.variants:
+            raise ValueError("variants must name at least one model folder of ours")
+        names = [v.name for v in self.variants]
+        if len(set(names)) != len(names) or set(names) & set(KNOWN_PEERS):
+            raise ValueError(f"variant names must be unique and not a peer's name, got {names}")
+        if self.threads < 1:
+            raise ValueError(f"threads must be >= 1, got {self.threads}")
+        if not self.prompt_tokens or min(self.prompt_tokens) < 16:
+            raise ValueError(f"prompt_tokens must be sizes >= 16, got {self.prompt_tokens}")
+        if self.new_tokens < 2:
+            raise ValueError(f"new_tokens must be >= 2 (decode speed needs two tokens), got {self.new_tokens}")
+        if self.warmups < 0:
+            raise ValueError(f"warmups must be >= 0, got {self.warmups}")
+        if self.repeats < 1:
+            raise ValueError(f"repeats must be >= 1, got {self.repeats}")
+        unknown = set(self.peers) - set(KNOWN_PEERS)
+        if unknown:
+            raise ValueError(f"peers must be among {KNOWN_PEERS}, got {sorted(unknown)}")
+
+
+# ------------------------------------------------------------------------------------------------
+# Prompts: the same token ids for every engine
+# ------------------------------------------------------------------------------------------------
+
+
+def _source_text(plant_dir: Path | None) -> str:
+    if plant_dir is not None:
+        docs = sorted((Path(plant_dir) / "docs").glob("*.md"))
+        if docs:
+            return "\n\n".join(p.read_text(encoding="utf-8", errors="replace") for p in docs)
+    return FALLBACK_TEXT * 40
+
+
+def build_prompts(model_dir: Path, sizes: Sequence[int], plant_dir: Path | None = None) -> dict[int, list[int]]:
+    """Chat prompts of at most (and about) `sizes` tokens each, as token ids of the model's own
+    tokenizer: the grounded RAG format (system prompt, passages, question) where it fits, plain
+    chat for sizes below it. The passage text is cut to fit."""
+    from tokenizers import Tokenizer
+
+    from appliance.generation.genai import compile_chat_template, load_chat_template
+    from appliance.prompting import PromptPassage, build_messages
+
+    tokenizer = Tokenizer.from_file(str(Path(model_dir) / "tokenizer.json"))
+    template_text, special = load_chat_template(Path(model_dir))
+    template = compile_chat_template(template_text) if template_text else None
+    words = _source_text(plant_dir).split()
+
+    def render(messages: list[dict]) -> list[int]:
+        if template is not None:
+            text = template.render(messages=messages, add_generation_prompt=True, **special)
+        else:
+            text = "\n".join(f"{m['role']}: {m['content']}" for m in messages) + "\nassistant:"
+        return tokenizer.encode(text, add_special_tokens=False).ids
+
+    def grounded(n_words: int) -> list[int]:
+        passages = [PromptPassage(text=" ".join(words[:n_words]), title="Plant documents")]
+        return render(build_messages(QUESTION, passages))
+
+    def plain(n_words: int) -> list[int]:  # no retrieval: a question with some context pasted in
+        question = f"{QUESTION}\n\n{' '.join(words[:n_words])}".strip()
+        return render(build_messages(question, None))
+
+    prompts: dict[int, list[int]] = {}
+    for size in sizes:
+        # The grounded format needs room for at least a few passage words; below that, plain chat.
+        ids_for = grounded if len(grounded(8)) <= size else plain
+        if len(ids_for(0)) > size:
+            raise ValueError(f"a prompt of {size} tokens is too small for a chat prompt "
+                             f"({len(ids_for(0))} tokens with no context)")
+        lo, hi = 0, min(len(words), size)  # a word is at least one token
+        while lo < hi:  # the most words that keep the prompt within `size` tokens
+            mid = (lo + hi + 1) // 2
+            if len(ids_for(mid)) <= size:
+                lo = mid
+            else:
+                hi = mid - 1
+        prompts[size] = ids_for(lo)
+    return prompts
+
+
+# ------------------------------------------------------------------------------------------------
+# Engines (each runs inside its own worker process)
+# ------------------------------------------------------------------------------------------------
+
+
+def _rss_kib(field_name: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field_name + ":"):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+class _GenaiEngine:
+    def __init__(self, model_dir: str, threads: int, tuning: dict) -> None:
+        import onnxruntime_genai as og
+
+        from appliance.generation.tuning import GenaiTuning, apply_tuning
+
+        self.og = og
+        settings = GenaiTuning(**{"intra_op_threads": threads, **tuning})
+        config = og.Config(model_dir)
+        apply_tuning(config, settings)
+        self.model = og.Model(config)
+        self.settings = settings.to_dict()
+
+    def run(self, ids: list[int], new_tokens: int) -> tuple[list[float], list[int]]:
+        og = self.og
+        total = len(ids) + new_tokens
+        params = og.GeneratorParams(self.model)
+        # min_length = max_length keeps the end-of-sequence token from ending a run early.
+        params.set_search_options(do_sample=False, max_length=total, min_length=total)
+        generator = og.Generator(self.model, params)
+        times: list[float] = []
+        tokens: list[int] = []
+        t0 = time.perf_counter()
+        generator.append_tokens(ids)
+        while len(tokens) < new_tokens and not generator.is_done():
+            generator.generate_next_token()
+            tokens.append(int(generator.get_next_tokens()[0]))
+            times.append(time.perf_counter() - t0)
+        del generator
+        return times, tokens
+
+
+class _LlamaCppEngine:
+    def __init__(self, gguf: str, threads: int, n_ctx: int, flash_attn: bool = False) -> None:
+        from llama_cpp import Llama
+
+        self.llm = Llama(
+            model_path=gguf,
+            n_ctx=n_ctx,
+            n_threads=threads,
+            n_threads_batch=threads,
+            flash_attn=flash_attn,
+            verbose=False,
+        )
+        self.settings = {"n_ctx": n_ctx, "n_threads": threads, "n_threads_batch": threads,
+                         "n_batch": self.llm.n_batch, "flash_attn": flash_attn}
+
+    def run(self, ids: list[int], new_tokens: int) -> tuple[list[float], list[int]]:
+        self.llm.reset()  # no reuse of the previous run's KV cache: every run starts cold
+        times: list[float] = []
+        tokens: list[int] = []
+        t0 = time.perf_counter()
+        stream = self.llm.generate(ids, top_k=1, top_p=1.0, min_p=0.0, temp=0.0, repeat_penalty=1.0,
+                                   reset=True)
+        for token in stream:  # generate() ignores end-of-sequence; the caller stops it
+            tokens.append(int(token))
+            times.append(time.perf_counter() - t0)
+            if len(tokens) >= new_tokens:
+                break
+        stream.close()
+        return times, tokens
+
+
+class _TransformersEngine:
+    def __init__(self, hf_dir: str, threads: int) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        torch.set_num_threads(threads)
+        self.torch = torch
+        self.model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
+        self.settings = {"dtype": "float32", "threads": threads}
+
+    def run(self, ids: list[int], new_tokens: int) -> tuple[list[float], list[int]]:
+        from transformers.generation.streamers import BaseStreamer
+
+        torch = self.torch
+        times: list[float] = []
+        tokens: list[int] = []
+        t0 = time.perf_counter()
+
+        class Timing(BaseStreamer):
+            prompt_seen = False
+
+            def put(self, value):
+                if not self.prompt_seen:  # the first call hands over the prompt itself
+                    self.prompt_seen = True
+                    return
+                times.append(time.perf_counter() - t0)
+                tokens.append(int(value.reshape(-1)[0]))
+
+            def end(self):
+                pass
+
+        input_ids = torch.tensor([ids], dtype=torch.long)
+        with torch.inference_mode():
+            self.model.generate(
+                input_ids,
+                attention_mask=torch.ones_like(input_ids),
+                max_new_tokens=new_tokens,
+                min_new_tokens=new_tokens,
+                do_sample=False,
+                streamer=Timing(),
+                pad_token_id=self.model.config.eos_token_id,
+            )
+        return times, tokens
+
+
+def _make_engine(kind: str, spec: dict):
+    if kind == "genai":
+        return _GenaiEngine(spec["model_dir"], spec["threads"], spec.get("tuning") or {})
+    if kind == "llama.cpp":
+        return _LlamaCppEngine(spec["gguf"], spec["threads"], spec["n_ctx"], spec.get("flash_attn", False))
+    if kind == "transformers":
+        return _TransformersEngine(spec["hf_dir"], spec["threads"])
+    raise ValueError(f"unknown engine kind {kind!r}")
+
+
+def _worker(conn, kind: str, spec: dict) -> None:
+    """Worker process: load one engine, then answer ("run", ids, n) until ("stop",)."""
+    threads = str(spec["threads"])
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[var] = threads
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        rss_before = _rss_kib("VmRSS")
+        t0 = time.perf_counter()
+        engine = _make_engine(kind, spec)
+        conn.send(("ready", {"load_s": time.perf_counter() - t0, "rss_before_load_kib": rss_before,
+                             "settings": engine.settings}))
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent, which records a skip
+        conn.send(("error", f"{type(exc).__name__}: {exc}", traceback.format_exc()))
+        conn.close()
+        return
+    while True:
+        message = conn.recv()
+        if message[0] == "stop":
+            conn.send(("stopped", {"peak_rss_kib": _rss_kib("VmHWM"), "rss_kib": _rss_kib("VmRSS")}))
+            conn.close()
+            return
+        _, ids, new_tokens = message
+        try:
+            times, tokens = engine.run(ids, new_tokens)
+            conn.send(("result", {"times": times, "tokens": tokens}))
+        except BaseException as exc:  # noqa: BLE001
+            conn.send(("error", f"{type(exc).__name__}: {exc}", traceback.format_exc()))
+
+
+def _machine_jiffies() -> tuple[int, int]:
+    """(busy, total) CPU jiffies of the whole machine since boot, from /proc/stat."""
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return 0, 0
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    total = sum(fields[:8])  # guest time is already inside user/nice
+    return total - idle, total
+
+
+def _process_jiffies(pid: int) -> int:
+    """user + system jiffies of one process (all its threads)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        fields = stat.rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def others_share(busy0: int, total0: int, busy1: int, total1: int, own: int = 0) -> float | None:
+    """Share of the machine's CPU time that other processes used between two samples."""
+    if total1 <= total0:
+        return None
+    return max(0.0, min(1.0, (busy1 - busy0 - own) / (total1 - total0)))
+
+
+def wait_for_quiet(max_wait_s: float, share: float, window_s: float = 0.5) -> float | None:
+    """Sleep in short windows until other processes use less than `share` of the CPU, at most
+    `max_wait_s`; returns the share seen in the last window."""
+    deadline = time.monotonic() + max_wait_s
+    seen = None
+    while True:
+        b0, t0 = _machine_jiffies()
+        time.sleep(window_s)
+        b1, t1 = _machine_jiffies()
+        seen = others_share(b0, t0, b1, t1)
+        if seen is None or seen < share or time.monotonic() >= deadline:
+            return seen
+
+
+class EngineProcess:
+    """The parent's handle on one worker process."""
+
+    def __init__(self, name: str, kind: str, spec: dict, timeout_s: float) -> None:
+        self.name, self.kind, self.spec, self.timeout_s = name, kind, spec, timeout_s
+        ctx = mp.get_context("spawn")
+        self.conn, child = ctx.Pipe()
+        self.process = ctx.Process(target=_worker, args=(child, kind, spec), name=f"bench-{name}")
+        self.process.start()
+        child.close()
+        self.info: dict = {}
+        self.error: str | None = None
+
+    def _recv(self):
+        if not self.conn.poll(self.timeout_s):
+            raise TimeoutError(f"{self.name} did not answer within {self.timeout_s:.0f} s")
+        try:
+            return self.conn.recv()
+        except EOFError as exc:
+            self.process.join(5)
+            raise RuntimeError(f"{self.name} worker died (exit code {self.process.exitcode})") from exc
+
+    def wait_ready(self) -> bool:
+        try:
+            message = self._recv()
+        except (TimeoutError, RuntimeError) as exc:
+            self.error = str(exc)
+            return False
+        if message[0] == "ready":
+            self.info.update(message[1])
+            return True
+        self.error = message[1]
+        log.debug("%s failed to load:\n%s", self.name, message[2])
+        return False
+
+    def run(self, ids: list[int], new_tokens: int) -> dict:
+        """One generation; the result also says how much CPU other processes took meanwhile."""
+        pid = self.process.pid
+        own0, (b0, t0) = _process_jiffies(pid), _machine_jiffies()
+        self.conn.send(("run", ids, new_tokens))
+        message = self._recv()
+        own1, (b1, t1) = _process_jiffies(pid), _machine_jiffies()
+        if message[0] != "result":
+            raise RuntimeError(f"{self.name} failed: {message[1]}")
+        result = message[1]
+        result["others_cpu_share"] = others_share(b0, t0, b1, t1, own1 - own0)
+        return result
+
+    def stop(self) -> dict:
+        try:
+            if self.process.is_alive():
+                self.conn.send(("stop",))
+                message = self._recv()
+                if message[0] == "stopped":
+                    self.info.update(message[1])
+        except (TimeoutError, RuntimeError, OSError, BrokenPipeError) as exc:
+            log.debug("stopping %s: %s", self.name, exc)
+        finally:
+            self.process.join(10)
+            if self.process.is_alive():
+                self.process.terminate()
+                self.process.join(5)
+            self.conn.close()
+        return self.info
+
+
+# ------------------------------------------------------------------------------------------------
+# Memory bandwidth and the decode ceiling
+# ------------------------------------------------------------------------------------------------
+
+
+def measure_copy_bandwidth(threads: int = 1, size_mib: int = 256, repeats: int = 5) -> float:
+    """Best copy bandwidth in bytes/s over `threads` threads, counting bytes read + written
+    (the STREAM "copy" convention). The arrays are far larger than any cache here."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+
+    n = size_mib * 1024 * 1024
+    src = np.ones(n, dtype=np.uint8)
+    dst = np.empty_like(src)
+    bounds = [(i * n // threads, (i + 1) * n // threads) for i in range(threads)]
+
+    def part(b):
+        np.copyto(dst[b[0]:b[1]], src[b[0]:b[1]])  # numpy releases the GIL while copying
+
+    best = math.inf
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(part, bounds))  # fault the pages in
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            list(pool.map(part, bounds))
+            best = min(best, time.perf_counter() - t0)
+    return 2 * n / best
+
+
+def onnx_weight_bytes(model_dir: Path) -> int:
+    """Bytes of initializers one decode step reads: everything except tables only looked up by
+    row (embedding Gather, rotary cos/sin caches read by GroupQueryAttention)."""
+    import onnx
+
+    model = onnx.load(str(Path(model_dir) / "model.onnx"), load_external_data=False)
+    graph = model.graph
+    consumers: dict[str, set[str]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, set()).add(node.op_type)
+    lookup_only = {"Gather", "GatherBlockQuantized", "GroupQueryAttention"}
+    total = 0
+    for t in graph.initializer:
+        ops = consumers.get(t.name, set())
+        if ops and ops <= lookup_only:
+            continue
+        itemsize = onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+        total += math.prod(t.dims) * itemsize
+    return total
+
+
+def gguf_weight_bytes(gguf: Path) -> int:
+    """Bytes of GGUF tensors one decode step reads: all but the input embedding, which counts
+    only where it doubles as the output layer (tied embeddings, no `output.weight`)."""
+    from gguf import GGUFReader
+
+    reader = GGUFReader(str(gguf))
+    names = {t.name for t in reader.tensors}
+    total = 0
+    for t in reader.tensors:
+        if t.name == "token_embd.weight" and "output.weight" in names:
+            continue
+        total += int(t.n_bytes)
+    return total
+
+
+def safetensors_weight_bytes(hf_dir: Path) -> int:
+    """Bytes of fp32 weights transformers reads per token (tied embedding counted once)."""
+    total = 0
+    names: set[str] = set()
+    sizes: dict[str, int] = {}
+    for path in sorted(Path(hf_dir).glob("*.safetensors")):
+        with path.open("rb") as f:
+            header = json.loads(f.read(struct.unpack("<Q", f.read(8))[0]))
+        for name, meta in header.items():
+            if name == "__metadata__":
+                continue
+            elems = math.prod(meta["shape"])
+            sizes[name] = elems * 4  # loaded as float32 whatever the file stores
+            names.add(name)
+    for name, size in sizes.items():
+        if name.endswith("embed_tokens.weight") and any(n.endswith("lm_head.weight") for n in names):
+            continue  # untied: the embedding is only looked up
+        total += size
+    return total
+
+
+def kv_bytes_per_token(hf_config: dict, context: int, bytes_per_value: int) -> int:
+    """KV-cache bytes one decode step reads at `context` tokens of history."""
+    heads = hf_config["num_attention_heads"]
+    head_dim = hf_config.get("head_dim") or hf_config["hidden_size"] // heads
+    kv_heads = hf_config.get("num_key_value_heads") or heads
+    return context * hf_config["num_hidden_layers"] * 2 * kv_heads * head_dim * bytes_per_value
+
+
+# ------------------------------------------------------------------------------------------------
+# The run
+# ------------------------------------------------------------------------------------------------
+
+
+def _timings(result: dict, new_tokens: int) -> dict:
+    times = result["times"]
+    if len(times) < new_tokens:
+        raise RuntimeError(f"generated {len(times)} tokens, expected {new_tokens}")
+    ttft = times[0]
+    decode = (len(times) - 1) / (times[-1] - times[0]) if times[-1] > times[0] else math.inf
+    return {"ttft_s": ttft, "decode_tok_s": decode, "total_s": times[-1],
+            "others_cpu_share": result.get("others_cpu_share")}
+
+
+def _agreement(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def measure(config: GenerationBenchConfig, progress: bool = True) -> dict:
+    """Run every engine interleaved; returns raw measurements (see `records_from`)."""
+    from tqdm import tqdm
+
+    first = config.variants[0]
+    prompts = build_prompts(first.model_dir, config.prompt_tokens, config.plant_dir)
+    max_total = max(len(ids) for ids in prompts.values()) + config.new_tokens
+    engines: list[EngineProcess] = []
+    failures: dict[str, str] = {}
+    specs: list[tuple[str, str, dict]] = [
+        (v.name, "genai", {"model_dir": str(v.model_dir), "threads": config.threads,
+                           "tuning": v.tuning}) for v in config.variants
+    ]
+    for peer, flash_attn in ((LLAMA_CPP, False), (LLAMA_CPP_FA, True)):
+        if peer not in config.peers:
+            continue
+        if config.gguf is None or not Path(config.gguf).is_file():
+            failures[peer] = f"no GGUF file for llama.cpp (got {config.gguf})"
+        else:
+            n_ctx = int(math.ceil(max_total / 256) * 256)
+            specs.append((peer, "llama.cpp", {"gguf": str(config.gguf), "threads": config.threads,
+                                              "n_ctx": n_ctx, "flash_attn": flash_attn}))
+    if TRANSFORMERS in config.peers:
+        if config.hf_dir is None or not (Path(config.hf_dir) / "config.json").is_file():
+            failures[TRANSFORMERS] = f"no HF checkpoint for transformers (got {config.hf_dir})"
+        else:
+            specs.append((TRANSFORMERS, "transformers", {"hf_dir": str(config.hf_dir),
+                                                         "threads": config.threads}))
+    # Load one at a time so loading does not compete with loading.
+    for name, kind, spec in specs:
+        engine = EngineProcess(name, kind, spec, config.worker_timeout_s)
+        if engine.wait_ready():
+            engines.append(engine)
+        else:
+            failures[name] = engine.error or "failed to load"
+            engine.stop()
+    runs: dict[str, dict[int, list[dict]]] = {e.name: {s: [] for s in prompts} for e in engines}
+    tokens: dict[str, dict[int, list[int]]] = {e.name: {} for e in engines}
+    try:
+        total = len(prompts) * (config.warmups + config.repeats) * len(engines)
+        bar = tqdm(total=total, desc="generation", unit="run", disable=not progress)
+        for size, ids in prompts.items():
+            for round_ in range(config.warmups + config.repeats):
+                live = [e for e in engines if e.name not in failures]
+                if not live:
+                    break
+                shift = round_ % len(live)
+                for engine in live[shift:] + live[:shift]:
+                    if config.quiet_wait_s > 0:
+                        wait_for_quiet(config.quiet_wait_s, config.quiet_share)
+                    try:
+                        result = engine.run(ids, config.new_tokens)
+                        timing = _timings(result, config.new_tokens)
+                    except (RuntimeError, TimeoutError) as exc:
+                        failures[engine.name] = str(exc)
+                        continue
+                    finally:
+                        bar.update(1)
+                    tokens[engine.name][size] = result["tokens"]
+                    if round_ >= config.warmups:
+                        runs[engine.name][size].append(timing)
+        bar.close()
+    finally:
+        for engine in engines:
+            engine.stop()
+    bandwidth = max(measure_copy_bandwidth(1), measure_copy_bandwidth(config.threads))
+    return {
+        "prompts": {size: len(ids) for size, ids in prompts.items()},
+        "runs": runs,
+        "tokens": tokens,
+        "engines": {e.name: e.info for e in engines},
+        "failures": failures,
+        "copy_bandwidth_bytes_s": bandwidth,
+    }
+
+
+def _weights(config: GenerationBenchConfig) -> dict[str, int | None]:
+    out: dict[str, int | None] = {}
+    for v in config.variants:
+        out[v.name] = _try(onnx_weight_bytes, v.model_dir)
+    out[LLAMA_CPP] = _try(gguf_weight_bytes, config.gguf) if config.gguf else None
+    out[LLAMA_CPP_FA] = out[LLAMA_CPP]
+    out[TRANSFORMERS] = _try(safetensors_weight_bytes, config.hf_dir) if config.hf_dir else None
+    return out
+
+
+def _try(fn, *args):
+    try:
+        return fn(*args)
+    except Exception as exc:  # noqa: BLE001 - a missing size only drops the ceiling figure
+        log.warning("%s(%s) failed: %s", fn.__name__, args, exc)
+        return None
+
+
+def _median_share(runs: list[dict]) -> float | None:
+    """Median share of the CPU other processes took during these runs (0 = a quiet machine)."""
+    shares = [r["others_cpu_share"] for r in runs if r.get("others_cpu_share") is not None]
+    return round(summarize(shares)["median"], 2) if shares else None
+
+
+def records_from(config: GenerationBenchConfig, raw: dict, ours: str | None = None) -> list[dict]:
+    """Comparison records for variant `ours` (default: the first) against every peer."""
+    ours = ours or config.variants[0].name
+    out: list[dict] = []
+    failures = raw["failures"]
+    if ours in failures:
+        reason = f"our model ({ours}) could not be measured: {failures[ours]}"
+        for peer in config.peers:
+            out.append(skipped_record(SUITE, "generation", reason, peer_name=peer))
+        return out
+    weights = _weights(config)
+    bandwidth = raw["copy_bandwidth_bytes_s"]
+    base = {"threads": config.threads, "new_tokens": config.new_tokens, "greedy": True}
+    for peer in config.peers:
+        if peer in failures or peer not in raw["runs"]:
+            reason = failures.get(peer, "not run")
+            out.append(skipped_record(SUITE, f"generation vs {peer}", reason, peer_name=peer))
+            continue
+        for size, n_prompt in raw["prompts"].items():
+            a, b = raw["runs"][ours][size], raw["runs"][peer][size]
+            if not a or not b:
+                continue
+            params = {**base, "prompt_tokens": n_prompt,
+                      "others_cpu_share_ours": _median_share(a),
+                      "others_cpu_share_peer": _median_share(b)}
+            ta = summarize([r["ttft_s"] for r in a])
+            tb = summarize([r["ttft_s"] for r in b])
+            out.append(make_record(
+                SUITE, f"time to first token, ~{size}-token prompt", "s", ta["median"], tb["median"],
+                peer, "lower", ours_p95=ta["p95"], peer_p95=tb["p95"], repeats=len(a), params=params))
+            da = summarize([r["decode_tok_s"] for r in a])
+            db = summarize([r["decode_tok_s"] for r in b])
+            # For a higher-is-better rate the slow tail is the 5th percentile; it is stored as p95
+            # of the time per token, converted back to tokens/s.
+            da_slow = 1 / summarize([1 / r["decode_tok_s"] for r in a])["p95"]
+            db_slow = 1 / summarize([1 / r["decode_tok_s"] for r in b])["p95"]
+            agree = _agreement(raw["tokens"][ours].get(size, []), raw["tokens"][peer].get(size, []))
+            out.append(make_record(
+                SUITE, f"decode speed, ~{size}-token prompt", "tokens/s", da["median"], db["median"],
+                peer, "higher", ours_p95=da_slow, peer_p95=db_slow, repeats=len(a),
+                params={**params, "greedy_tokens_agreeing": agree},
+                note="p95 = the slow tail (95th percentile of time per token), as tokens/s"
+                if size == min(raw["prompts"]) else None))
+            wa, wb = weights.get(ours), weights.get(peer)
+            if wa and wb and bandwidth:
+                ceil_a, ceil_b = bandwidth / wa, bandwidth / wb
+                out.append(make_record(
+                    SUITE, f"share of bandwidth decode ceiling, ~{size}-token prompt", "%",
+                    100 * da["median"] / ceil_a, 100 * db["median"] / ceil_b, peer, "higher",
+                    params={**params, "ours_weight_mb": round(wa / 1e6, 1),
+                            "peer_weight_mb": round(wb / 1e6, 1),
+                            "ours_ceiling_tok_s": round(ceil_a, 1),
+                            "peer_ceiling_tok_s": round(ceil_b, 1),
+                            "copy_bandwidth_gb_s": round(bandwidth / 1e9, 2)},
+                    note="ceiling = measured copy bandwidth / bytes of weights read per token "
+                    "(KV cache not counted)" if size == min(raw["prompts"]) else None))
+        ra = raw["engines"].get(ours, {}).get("peak_rss_kib")
+        rb = raw["engines"].get(peer, {}).get("peak_rss_kib")
+        if ra and rb:
+            out.append(make_record(
+                SUITE, "peak resident memory", "MB", ra * 1024 / 1e6, rb * 1024 / 1e6, peer, "lower",
+                params={"threads": config.threads, "max_tokens": max(raw["prompts"].values())
+                        + config.new_tokens},
+                note="whole worker process (VmHWM): interpreter, runtime and model"))
+    return out
+
+
+def run_config(config: GenerationBenchConfig, progress: bool = True) -> tuple[list[dict], dict]:
+    raw = measure(config, progress=progress)
+    return records_from(config, raw), raw
+
+
+# ------------------------------------------------------------------------------------------------
+# Entry points
+# ------------------------------------------------------------------------------------------------
+
+
+def default_paths(bundle: Path | None, work: Path | None) -> dict[str, Path | None]:
+    """Where `make bench` keeps its models: the bundle's llm/ (else work/smollm2-int4) for ours,
+    work/smollm2-hf for transformers and the embedded GGUF for llama.cpp."""
+    paths: dict[str, Path | None] = {"onnx": None, "hf": None, "gguf": None}
+    if bundle is not None and (Path(bundle) / "llm" / "genai_config.json").is_file():
+        paths["onnx"] = Path(bundle) / "llm"
+    elif work is not None and (Path(work) / "smollm2-int4" / "genai_config.json").is_file():
+        paths["onnx"] = Path(work) / "smollm2-int4"
+    if work is not None and (Path(work) / "smollm2-hf" / "config.json").is_file():
+        paths["hf"] = Path(work) / "smollm2-hf"
+    try:
+        from build.import_model import default_gguf
+
+        paths["gguf"] = default_gguf()
+    except Exception as exc:  # noqa: BLE001 - no GGUF means the llama.cpp peer is skipped
+        log.warning("no default GGUF: %s", exc)
+    return paths
+
+
+def run(quick: bool = False, *, bundle: Path | None = None, work: Path | None = None,
+        threads: int | None = None, plant: Path | None = None, gguf: Path | None = None) -> list[dict]:
+    """The suite as `expert bench` runs it: the default model against both peers."""
+    from benchmarks.machine import usable_cores
+
+    paths = default_paths(bundle, work)
+    if paths["onnx"] is None:
+        reason = (f"no int4 model: neither {bundle}/llm nor {work}/smollm2-int4 holds a "
+                  "genai_config.json; run `make bundle` first")
+        return [skipped_record(SUITE, "generation", reason, peer_name=p) for p in PEERS]
+    if plant is None and Path("examples/plant/docs").is_dir():
+        plant = Path("examples/plant")
+    config = GenerationBenchConfig(
+        variants=(Variant(OURS, paths["onnx"]),),
+        hf_dir=paths["hf"],
+        gguf=gguf or paths["gguf"],
+        threads=threads or usable_cores(),
+        warmups=1,
+        repeats=3 if quick else 5,
+        plant_dir=plant,
+    )
+    records, _ = run_config(config)
+    return records
+
+
+def _parse_variant(text: str) -> Variant:
+    name, sep, path = text.partition("=")
+    if not sep:
+        name, path = Path(text).name, text
+    if not (Path(path) / "genai_config.json").is_file():
+        raise SystemExit(f"--ours {text}: {path} holds no genai_config.json (an `expert export` folder)")
+    return Variant(name, Path(path))
+
+
+def comparison_table(config: GenerationBenchConfig, raw: dict) -> str:
+    """Every variant against llama.cpp (and transformers), one row per variant and prompt."""
+    lines = ["| variant | prompt | TTFT s | decode tok/s | TTFT ratio vs llama.cpp (≤1 wins) | "
+             "decode ratio vs llama.cpp (≥1 wins) | peak RSS MB | others' CPU share |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    names = [v.name for v in config.variants] + [p for p in config.peers if p in raw["runs"]]
+    for size, n_prompt in raw["prompts"].items():
+        peer = raw["runs"].get(LLAMA_CPP, {}).get(size)
+        pt = summarize([r["ttft_s"] for r in peer])["median"] if peer else None
+        pd = summarize([r["decode_tok_s"] for r in peer])["median"] if peer else None
+        for name in names:
+            rs = raw["runs"].get(name, {}).get(size)
+            if not rs:
+                continue
+            t = summarize([r["ttft_s"] for r in rs])["median"]
+            d = summarize([r["decode_tok_s"] for r in rs])["median"]
+            rss = raw["engines"].get(name, {}).get("peak_rss_kib")
+            lines.append(
+                f"| {name} | {n_prompt} | {t:.3f} | {d:.1f} | "
+                f"{(t / pt) if pt else float('nan'):.2f} | {(d / pd) if pd else float('nan'):.2f} | "
+                f"{(rss * 1024 / 1e6) if rss else float('nan'):.0f} | {_median_share(rs)} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from benchmarks.machine import usable_cores
+
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.generation_bench",
+        description="Compare onnxruntime-genai model folders with llama.cpp (and transformers), "
+                    "interleaved, in one run.")
+    parser.add_argument("--ours", action="append", required=True, metavar="NAME=DIR",
+                        help="an exported model folder (repeat to compare variants)")
+    parser.add_argument("--tuning", action="append", default=[], metavar="NAME:KEY=VALUE",
+                        help="a runtime setting (GenaiTuning field) for one variant, e.g. "
+                             "default:allow_spinning=false")
+    parser.add_argument("--hf", type=Path, help="HF checkpoint for the transformers peer")
+    parser.add_argument("--gguf", type=Path, help="GGUF for llama.cpp (default: the embedded one)")
+    parser.add_argument("--peers", default=",".join(PEERS), help=f"comma list from {KNOWN_PEERS}")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--prompts", default=",".join(map(str, DEFAULT_PROMPT_TOKENS)))
+    parser.add_argument("--new-tokens", type=int, default=DEFAULT_NEW_TOKENS)
+    parser.add_argument("--warmups", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--plant", type=Path, default=Path("examples/plant"))
+    parser.add_argument("--quiet-wait", type=float, default=10.0,
+                        help="seconds to wait before each run for other processes to go quiet")
+    parser.add_argument("--json", type=Path, help="also write the raw measurements here")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    variants = [_parse_variant(v) for v in args.ours]
+    tunings: dict[str, dict] = {}
+    for item in args.tuning:
+        name, _, kv = item.partition(":")
+        key, _, value = kv.partition("=")
+        low = value.lower()
+        parsed = (low == "true") if low in ("true", "false") else int(value) if value.isdigit() else value
+        tunings.setdefault(name, {})[key] = parsed
+    variants = [Variant(v.name, v.model_dir, tunings.get(v.name, {})) for v in variants]
+    gguf = args.gguf
+    if gguf is None:
+        from build.import_model import default_gguf
+
+        gguf = default_gguf()
+    config = GenerationBenchConfig(
+        variants=tuple(variants),
+        hf_dir=args.hf,
+        gguf=gguf,
+        threads=args.threads or usable_cores(),
+        prompt_tokens=tuple(int(x) for x in args.prompts.split(",")),
+        new_tokens=args.new_tokens,
+        warmups=args.warmups,
+        repeats=args.repeats,
+        peers=tuple(p for p in args.peers.split(",") if p),
+        plant_dir=args.plant if args.plant.is_dir() else None,
+        quiet_wait_s=args.quiet_wait,
+    )
+    raw = measure(config)
+    print(comparison_table(config, raw))
+    if raw["failures"]:
+        print("failures:", json.dumps(raw["failures"], indent=2))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"config": {"variants": [[v.name, str(v.model_dir), v.tuning]
+                                                                   for v in variants]},
+                                         "raw": raw}, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,240 @@
+"""`expert bench`: run every benchmark suite against its peers and write the results.
+
+Run: `expert bench --bundle var/bundles/bundle-plant-0.1.0 --work var/work` (what `make bench`
+does), or `.venv/bin/python -m benchmarks.run --suites generation --quick`.
+
+Each suite is a module of this package exposing `run(quick: bool, **paths) -> list[dict]` of
+records (benchmarks/records.py). It runs in its own process, one suite at a time, so one
+suite's threads and memory never disturb another's figures and a crash or a hang becomes a
+"skipped: reason" entry instead of ending the run. A suite's `run` receives the keyword
+arguments it declares among: bundle, work, plant, threads, gguf.
+
+Writes benchmarks/results/<date>-<host>.json, latest.json, and the Markdown summary
+<date>-<host>.md / latest.md (benchmarks/summary.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import inspect
+import json
+import logging
+import multiprocessing as mp
+import os
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+from appliance.errors import UserFacingError
+from benchmarks.records import SUITES, normalize_records, skipped_record
+
+log = logging.getLogger(__name__)
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+# suite module -> the suite its records belong to. Run in this order: generation first, while the
+# machine is freshest, because it is the one with a parity target. (quantization_bench.py is a
+# standalone tool that chooses export settings; it compares no peer, so it is not a suite here.)
+SUITE_MODULES: dict[str, str] = {
+    "generation_bench": "generation",
+    "retrieval_bench": "retrieval",
+    "embedding_bench": "embedding",
+    "training_bench": "training",
+    "service_bench": "service",
+}
+# Keyword arguments a suite's run() may declare; it gets those it names.
+SUITE_KWARGS = ("bundle", "work", "plant", "threads", "gguf")
+DEFAULT_TIMEOUT_S = 1800
+
+
+def _suite_child(module_name: str, quick: bool, kwargs: dict, out_path: str) -> None:
+    """Runs in a fresh process: import the suite, run it, write its records (or its error)."""
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        os.environ.setdefault(var, "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    result: dict
+    try:
+        module = importlib.import_module(f"benchmarks.{module_name}")
+    except ModuleNotFoundError as exc:
+        missing = exc.name or str(exc)
+        if missing == f"benchmarks.{module_name}":
+            result = {"skipped": f"benchmarks/{module_name}.py does not exist yet"}
+        else:
+            result = {"skipped": f"benchmarks/{module_name}.py needs the missing module {missing!r}"}
+        Path(out_path).write_text(json.dumps(result))
+        return
+    except Exception as exc:  # noqa: BLE001 - any import failure becomes a skip with its reason
+        result = {"skipped": f"importing benchmarks/{module_name}.py failed: {type(exc).__name__}: {exc}"}
+        Path(out_path).write_text(json.dumps(result))
+        return
+    fn = getattr(module, "run", None)
+    if not callable(fn):
+        result = {"skipped": f"benchmarks/{module_name}.py has no run(quick: bool) function"}
+        Path(out_path).write_text(json.dumps(result))
+        return
+    try:
+        accepted = inspect.signature(fn).parameters
+        takes_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values())
+        call = {k: v for k, v in kwargs.items() if takes_all or k in accepted}
+        if "quick" in accepted or takes_all:
+            call["quick"] = quick
+        started = time.monotonic()
+        records = fn(**call)
+        result = {"records": list(records or []), "duration_s": time.monotonic() - started}
+    except Exception as exc:  # noqa: BLE001
+        traceback.print_exc()
+        result = {"skipped": f"benchmarks/{module_name}.py failed: {type(exc).__name__}: {exc}"}
+    Path(out_path).write_text(json.dumps(result, default=str))
+
+
+def run_suite(module_name: str, *, quick: bool, kwargs: dict, timeout_s: float) -> tuple[list[dict], dict]:
+    """Run one suite module in a child process; returns (records, info)."""
+    default_suite = SUITE_MODULES.get(module_name, "generation")
+    ctx = mp.get_context("spawn")
+    with tempfile.TemporaryDirectory(prefix="expert-bench-") as tmp:
+        out_path = Path(tmp) / "result.json"
+        started = time.monotonic()
+        process = ctx.Process(target=_suite_child, name=f"bench-{module_name}",
+                              args=(module_name, quick, kwargs, str(out_path)))
+        process.start()
+        process.join(timeout_s)
+        if process.is_alive():
+            process.terminate()
+            process.join(10)
+            if process.is_alive():
+                process.kill()
+                process.join()
+            reason = f"benchmarks/{module_name}.py did not finish within {timeout_s:.0f} s"
+            return [skipped_record(default_suite, module_name, reason, source=module_name)], {
+                "status": "timeout", "duration_s": time.monotonic() - started}
+        duration = time.monotonic() - started
+        if not out_path.is_file():
+            reason = f"benchmarks/{module_name}.py crashed (exit code {process.exitcode})"
+            return [skipped_record(default_suite, module_name, reason, source=module_name)], {
+                "status": "crashed", "duration_s": duration}
+        result = json.loads(out_path.read_text())
+    if "skipped" in result:
+        return [skipped_record(default_suite, module_name, result["skipped"], source=module_name)], {
+            "status": "skipped", "duration_s": duration}
+    records = normalize_records(result["records"], source=module_name, default_suite=default_suite)
+    if not records:
+        reason = f"benchmarks/{module_name}.py returned no records"
+        records = [skipped_record(default_suite, module_name, reason, source=module_name)]
+    return records, {"status": "ok", "duration_s": duration}
+
+
+def run_all(*, suites: list[str], quick: bool, kwargs: dict, timeout_s: float) -> tuple[list[dict], dict]:
+    records: list[dict] = []
+    info: dict = {}
+    for module_name in suites:
+        log.info("suite %s ...", module_name)
+        got, meta = run_suite(module_name, quick=quick, kwargs=kwargs, timeout_s=timeout_s)
+        log.info("suite %s: %s, %d record(s) in %.0f s", module_name, meta["status"], len(got),
+                 meta["duration_s"])
+        records.extend(got)
+        info[module_name] = {**meta, "duration_s": round(meta["duration_s"], 1)}
+    # Every suite the design names appears in the summary, if only as "did not run".
+    seen = {r["suite"] for r in records}
+    for suite in SUITES:
+        if suite not in seen:
+            records.append(skipped_record(suite, suite, "no benchmark module produced results for this suite"))
+    return records, info
+
+
+def _resolve_suites(text: str | None) -> list[str]:
+    if not text:
+        return list(SUITE_MODULES)
+    chosen = []
+    by_suite = {}
+    for module, suite in SUITE_MODULES.items():
+        by_suite.setdefault(suite, []).append(module)
+    for item in (x.strip() for x in text.split(",") if x.strip()):
+        if item in SUITE_MODULES:
+            chosen.append(item)
+        elif item in by_suite:
+            chosen.extend(by_suite[item])
+        elif f"{item}_bench" in SUITE_MODULES:
+            chosen.append(f"{item}_bench")
+        else:
+            raise UserFacingError(
+                f"unknown suite {item!r}; choose from {', '.join(SUITES)} or a module name "
+                f"({', '.join(SUITE_MODULES)})")
+    return list(dict.fromkeys(chosen))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--bundle", type=Path, default=None,
+                        help="the bundle to measure (its llm/, embedder/ and index/)")
+    parser.add_argument("--work", type=Path, default=Path("var/work"),
+                        help="build work folder with smollm2-hf/, smollm2-int4/, embedder/ (default var/work)")
+    parser.add_argument("--plant", type=Path, default=Path("examples/plant"),
+                        help="example plant folder (documents and Q&A) for prompts and queries")
+    parser.add_argument("--suites", default=None,
+                        help=f"comma list of suites ({', '.join(SUITES)}) or modules; default all")
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions (a smoke run)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="threads for every engine, ours and peers alike (default: usable cores)")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR, help=f"results folder (default {RESULTS_DIR})")
+    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S,
+                        help=f"seconds one suite may run before it is stopped (default {DEFAULT_TIMEOUT_S})")
+
+
+def run(args: argparse.Namespace) -> int:
+    from benchmarks.machine import describe_machine, usable_cores
+    from benchmarks.summary import results_document, write_results
+
+    if args.threads is not None and args.threads < 1:
+        raise UserFacingError(f"--threads must be >= 1, got {args.threads}")
+    if args.bundle is not None and not (args.bundle / "manifest.json").is_file():
+        raise UserFacingError(f"{args.bundle} is not a bundle (no manifest.json); build one with "
+                              "`make bundle` or pass the folder `expert bundle` wrote")
+    if args.timeout <= 0:
+        raise UserFacingError(f"--timeout must be > 0 seconds, got {args.timeout}")
+    suites = _resolve_suites(args.suites)
+    threads = args.threads or usable_cores()
+    gguf = None
+    try:
+        from build.import_model import default_gguf
+
+        gguf = default_gguf()
+    except Exception as exc:  # noqa: BLE001 - the llama.cpp peer is then skipped with this reason
+        log.warning("no embedded GGUF: %s", exc)
+    kwargs = {
+        "bundle": args.bundle.resolve() if args.bundle else None,
+        "work": args.work.resolve() if args.work else None,
+        "plant": args.plant.resolve() if args.plant and args.plant.is_dir() else None,
+        "threads": threads,
+        "gguf": gguf,
+    }
+    machine = describe_machine()
+    started = time.monotonic()
+    records, info = run_all(suites=suites, quick=args.quick, kwargs=kwargs, timeout_s=args.timeout)
+    meta = {
+        "quick": args.quick,
+        "threads": threads,
+        "bundle": str(kwargs["bundle"]) if kwargs["bundle"] else None,
+        "work": str(kwargs["work"]) if kwargs["work"] else None,
+        "duration_s": round(time.monotonic() - started, 1),
+        "suites": info,
+    }
+    machine["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
+    document = results_document(machine, records, meta=meta)
+    paths = write_results(args.out, document)
+    measured = sum(1 for r in records if not r.get("skipped"))
+    print(f"{measured} comparison(s), {len(records) - measured} skipped; results: {paths['json']}, "
+          f"summary: {paths['markdown']}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from appliance.cli import main as cli_main
+
+    return cli_main(["bench", *(sys.argv[1:] if argv is None else argv)])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,869 @@
+"""`expert eval`: measure RAG against fine-tuning against both, on the plant's own questions.
+
+Run: `expert eval modes --plant examples/plant --work var/work --bundle var/bundles/bundle-plant-0.1.0 --out var/eval`
+     `expert eval --bundle BASE_BUNDLE --bundle FINETUNED_BUNDLE --questions FILE --out DIR`
+     `expert eval retrieval --bundle BUNDLE --questions FILE [--out FILE.json]`
+     `expert eval quality-gate --hf DIR --onnx DIR --docs DIR --questions FILE --out FILE.json`
+Tests: .venv/bin/pytest tests/build/test_eval_metrics.py tests/build/test_eval_report.py tests/build/test_eval_modes.py
+
+The usual advice (RAG for changing data and traceable answers, fine-tuning for stable
+terminology, both for automated flows) is checked here on the plant's data instead of taken
+on faith. Held-out questions go through four modes: the base model, the base model with
+retrieval, the fine-tuned model, the fine-tuned model with retrieval; each answer is produced by
+`appliance.answering`, the code the service runs, with the int4 models the device runs
+(`--full-precision` adds the fp32 ONNX exports), greedy and seeded. build/eval_metrics.py
+scores the answers, build/eval_report.py writes the HTML, JSON and Markdown reports.
+
+With `--plant` and `--work` and a single `--bundle`, the fine-tuned model is built when missing
+(build/finetune_pipeline.py: LoRA training, merge, int4 export, a fine-tuned bundle); outputs
+that exist and match their inputs are reused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from appliance.errors import UserFacingError
+from build import eval_metrics
+
+log = logging.getLogger(__name__)
+
+SUBMODES = ("modes", "retrieval", "quality-gate")
+
+# The four modes, in report order: (name, label, fine-tuned?, retrieval?).
+MODE_TABLE = (
+    ("base", "Base", False, False),
+    ("base+rag", "Base + RAG", False, True),
+    ("finetuned", "Fine-tuned", True, False),
+    ("finetuned+rag", "Fine-tuned + RAG", True, True),
+)
+MODE_NAMES = tuple(m[0] for m in MODE_TABLE)
+
+# 160 new tokens hold every reference answer of the example plant (the longest is ~60 tokens)
+# with room to spare, and keep a full `make eval` within its time budget on 2 cores.
+DEFAULT_MAX_NEW_TOKENS = 160
+DEFAULT_K = 5
+DEFAULT_SEED = 1234
+
+
+# --------------------------------------------------------------------------------------------
+# Questions
+
+
+@dataclass(frozen=True)
+class EvalQuestion:
+    """One held-out question (a line of qa/eval.jsonl)."""
+
+    id: str
+    question: str
+    expected_facts: tuple[str, ...]
+    answerable: bool
+    reference_answer: str = ""
+    source: str | tuple[str, ...] | None = None
+    filters: dict | None = None
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["expected_facts"] = list(self.expected_facts)
+        if isinstance(self.source, tuple):
+            d["source"] = list(self.source)
+        return d
+
+
+def load_questions(path: Path | str) -> list[EvalQuestion]:
+    """Read and check an eval JSONL file; every problem is reported with its line, all at once."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserFacingError(
+            f"questions file {path} does not exist; pass --questions FILE (JSON lines with id, "
+            "question, expected_facts, answerable, reference_answer, source, filters)"
+        )
+    questions: list[EvalQuestion] = []
+    problems: list[str] = []
+    seen: set[str] = set()
+    for lineno, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not raw.strip():
+            continue
+        where = f"{path}:{lineno}"
+        try:
+            rec = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            problems.append(f"{where}: not valid JSON ({exc.msg})")
+            continue
+        if not isinstance(rec, dict):
+            problems.append(f"{where}: expected a JSON object")
+            continue
+        qid = rec.get("id")
+        question = rec.get("question")
+        facts = rec.get("expected_facts", [])
+        answerable = rec.get("answerable", True)
+        reference = rec.get("reference_answer") or ""
+        source = rec.get("source")
+        filters = rec.get("filters")
+        bad = []
+        if not isinstance(qid, str | int) or isinstance(qid, bool) or not str(qid).strip():
+            bad.append("'id' must be a non-empty string")
+        elif str(qid) in seen:
+            bad.append(f"id {qid!r} is used twice; ids must be unique")
+        if not isinstance(question, str) or not question.strip():
+            bad.append("'question' must be a non-empty string")
+        if not isinstance(facts, list) or not all(isinstance(f, str) and f.strip() for f in facts):
+            bad.append("'expected_facts' must be a list of non-empty strings")
+        if not isinstance(answerable, bool):
+            bad.append("'answerable' must be true or false")
+        if not isinstance(reference, str):
+            bad.append("'reference_answer' must be a string")
+        if source is not None and not (
+            isinstance(source, str)
+            or (isinstance(source, list) and all(isinstance(s, str) for s in source))
+        ):
+            bad.append("'source' must be a document name, a list of them, or null")
+        if filters is not None and not isinstance(filters, dict):
+            bad.append("'filters' must be an object (metadata field -> value) or null")
+        if bad:
+            problems.extend(f"{where}: {b}" for b in bad)
+            continue
+        seen.add(str(qid))
+        questions.append(
+            EvalQuestion(
+                id=str(qid),
+                question=question.strip(),
+                expected_facts=tuple(f.strip() for f in facts),
+                answerable=answerable,
+                reference_answer=reference,
+                source=tuple(source) if isinstance(source, list) else source,
+                filters=filters or None,
+            )
+        )
+    if problems:
+        shown = "\n  ".join(problems[:20])
+        more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
+        raise UserFacingError(
+            f"{path}: {len(problems)} problem(s) in the questions:\n  {shown}{more}\n"
+            "Fix these lines and run the command again."
+        )
+    if not questions:
+        raise UserFacingError(f"{path}: no questions; add one JSON object per line")
+    return questions
+
+
+# --------------------------------------------------------------------------------------------
+# Modes and settings
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """How every mode generates: the same for all, so only the mode differs."""
+
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
+    k: int = DEFAULT_K
+    seed: int = DEFAULT_SEED
+    threads: int | None = None
+    limit: int | None = None  # evaluate only the first N questions (quick looks)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.max_new_tokens, int) or not 1 <= self.max_new_tokens <= 4096:
+            raise UserFacingError(
+                f"max_new_tokens must be an integer in [1, 4096], got {self.max_new_tokens!r}"
+            )
+        if not isinstance(self.k, int) or not 1 <= self.k <= 50:
+            raise UserFacingError(f"k must be an integer in [1, 50], got {self.k!r}")
+        if not isinstance(self.seed, int):
+            raise UserFacingError(f"seed must be an integer, got {self.seed!r}")
+        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
+            raise UserFacingError(f"threads must be an integer >= 1, got {self.threads!r}")
+        if self.limit is not None and (not isinstance(self.limit, int) or self.limit < 1):
+            raise UserFacingError(f"limit must be an integer >= 1, got {self.limit!r}")
+
+
+@dataclass(frozen=True)
+class ModeSpec:
+    """One evaluated mode: which model (by key; modes sharing a key share the loaded model)
+    and whether answers are grounded in retrieved passages."""
+
+    name: str
+    label: str
+    model: str
+    use_retrieval: bool
+    finetuned: bool
+    precision: str = "int4"
+    llm_dir: Path | None = None
+    bundle: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.name or not self.model:
+            raise ValueError("ModeSpec: name and model must be non-empty")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["llm_dir"] = str(self.llm_dir) if self.llm_dir is not None else None
+        return d
+
+
+def standard_modes(
+    base_llm: Path,
+    finetuned_llm: Path | None,
+    *,
+    base_bundle: str | None = None,
+    finetuned_bundle: str | None = None,
+    fp32: Mapping[str, Path] | None = None,
+    only: Sequence[str] | None = None,
+) -> list[ModeSpec]:
+    """The four modes over the int4 models, plus their fp32 twins for the models in `fp32`
+    (keys "base" / "finetuned"). `only` keeps the named int4 modes (and their fp32 twins)."""
+    modes: list[ModeSpec] = []
+    for precision, models in (
+        ("int4", {"base": base_llm, "finetuned": finetuned_llm}),
+        ("fp32", dict(fp32 or {})),
+    ):
+        for name, label, finetuned, rag in MODE_TABLE:
+            if only is not None and name not in only:
+                continue
+            which = "finetuned" if finetuned else "base"
+            llm = models.get(which)
+            if llm is None:
+                continue
+            suffix = "" if precision == "int4" else "@fp32"
+            modes.append(
+                ModeSpec(
+                    name=name + suffix,
+                    label=label + ("" if precision == "int4" else " (fp32)"),
+                    model=f"{which}-{precision}",
+                    use_retrieval=rag,
+                    finetuned=finetuned,
+                    precision=precision,
+                    llm_dir=Path(llm),
+                    bundle=(finetuned_bundle if finetuned else base_bundle)
+                    if precision == "int4"
+                    else None,
+                )
+            )
+    return modes
+
+
+# --------------------------------------------------------------------------------------------
+# Running
+
+
+@dataclass
+class AnswerRecord:
+    """One mode's answer to one question, with its timings and score."""
+
+    question_id: str
+    mode: str
+    text: str
+    abstained: bool
+    abstain_reason: str | None
+    service_abstained: bool
+    abstention: str | None = None  # eval_metrics.abstention_kind
+    cited: list[dict] = field(default_factory=list)
+    retrieved: list[str] = field(default_factory=list)
+    best_score: float | None = None
+    ttft_s: float | None = None
+    total_s: float = 0.0
+    retrieval_s: float = 0.0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    finish_reason: str = "stop"
+    tokens_per_s: float | None = None
+    error: str | None = None
+    score: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _source_names(source: Any) -> list[str]:
+    return [n for n in (getattr(source, "document", ""), getattr(source, "title", "")) if n]
+
+
+def evaluate_question(
+    q: EvalQuestion,
+    mode: ModeSpec,
+    *,
+    generator: Any,
+    retriever: Any,
+    settings: EvalSettings,
+    policy: Any = None,
+) -> AnswerRecord:
+    """Answer `q` in `mode` through appliance.answering (as the service does) and score it.
+
+    Time to first token is measured from the call (retrieval and prompt assembly included)
+    to the first text delta: what a terminal user waits for."""
+    from appliance.answering import answer_stream
+    from appliance.generation.base import GenerationParams
+
+    params = GenerationParams(
+        max_new_tokens=settings.max_new_tokens, temperature=0.0, seed=settings.seed
+    )
+    t0 = time.perf_counter()
+    first: float | None = None
+    try:
+        stream = answer_stream(
+            q.question,
+            (),
+            generator=generator,
+            retriever=retriever if mode.use_retrieval else None,
+            params=params,
+            k=settings.k,
+            filters=q.filters,
+            use_retrieval=mode.use_retrieval,
+            policy=policy,
+        )
+        for _delta in stream:
+            if first is None:
+                first = time.perf_counter() - t0
+        total = time.perf_counter() - t0
+        result = stream.result
+        assert result is not None
+    except (UserFacingError, ValueError) as exc:
+        # A question the mode cannot answer at all (e.g. the prompt does not fit the
+        # context): recorded as an error, scored as a failure, and the run goes on.
+        record = AnswerRecord(
+            question_id=q.id,
+            mode=mode.name,
+            text="",
+            abstained=False,
+            abstain_reason=None,
+            service_abstained=False,
+            total_s=time.perf_counter() - t0,
+            error=str(exc),
+        )
+        record.score = {**asdict(_score(q, mode, record)), "verdict": "error"}
+        return record
+
+    cited = [s for s in result.sources if s.cited]
+    decode_s = result.generation_s - (result.first_token_s or 0.0)
+    record = AnswerRecord(
+        question_id=q.id,
+        mode=mode.name,
+        text=result.text,
+        abstained=False,
+        abstain_reason=result.abstain_reason,
+        # The service's own abstention (retrieval under the threshold), not the model saying
+        # the sentence (answering flags that too, as abstain_reason "model").
+        service_abstained=result.abstain_reason in ("low_score", "no_passages"),
+        cited=[
+            {"n": s.n, "document": s.document, "title": s.title, "section": s.section}
+            for s in cited
+        ],
+        retrieved=[s.document or s.title for s in result.sources],
+        best_score=result.best_score,
+        ttft_s=first,
+        total_s=total,
+        retrieval_s=result.retrieval_s,
+        prompt_tokens=int(result.prompt_tokens),
+        completion_tokens=int(result.completion_tokens),
+        finish_reason=result.finish_reason,
+        tokens_per_s=(result.completion_tokens - 1) / decode_s
+        if result.completion_tokens > 1 and decode_s > 0
+        else None,
+    )
+    record.abstention = eval_metrics.abstention_kind(
+        record.text, service_flag=record.service_abstained, use_retrieval=mode.use_retrieval
+    )
+    record.abstained = record.abstention is not None
+    record.score = asdict(_score(q, mode, record, cited=[_source_names(s) for s in cited]))
+    return record
+
+
+def _score(
+    q: EvalQuestion, mode: ModeSpec, record: AnswerRecord, cited: Sequence[Sequence[str]] = ()
+) -> eval_metrics.AnswerScore:
+    return eval_metrics.score_answer(
+        text=record.text,
+        answerable=q.answerable,
+        expected_facts=q.expected_facts,
+        reference_answer=q.reference_answer,
+        abstained=record.abstained,
+        use_retrieval=mode.use_retrieval,
+        cited=cited,
+        source=q.source,
+    )
+
+
+def run_modes(
+    questions: Sequence[EvalQuestion],
+    modes: Sequence[ModeSpec],
+    *,
+    open_generator: Callable[[ModeSpec], Any],
+    retriever: Any,
+    settings: EvalSettings,
+    policy: Any = None,
+    progress: bool = True,
+) -> list[AnswerRecord]:
+    """Every question through every mode. Modes sharing a model run back to back and the model
+    is opened once (`open_generator(mode)`) and released before the next one is opened."""
+    from tqdm import tqdm
+
+    if any(m.use_retrieval for m in modes) and retriever is None:
+        raise UserFacingError("a retrieval mode was asked for but no index is open; pass --bundle")
+    order: dict[str, list[ModeSpec]] = {}
+    for m in modes:
+        order.setdefault(m.model, []).append(m)
+    records: list[AnswerRecord] = []
+    total = len(questions) * len(modes)
+    with tqdm(total=total, desc="eval", unit="answer", disable=not progress) as bar:
+        for model_key, group in order.items():
+            generator = open_generator(group[0])
+            try:
+                for mode in group:
+                    bar.set_postfix_str(mode.name)
+                    for q in questions:
+                        records.append(
+                            evaluate_question(
+                                q,
+                                mode,
+                                generator=generator,
+                                retriever=retriever,
+                                settings=settings,
+                                policy=policy,
+                            )
+                        )
+                        bar.update(1)
+            finally:
+                log.debug("releasing model %s", model_key)
+                del generator
+    rank = {m.name: i for i, m in enumerate(modes)}
+    qrank = {q.id: i for i, q in enumerate(questions)}
+    records.sort(key=lambda r: (rank[r.mode], qrank[r.question_id]))
+    return records
+
+
+def machine_info() -> dict:
+    info = {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+    }
+    try:
+        from importlib import metadata
+
+        info["onnxruntime_genai"] = metadata.version("onnxruntime-genai")
+    except Exception:  # noqa: BLE001 - informational only
+        pass
+    return info
+
+
+# --------------------------------------------------------------------------------------------
+# The bundle side: generators, retriever, answer policy
+
+
+def open_genai(mode: ModeSpec, threads: int | None = None):
+    from appliance.generation.genai import GenaiGenerator
+
+    if mode.llm_dir is None:
+        raise UserFacingError(f"mode {mode.name}: no model folder")
+    return GenaiGenerator(mode.llm_dir, threads=threads, model_id=mode.bundle or mode.model)
+
+
+@contextmanager
+def open_retriever(bundle) -> Iterator[Any]:
+    """The bundle's retriever over a scratch copy of its index (a bundle is read-only; the
+    retriever may want to write its journal), removed afterwards."""
+    from appliance.embedding import OnnxEmbedder
+    from appliance.retrieval import Retriever
+
+    with tempfile.TemporaryDirectory(prefix="expert-eval-index-") as tmp:
+        index = Path(tmp) / "index"
+        shutil.copytree(bundle.index_dir, index)
+        for p in index.rglob("*"):
+            p.chmod(0o700 if p.is_dir() else 0o600)
+        retriever = Retriever.open(index, OnnxEmbedder(bundle.embedder_dir))
+        try:
+            yield retriever
+        finally:
+            close = getattr(retriever, "close", None)
+            if callable(close):
+                close()
+
+
+def bundle_policy(manifest: Mapping | None):
+    """The answer policy the service would use for this bundle (its calibrated threshold)."""
+    from appliance.answering import DEFAULT_ABSTAIN_THRESHOLD, AnswerPolicy
+
+    threshold = DEFAULT_ABSTAIN_THRESHOLD
+    value = ((manifest or {}).get("retrieval") or {}).get("abstain_threshold")
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        threshold = float(value)
+    return AnswerPolicy(abstain_threshold=threshold)
+
+
+# --------------------------------------------------------------------------------------------
+# `expert eval modes`
+
+
+def evaluate_modes(
+    *,
+    questions_file: Path,
+    out_dir: Path,
+    base_bundle: Path,
+    finetuned_bundle: Path | None = None,
+    plant: Path | None = None,
+    work: Path | None = None,
+    base_hf: Path | None = None,
+    full_precision: bool = False,
+    only: Sequence[str] | None = None,
+    settings: EvalSettings | None = None,
+    finetune_options: Mapping[str, Any] | None = None,
+) -> dict[str, Path]:
+    """Build what is missing, run the modes, write report.{html,json,md}; return their paths."""
+    from appliance.bundle import load_bundle
+    from build import eval_report
+
+    settings = settings or EvalSettings()
+    started = time.perf_counter()
+    questions = load_questions(questions_file)
+    if settings.limit:
+        questions = questions[: settings.limit]
+    base = load_bundle(base_bundle)
+    wanted = list(only) if only else list(MODE_NAMES)
+    unknown = sorted(set(wanted) - set(MODE_NAMES))
+    if unknown:
+        raise UserFacingError(f"--modes: unknown mode(s) {unknown}; choose from {list(MODE_NAMES)}")
+    needs_ft = any(m.startswith("finetuned") for m in wanted)
+
+    build_info: dict[str, Any] = {}
+    ft = None
+    fp32: dict[str, Path] = {}
+    if needs_ft and finetuned_bundle is not None:
+        ft = load_bundle(finetuned_bundle)
+    elif needs_ft:
+        if plant is None or work is None:
+            raise UserFacingError(
+                "the fine-tuned modes need a fine-tuned bundle: pass a second --bundle, or "
+                "--plant DIR and --work DIR to build one (or --modes base,base+rag to skip them)"
+            )
+        from build import finetune_pipeline
+
+        built = finetune_pipeline.ensure_finetuned(
+            base_bundle=base,
+            plant=Path(plant),
+            work=Path(work),
+            base_hf=base_hf,
+            full_precision=full_precision,
+            options=finetune_options,
+        )
+        ft = load_bundle(built.bundle)
+        build_info["finetune"] = built.to_dict()
+        if built.fp32_dir is not None:
+            fp32["finetuned"] = built.fp32_dir
+    if full_precision:
+        from build import finetune_pipeline
+
+        if ft is not None and "finetuned" not in fp32:
+            fp32["finetuned"] = finetune_pipeline.ensure_fp32_for_bundle(ft, work=work)
+        if any(not m.startswith("finetuned") for m in wanted):
+            fp32["base"] = finetune_pipeline.ensure_fp32_for_bundle(
+                base, work=work, base_hf=base_hf
+            )
+
+    modes = standard_modes(
+        base.llm_dir,
+        ft.llm_dir if ft is not None else None,
+        base_bundle=base.id,
+        finetuned_bundle=ft.id if ft is not None else None,
+        fp32=fp32,
+        only=wanted,
+    )
+    policy = bundle_policy(base.manifest)
+    log.info(
+        "evaluating %d questions x %d modes (%s), max_new_tokens=%d, k=%d",
+        len(questions),
+        len(modes),
+        ", ".join(m.name for m in modes),
+        settings.max_new_tokens,
+        settings.k,
+    )
+    eval_started = time.perf_counter()
+    with open_retriever(base) as retriever:
+        records = run_modes(
+            questions,
+            modes,
+            open_generator=lambda m: open_genai(m, settings.threads),
+            retriever=retriever,
+            settings=settings,
+            policy=policy,
+        )
+    run = {
+        "questions_file": str(questions_file),
+        "base_bundle": str(base.root),
+        "finetuned_bundle": str(ft.root) if ft is not None else None,
+        "settings": asdict(settings),
+        "abstain_threshold": policy.abstain_threshold,
+        "machine": machine_info(),
+        "eval_s": round(time.perf_counter() - eval_started, 1),
+        "total_s": round(time.perf_counter() - started, 1),
+        "build": build_info,
+    }
+    report = eval_report.build_report(questions, modes, records, run=run)
+    paths = eval_report.write_reports(report, out_dir)
+    log.info("report: %s", paths["html"])
+    return paths
+
+
+# --------------------------------------------------------------------------------------------
+# `expert eval retrieval` and `expert eval quality-gate`: the other engineers' evaluations,
+# behind the same command.
+
+
+def evaluate_retrieval_cli(bundle_path: Path, questions_file: Path, out: Path | None) -> dict:
+    from appliance.bundle import load_bundle
+    from appliance.retrieval.evaluation import evaluate_retrieval
+
+    bundle = load_bundle(bundle_path)
+    if not Path(questions_file).is_file():
+        raise UserFacingError(f"--questions {questions_file}: no such file")
+    with open_retriever(bundle) as retriever:
+        result = evaluate_retrieval(retriever, Path(questions_file))
+    result = result.to_dict() if hasattr(result, "to_dict") else result
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2, default=str) + "\n", encoding="utf-8")
+    return result
+
+
+def quality_gate_cli(hf: Path, onnx: Path, docs: Path, questions: Path, out: Path) -> dict:
+    from build.quality_gate import run_quality_gate
+
+    for flag, path, kind in (
+        ("--hf", hf, "dir"),
+        ("--onnx", onnx, "dir"),
+        ("--docs", docs, "dir"),
+        ("--questions", questions, "file"),
+    ):
+        ok = path.is_dir() if kind == "dir" else path.is_file()
+        if not ok:
+            raise UserFacingError(f"{flag} {path}: no such {'folder' if kind == 'dir' else 'file'}")
+    gate = run_quality_gate(hf_dir=hf, onnx_dir=onnx, docs_dir=docs, questions=questions)
+    gate = gate.to_dict() if hasattr(gate, "to_dict") else dict(gate)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(gate, indent=2, default=str) + "\n", encoding="utf-8")
+    return gate
+
+
+# --------------------------------------------------------------------------------------------
+# CLI
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.description = (
+        "modes (default): base / base+RAG / fine-tuned / fine-tuned+RAG on held-out questions, "
+        "with an HTML, JSON and Markdown report.\n"
+        "retrieval: retrieval metrics of a bundle's index.\n"
+        "quality-gate: int4 export against full precision (the bundle's gate)."
+    )
+    parser.add_argument(
+        "submode",
+        nargs="?",
+        default="modes",
+        choices=SUBMODES,
+        help="what to evaluate (default: modes)",
+    )
+    common = parser.add_argument_group("modes and retrieval")
+    common.add_argument(
+        "--bundle",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="the base bundle; for modes, a second --bundle is the fine-tuned one",
+    )
+    common.add_argument(
+        "--questions",
+        type=Path,
+        metavar="FILE",
+        help="eval JSONL (default with --plant: PLANT/qa/eval.jsonl)",
+    )
+    common.add_argument(
+        "--out",
+        type=Path,
+        metavar="PATH",
+        help="modes: report folder; retrieval, quality-gate: FILE.json",
+    )
+    modes = parser.add_argument_group("modes")
+    modes.add_argument(
+        "--plant",
+        type=Path,
+        metavar="DIR",
+        help="plant folder (docs/, qa/train.jsonl, qa/eval.jsonl)",
+    )
+    modes.add_argument(
+        "--work",
+        type=Path,
+        metavar="DIR",
+        help="work folder for the fine-tuned model (reused when up to date)",
+    )
+    modes.add_argument(
+        "--base-hf",
+        type=Path,
+        metavar="DIR",
+        help="the base HF checkpoint (default: the one the bundle was exported from)",
+    )
+    modes.add_argument(
+        "--full-precision", action="store_true", help="also evaluate the fp32 ONNX models"
+    )
+    modes.add_argument(
+        "--modes",
+        default=None,
+        metavar="LIST",
+        help=f"comma-separated subset of {','.join(MODE_NAMES)}",
+    )
+    modes.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS)
+    modes.add_argument("--k", type=int, default=DEFAULT_K, help="passages per question")
+    modes.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    modes.add_argument("--threads", type=int, default=None, help="onnxruntime threads")
+    modes.add_argument("--limit", type=int, default=None, help="only the first N questions")
+    modes.add_argument(
+        "--train-epochs",
+        type=float,
+        default=None,
+        help="train full epochs when the fine-tuned model is built (default: a "
+        "fixed budget of 48 steps, sized for 2 CPU cores)",
+    )
+    modes.add_argument(
+        "--train-max-steps",
+        type=int,
+        default=None,
+        help="cap on training steps when the fine-tuned model is built",
+    )
+    modes.add_argument(
+        "--no-rag-training",
+        action="store_true",
+        help="train on plain Q&A instead of retrieval-augmented prompts",
+    )
+    gate = parser.add_argument_group("quality-gate")
+    gate.add_argument("--hf", type=Path, metavar="DIR", help="full-precision HF checkpoint")
+    gate.add_argument("--onnx", type=Path, metavar="DIR", help="exported ONNX model folder")
+    gate.add_argument("--docs", type=Path, metavar="DIR", help="documents for the perplexity text")
+
+
+def _reject(args: argparse.Namespace, submode: str, flags: Sequence[str]) -> None:
+    given = [
+        f for f in flags if getattr(args, f.lstrip("-").replace("-", "_")) not in (None, False, [])
+    ]
+    if given:
+        raise UserFacingError(f"{', '.join(given)} do(es) not apply to `expert eval {submode}`")
+
+
+def run(args: argparse.Namespace) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    mode_only = (
+        "--plant",
+        "--work",
+        "--base-hf",
+        "--full-precision",
+        "--modes",
+        "--limit",
+        "--threads",
+        "--train-epochs",
+        "--train-max-steps",
+        "--no-rag-training",
+    )
+    gate_only = ("--hf", "--onnx", "--docs")
+
+    if args.submode == "quality-gate":
+        _reject(args, "quality-gate", mode_only + ("--bundle",))
+        missing = [
+            f
+            for f in ("--hf", "--onnx", "--docs", "--questions", "--out")
+            if getattr(args, f[2:]) is None
+        ]
+        if missing:
+            raise UserFacingError(f"missing {', '.join(missing)}; see `expert eval --help`")
+        gate = quality_gate_cli(args.hf, args.onnx, args.docs, args.questions, args.out)
+        keys = ("passed", "perplexity_change_pct", "top1_agreement", "answer_agreement", "failed")
+        print(json.dumps({k: gate[k] for k in keys if k in gate}, indent=2))
+        if gate.get("passed") is False:
+            # Exit 0: the result is written; `expert bundle --quality-gate` refuses a failed
+            # gate with the fix (a better int4 algorithm, or --accept-quality-loss).
+            print(f"quality gate FAILED; the result is in {args.out}", file=sys.stderr)
+        return 0
+
+    if args.submode == "retrieval":
+        _reject(args, "retrieval", mode_only + gate_only)
+        if len(args.bundle) != 1 or args.questions is None:
+            raise UserFacingError("retrieval needs one --bundle DIR and --questions FILE")
+        result = evaluate_retrieval_cli(args.bundle[0], args.questions, args.out)
+        print(json.dumps(result, indent=2, default=str))
+        return 0
+
+    _reject(args, "modes", gate_only)
+    if not args.bundle:
+        raise UserFacingError(
+            "pass --bundle DIR (the base bundle, e.g. var/bundles/bundle-plant-0.1.0; "
+            "`make bundle` builds it)"
+        )
+    if len(args.bundle) > 2:
+        raise UserFacingError("pass at most two --bundle: the base one, then the fine-tuned one")
+    if args.out is None:
+        raise UserFacingError("pass --out DIR, the folder for report.html/.json/.md")
+    questions = args.questions
+    if questions is None:
+        if args.plant is None:
+            raise UserFacingError("pass --questions FILE (or --plant DIR for PLANT/qa/eval.jsonl)")
+        questions = args.plant / "qa" / "eval.jsonl"
+    only = [m.strip() for m in args.modes.split(",") if m.strip()] if args.modes else None
+    settings = EvalSettings(
+        max_new_tokens=args.max_new_tokens,
+        k=args.k,
+        seed=args.seed,
+        threads=args.threads,
+        limit=args.limit,
+    )
+    options: dict[str, Any] = {}
+    if args.train_epochs is not None:
+        options["epochs"] = args.train_epochs
+        options["max_steps"] = None  # full epochs, unless --train-max-steps caps them
+    if args.train_max_steps is not None:
+        options["max_steps"] = args.train_max_steps
+    if args.no_rag_training:
+        options["with_retrieval"] = False
+    paths = evaluate_modes(
+        questions_file=questions,
+        out_dir=args.out,
+        base_bundle=args.bundle[0],
+        finetuned_bundle=args.bundle[1] if len(args.bundle) > 1 else None,
+        plant=args.plant,
+        work=args.work,
+        base_hf=args.base_hf,
+        full_precision=args.full_precision,
+        only=only,
+        settings=settings,
+        finetune_options=options,
+    )
+    summary = json.loads(paths["json"].read_text(encoding="utf-8"))
+    print(paths["md"].read_text(encoding="utf-8").split("\n## Per question")[0].rstrip())
+    print(f"\nreport: {paths['html']}  (also {paths['json'].name}, {paths['md'].name})")
+    rec = summary.get("recommendation") or {}
+    if rec.get("mode"):
+        log.info("recommended mode: %s", rec["mode"])
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from appliance.cli import main as expert_main
+
+    return expert_main(["eval", *(argv if argv is not None else [])])
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,286 @@
+# Run: .venv/bin/pytest tests/build/test_eval_modes.py
+"""The evaluation end to end on real parts: the plant's documents in a real index, the tiny
+Phi-3 exported to int4 in a real bundle, answers through appliance.answering, and `expert eval`
+building its own fine-tuned model (two LoRA steps), bundle and report."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from build.evaluation import (
+    EvalSettings,
+    load_questions,
+    open_retriever,
+    run_modes,
+    standard_modes,
+)
+from tests.conftest import cached_dir
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+REPO = Path(__file__).resolve().parents[2]
+# A few questions of every kind: answerable (numbers with units, codes), and not answerable.
+PICK = ("q001", "q002", "q003", "q004", "q008")
+
+
+@pytest.fixture(scope="module")
+def plant_index(plant_dir: Path, embedder_onnx: Path) -> Path:
+    from appliance.embedding import OnnxEmbedder
+    from appliance.retrieval import ingest_folder
+
+    def make(tmp: Path) -> None:
+        ingest_folder(
+            plant_dir / "docs", tmp / "index", OnnxEmbedder(embedder_onnx), progress=False
+        )
+
+    docs = sorted(str(p.relative_to(REPO)) for p in (plant_dir / "docs").iterdir())
+    code = sorted(str(p.relative_to(REPO)) for p in (REPO / "appliance" / "retrieval").glob("*.py"))
+    return cached_dir("eval-plant-index", (*docs, *code), make) / "index"
+
+
+@pytest.fixture(scope="module")
+def tiny_int4(tiny_phi3_hf: Path) -> Path:
+    from build.export_llm import export_llm
+
+    def make(tmp: Path) -> None:
+        export_llm(tiny_phi3_hf, tmp / "model", precision="int4")
+
+    sources = ("tests/tiny_models.py", "build/import_model.py", "build/export_llm.py")
+    return cached_dir("eval-tiny-phi3-int4", sources, make) / "model"
+
+
+@pytest.fixture(scope="module")
+def tiny_bundle(tmp_path_factory, tiny_int4: Path, embedder_onnx: Path, plant_index: Path) -> Path:
+    from build.bundle import build_bundle
+
+    return build_bundle(
+        tmp_path_factory.mktemp("bundles"),
+        name="tiny",
+        version="0.1.0",
+        llm_dir=tiny_int4,
+        embedder_dir=embedder_onnx,
+        index_dir=plant_index,
+    )
+
+
+@pytest.fixture(scope="module")
+def mini_plant(tmp_path_factory, plant_dir: Path) -> Path:
+    """The example plant's questions, cut down: 5 eval questions, 12 training conversations."""
+    root = tmp_path_factory.mktemp("plant")
+    (root / "qa").mkdir()
+    lines = (plant_dir / "qa" / "eval.jsonl").read_text(encoding="utf-8").splitlines()
+    picked = [ln for ln in lines if ln.strip() and json.loads(ln)["id"] in PICK]
+    assert len(picked) == len(PICK)
+    (root / "qa" / "eval.jsonl").write_text("\n".join(picked) + "\n", encoding="utf-8")
+    train = (plant_dir / "qa" / "train.jsonl").read_text(encoding="utf-8").splitlines()[:12]
+    (root / "qa" / "train.jsonl").write_text("\n".join(train) + "\n", encoding="utf-8")
+    return root
+
+
+def test_fake_generator_through_the_answering_path(tiny_bundle: Path, mini_plant: Path) -> None:
+    """FakeGenerator answers from passage [1]: retrieval, citations and abstention are real."""
+    from appliance.bundle import load_bundle
+    from appliance.generation.fake import FakeGenerator
+    from build.eval_report import build_report
+    from build.evaluation import bundle_policy
+
+    bundle = load_bundle(tiny_bundle)
+    questions = load_questions(mini_plant / "qa" / "eval.jsonl")
+    modes = standard_modes(bundle.llm_dir, bundle.llm_dir, only=["base", "base+rag"])
+    opened = []
+
+    def open_generator(mode):
+        opened.append(mode.model)
+        return FakeGenerator(context_length=4096)
+
+    with open_retriever(bundle) as retriever:
+        records = run_modes(
+            questions,
+            modes,
+            open_generator=open_generator,
+            retriever=retriever,
+            settings=EvalSettings(max_new_tokens=64),
+            policy=bundle_policy(bundle.manifest),
+            progress=False,
+        )
+    assert opened == ["base-int4"]  # one model for both modes
+    assert [(r.mode, r.question_id) for r in records] == [
+        (m.name, q.id) for m in modes for q in questions
+    ]
+    by = {(r.mode, r.question_id): r for r in records}
+    # without retrieval the fake echoes the question: no citations, no abstention flag
+    assert by[("base", "q001")].text.startswith("You asked:")
+    assert by[("base", "q001")].cited == [] and by[("base", "q001")].score["cited"] is None
+    for q in questions:
+        r = by[("base+rag", q.id)]
+        assert r.ttft_s is not None and r.ttft_s <= r.total_s
+        if r.service_abstained:
+            assert r.abstained and r.completion_tokens == 0
+        elif q.answerable:
+            assert r.prompt_tokens > 100 and r.retrieved
+            assert r.score["cited"] and r.cited[0]["n"] == 1
+            assert r.score["citation_correct"] is not None
+    report = build_report(questions, modes, records)
+    assert set(report["summary"]) == {"base", "base+rag"}
+    assert report["summary"]["base+rag"]["citation_accuracy"] is not None
+
+
+def _check_report(out: Path, mode_names: list[str]) -> dict:
+    data = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    html = (out / "report.html").read_text(encoding="utf-8")
+    md = (out / "report.md").read_text(encoding="utf-8")
+    assert [m["name"] for m in data["modes"]] == mode_names
+    assert [q["id"] for q in data["questions"]] == list(PICK)
+    for q in data["questions"]:
+        assert set(q["results"]) == set(mode_names)
+        assert f'id="q-{q["id"]}"' in html and f"| {q['id']} |" in md
+        for r in q["results"].values():
+            assert r["score"]["verdict"] in (
+                "correct",
+                "partial",
+                "wrong",
+                "abstained",
+                "hallucinated",
+                "error",
+            )
+            assert r["error"] is None, r["error"]
+    for name, s in data["summary"].items():
+        assert s["n_questions"] == len(PICK), name
+        for key in (
+            "handled_correctly",
+            "fact_recall",
+            "token_f1",
+            "abstention_accuracy",
+            "ttft_mean_s",
+            "total_mean_s",
+            "tokens_mean",
+        ):
+            assert key in s
+    assert data["recommendation"]["mode"] in {*mode_names, None}
+    assert html.count("data:image/png;base64,") == 3
+    return data
+
+
+FOUR = ["base", "base+rag", "finetuned", "finetuned+rag"]
+
+
+def test_expert_eval_on_the_tiny_model(tiny_bundle: Path, mini_plant: Path, tmp_path: Path) -> None:
+    """`expert eval --bundle BASE --bundle FINETUNED --questions FILE`: the four modes on the
+    tiny Phi-3 (int4, onnxruntime-genai; the same bundle stands in for both models)."""
+    from appliance.cli import main
+
+    out = tmp_path / "eval"
+    argv = [
+        "eval",
+        "--bundle",
+        str(tiny_bundle),
+        "--bundle",
+        str(tiny_bundle),
+        "--questions",
+        str(mini_plant / "qa" / "eval.jsonl"),
+        "--out",
+        str(out),
+        "--max-new-tokens",
+        "8",
+    ]
+    assert main(argv) == 0
+    data = _check_report(out, FOUR)
+    assert data["run"]["finetuned_bundle"] == str(tiny_bundle)
+    # greedy and seeded: the same answers twice
+    first = {(q["id"], m): r["text"] for q in data["questions"] for m, r in q["results"].items()}
+    assert main(argv + ["--modes", "base,base+rag"]) == 0
+    again = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    for q in again["questions"]:
+        for m, r in q["results"].items():
+            assert r["text"] == first[(q["id"], m)]
+
+
+def test_expert_eval_retrieval_and_bad_flags(
+    tiny_bundle: Path, mini_plant: Path, tmp_path: Path, capsys
+) -> None:
+    from appliance.cli import main
+
+    out = tmp_path / "retrieval.json"
+    questions = str(mini_plant / "qa" / "eval.jsonl")
+    assert (
+        main(
+            [
+                "eval",
+                "retrieval",
+                "--bundle",
+                str(tiny_bundle),
+                "--questions",
+                questions,
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    assert json.loads(out.read_text())["questions"] == len(PICK)
+    # flags of another sub-mode, and missing inputs, are refused with the fix
+    assert (
+        main(
+            [
+                "eval",
+                "retrieval",
+                "--bundle",
+                str(tiny_bundle),
+                "--questions",
+                questions,
+                "--hf",
+                str(tmp_path),
+            ]
+        )
+        == 2
+    )
+    assert "--hf do(es) not apply" in capsys.readouterr().err
+    assert main(["eval", "--bundle", str(tiny_bundle), "--out", str(tmp_path / "x")]) == 2
+    assert "--questions" in capsys.readouterr().err
+    assert main(["eval", "quality-gate", "--hf", str(tmp_path)]) == 2
+    assert "missing --onnx, --docs, --questions, --out" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_expert_eval_builds_the_finetuned_bundle(
+    tiny_bundle: Path, mini_plant: Path, tmp_path: Path
+) -> None:
+    """`expert eval modes --plant --work --bundle` as `make eval` runs it, plus the fp32
+    models: trains (two RAG-aware LoRA steps), merges, exports (int4 and fp32) and bundles the
+    fine-tuned tiny model, runs the eight modes; a second run reuses what the first built."""
+    from appliance.cli import main
+
+    out, work = tmp_path / "eval", tmp_path / "work"
+    argv = [
+        "eval", "modes", "--plant", str(mini_plant), "--work", str(work), "--bundle",
+        str(tiny_bundle), "--out", str(out), "--max-new-tokens", "8", "--train-max-steps", "2",
+        "--full-precision",
+    ]  # fmt: skip
+    assert main(argv) == 0
+    data = _check_report(out, FOUR + [f"{m}@fp32" for m in FOUR])
+    assert {m["model"] for m in data["modes"]} == {
+        "base-int4", "finetuned-int4", "base-fp32", "finetuned-fp32"
+    }  # fmt: skip
+    ft = data["run"]["build"]["finetune"]
+    bundle = Path(ft["bundle"])
+    assert bundle.name == "bundle-tiny-finetuned-0.1.0" and (bundle / "manifest.json").is_file()
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["finetune"]["key"] == ft["key"]
+    assert manifest["export"]["adapter"]["mode"] == "merged"
+    assert json.loads((Path(ft["fp32_dir"]) / "export.json").read_text())["precision"] == "fp32"
+    assert ft["training"]["global_step"] == 2
+    assert not any(ft["reused"].values())
+    assert data["run"]["finetuned_bundle"] == str(bundle)
+
+    # second run: everything is reused, only the evaluation runs again
+    shutil.rmtree(out)
+    assert main(argv + ["--modes", "finetuned"]) == 0
+    again = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    assert all(again["run"]["build"]["finetune"]["reused"].values())
+    assert [m["name"] for m in again["modes"]] == ["finetuned", "finetuned@fp32"]
