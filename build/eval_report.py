@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 REPORT_FORMAT_VERSION = 1
+METHOD_NAMES = {"lora": "LoRA", "qlora": "QLoRA"}
 
 # Two modes whose "handled correctly" shares differ by less than this are called a tie, and the
 # cheaper or more transparent one is preferred (see `recommend`).
@@ -448,7 +449,7 @@ def render_figures(report: Mapping) -> dict[str, str]:
     ax.set_xticks(list(xs), labels, fontsize=8)
     ax.set_ylabel("seconds")
     ax.set_title("Latency by mode")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, ncols=2, loc="upper center", bbox_to_anchor=(0.5, -0.1))
     out["latency"] = _png(fig)
 
     # outcomes: one row per question, one column per mode, coloured by verdict
@@ -578,7 +579,7 @@ def training_text(run: Mapping) -> str | None:
     steps = tr.get("global_step")
     examples = steps * opt.get("batch_size", 0) if steps and opt.get("batch_size") else None
     parts = [
-        f"{str(opt.get('method', 'lora')).upper()} on {ft.get('base_hf', 'the base checkpoint')}",
+        f"{METHOD_NAMES.get(opt.get('method'), 'LoRA')} on {ft.get('base_hf', 'the base checkpoint')}",
         "RAG-aware (each question with the passages the index retrieves for it, "
         f"k={opt.get('retrieval_k')}, {opt.get('distractors')} distractor)"
         if opt.get("with_retrieval")
