@@ -18,11 +18,20 @@ from appliance.errors import UserFacingError
 
 # name -> (module, one-line help). Each module defines add_arguments(parser) and run(args) -> int.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "import-model": ("build.import_model", "Import a base model (GGUF file or HF folder) as an HF checkpoint."),
-    "ingest": ("appliance.retrieval.ingest_cli", "Ingest a folder of documents into a retrieval index."),
+    "import-model": (
+        "build.import_model",
+        "Import a base model (GGUF file or HF folder) as an HF checkpoint.",
+    ),
+    "ingest": (
+        "appliance.retrieval.ingest_cli",
+        "Ingest a folder of documents into a retrieval index.",
+    ),
     "train": ("trainer.train", "Fine-tune with LoRA or QLoRA on chat-format JSONL."),
     "merge": ("trainer.merge", "Merge a LoRA/QLoRA adapter into its full-precision base."),
-    "export": ("build.export_llm", "Export a checkpoint to ONNX (int4/int8/fp32) for onnxruntime-genai."),
+    "export": (
+        "build.export_llm",
+        "Export a checkpoint to ONNX (int4/int8/fp32) for onnxruntime-genai.",
+    ),
     "export-embedder": ("build.export_embedder", "Export the sentence embedder to ONNX."),
     "bundle": ("build.bundle", "Assemble a versioned, checksummed bundle."),
     "serve": ("appliance.server.serve", "Serve a bundle: OpenAI-compatible API and terminal UI."),

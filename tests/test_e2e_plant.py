@@ -90,8 +90,11 @@ def test_streaming_answer_ends_with_done_and_carries_sources(served_plant, plant
     q = eval_questions(plant_dir)["q022"]
     with requests.post(
         served_plant + "/v1/chat/completions",
-        json={"messages": [{"role": "user", "content": q["question"]}], "max_tokens": 32,
-              "stream": True},
+        json={
+            "messages": [{"role": "user", "content": q["question"]}],
+            "max_tokens": 32,
+            "stream": True,
+        },
         stream=True,
         timeout=180,
     ) as r:

@@ -29,7 +29,9 @@ def write_smollm2_tokenizer(out_dir: Path) -> dict:
     return {k: tokenizer.token_to_id(v) for k, v in specials.items() if isinstance(v, str)}
 
 
-def make_tiny_phi3(out_dir: str | Path, *, seed: int = 0, layers: int = 2, hidden: int = 64) -> Path:
+def make_tiny_phi3(
+    out_dir: str | Path, *, seed: int = 0, layers: int = 2, hidden: int = 64
+) -> Path:
     import torch
     from transformers import Phi3Config, Phi3ForCausalLM
 
@@ -67,6 +69,9 @@ def make_tiny_phi3(out_dir: str | Path, *, seed: int = 0, layers: int = 2, hidde
     model.generation_config.bos_token_id = ids.get("bos")
     model.generation_config.pad_token_id = ids.get("pad")
     model.save_pretrained(str(out), safe_serialization=True)
-    (out / "import.json").write_text(json.dumps({"source": {"kind": "tiny-random-phi3", "seed": seed},
-                                                 "model_type": "phi3"}, indent=2))
+    (out / "import.json").write_text(
+        json.dumps(
+            {"source": {"kind": "tiny-random-phi3", "seed": seed}, "model_type": "phi3"}, indent=2
+        )
+    )
     return out

@@ -33,7 +33,10 @@ def test_tokenizer_matches_onnxruntime_genai(smollm2_hf, smollm2_onnx_int4):
     hf = AutoTokenizer.from_pretrained(str(smollm2_hf))
     genai = og.Tokenizer(og.Model(str(smollm2_onnx_int4)))
     chat = hf.apply_chat_template(
-        [{"role": "system", "content": "Cite passages."}, {"role": "user", "content": "What is E-47?"}],
+        [
+            {"role": "system", "content": "Cite passages."},
+            {"role": "user", "content": "What is E-47?"},
+        ],
         tokenize=False,
         add_generation_prompt=True,
     )
