@@ -105,7 +105,12 @@ package: bundle ## one tarball for an air-gapped box: bundle + wheelhouse + syst
 eval: bundle ## RAG vs fine-tuning vs both on the example plant: HTML/JSON/Markdown report
 	$(EXPERT) eval modes --plant $(PLANT) --work $(WORK) --bundle $(BUNDLE) --out var/eval
 
-bench: bundle ## benchmarks against peers; writes benchmarks/results/
+LLAMA_CMAKE_ARGS := -DGGML_NATIVE=ON -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
+                    -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF
+
+bench: bundle ## benchmarks against peers (installs llama-cpp-python first); writes benchmarks/results/
+	$(PY) -c "import llama_cpp" 2>/dev/null || \
+	  CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=2 $(PIP) install -r benchmarks/requirements.txt
 	$(EXPERT) bench --bundle $(BUNDLE) --work $(WORK)
 
 clean: ## remove build outputs (var/, dist/), keep .venv
