@@ -3,7 +3,7 @@
 Run (all suites):  `expert bench --bundle var/bundles/bundle-plant-0.1.0 --work var/work`
 Run (this suite, comparing export variants side by side, as OPTIMISATION.md does):
     .venv/bin/python -m benchmarks.generation_bench --ours default=var/bench/int4-default \
-        --ours pruned=var/bench/int4-pruned --hf var/bench/smollm2-hf --repeats 5
+        --ours pruned=var/bench/kqm-prune --hf var/bench/smollm2-hf --repeats 5
 
 What is measured, per prompt length (~100 and ~800 tokens of a grounded RAG prompt), 128 new
 tokens, greedy, the same thread count for every engine:
@@ -11,17 +11,24 @@ tokens, greedy, the same thread count for every engine:
 - decode tokens/s (the 127 tokens after the first, over their wall time),
 - peak resident memory of the process that ran the engine (VmHWM),
 - the decode ceiling that memory bandwidth allows (bytes of weights read per token / measured
-  copy bandwidth) and each engine's share of it.
+  copy bandwidth) and each engine's share of it,
+- time to first token of a follow-up request that shares the system prompt and passage header
+  with the previous one, each engine reusing that prefix's KV cache.
+Peers: llama.cpp (llama-cpp-python on the GGUF the model was imported from) as its binding
+configures it and with flash attention on, and transformers' `generate` in fp32.
 
 Every engine gets the very same token ids (tokenized once with our tokenizer), and runs in its
 own worker process, loaded once. The runs are interleaved: warm-up rounds first, then each
 repetition runs every engine once, in an order that rotates, so a noisy neighbour on a shared
-box hits all engines alike. Figures are medians (and p95) of the repetitions.
+box hits all engines alike. Figures are medians (and p95) of the repetitions. Each run also
+records how much CPU other processes took meanwhile; records measured under contention say so
+(llama.cpp in particular loses most of its speed when another process takes a core).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import math
@@ -42,10 +49,11 @@ log = logging.getLogger(__name__)
 SUITE = "generation"
 OURS = "ours"
 LLAMA_CPP = "llama.cpp"
-LLAMA_CPP_FA = "llama.cpp-flash-attn"  # the same, with flash attention on (llama-cpp-python's default is off)
+LLAMA_CPP_FA = (
+    "llama.cpp-flash-attn"  # the same, with flash attention on (llama-cpp-python's default is off)
+)
 TRANSFORMERS = "transformers-fp32"
-PEERS = (LLAMA_CPP, TRANSFORMERS)
-KNOWN_PEERS = (LLAMA_CPP, LLAMA_CPP_FA, TRANSFORMERS)
+PEERS = (LLAMA_CPP, LLAMA_CPP_FA, TRANSFORMERS)
 
 DEFAULT_PROMPT_TOKENS = (100, 800)
 DEFAULT_NEW_TOKENS = 128
@@ -99,26 +107,31 @@ class GenerationBenchConfig:
     # (their share below quiet_share); a shared box is never fully quiet, so it is bounded.
     quiet_wait_s: float = 10.0
     quiet_share: float = 0.25
+    # Also measure a follow-up request that shares the system prompt and passage header with
+    # the previous one, each engine reusing that prefix's KV cache (largest prompt size only).
+    prefix_reuse: bool = True
 
     def __post_init__(self) -> None:
         if not self.variants:
             raise ValueError("variants must name at least one model folder of ours")
         names = [v.name for v in self.variants]
-        if len(set(names)) != len(names) or set(names) & set(KNOWN_PEERS):
+        if len(set(names)) != len(names) or set(names) & set(PEERS):
             raise ValueError(f"variant names must be unique and not a peer's name, got {names}")
         if self.threads < 1:
             raise ValueError(f"threads must be >= 1, got {self.threads}")
         if not self.prompt_tokens or min(self.prompt_tokens) < 16:
             raise ValueError(f"prompt_tokens must be sizes >= 16, got {self.prompt_tokens}")
         if self.new_tokens < 2:
-            raise ValueError(f"new_tokens must be >= 2 (decode speed needs two tokens), got {self.new_tokens}")
+            raise ValueError(
+                f"new_tokens must be >= 2 (decode speed needs two tokens), got {self.new_tokens}"
+            )
         if self.warmups < 0:
             raise ValueError(f"warmups must be >= 0, got {self.warmups}")
         if self.repeats < 1:
             raise ValueError(f"repeats must be >= 1, got {self.repeats}")
-        unknown = set(self.peers) - set(KNOWN_PEERS)
+        unknown = set(self.peers) - set(PEERS)
         if unknown:
-            raise ValueError(f"peers must be among {KNOWN_PEERS}, got {sorted(unknown)}")
+            raise ValueError(f"peers must be among {PEERS}, got {sorted(unknown)}")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -134,10 +147,13 @@ def _source_text(plant_dir: Path | None) -> str:
     return FALLBACK_TEXT * 40
 
 
-def build_prompts(model_dir: Path, sizes: Sequence[int], plant_dir: Path | None = None) -> dict[int, list[int]]:
+def build_prompts(
+    model_dir: Path, sizes: Sequence[int], plant_dir: Path | None = None, offset_words: int = 0
+) -> dict[int, list[int]]:
     """Chat prompts of at most (and about) `sizes` tokens each, as token ids of the model's own
     tokenizer: the grounded RAG format (system prompt, passages, question) where it fits, plain
-    chat for sizes below it. The passage text is cut to fit."""
+    chat for sizes below it. The passage text is cut to fit; `offset_words` starts it further
+    into the documents (another request with the same system prompt and passage header)."""
     from tokenizers import Tokenizer
 
     from appliance.generation.genai import compile_chat_template, load_chat_template
@@ -147,6 +163,7 @@ def build_prompts(model_dir: Path, sizes: Sequence[int], plant_dir: Path | None 
     template_text, special = load_chat_template(Path(model_dir))
     template = compile_chat_template(template_text) if template_text else None
     words = _source_text(plant_dir).split()
+    words = words[offset_words % max(len(words), 1) :] + words[: offset_words % max(len(words), 1)]
 
     def render(messages: list[dict]) -> list[int]:
         if template is not None:
@@ -168,8 +185,10 @@ def build_prompts(model_dir: Path, sizes: Sequence[int], plant_dir: Path | None 
         # The grounded format needs room for at least a few passage words; below that, plain chat.
         ids_for = grounded if len(grounded(8)) <= size else plain
         if len(ids_for(0)) > size:
-            raise ValueError(f"a prompt of {size} tokens is too small for a chat prompt "
-                             f"({len(ids_for(0))} tokens with no context)")
+            raise ValueError(
+                f"a prompt of {size} tokens is too small for a chat prompt "
+                f"({len(ids_for(0))} tokens with no context)"
+            )
         lo, hi = 0, min(len(words), size)  # a word is at least one token
         while lo < hi:  # the most words that keep the prompt within `size` tokens
             mid = (lo + hi + 1) // 2
@@ -203,18 +222,33 @@ class _GenaiEngine:
         from appliance.generation.tuning import GenaiTuning, apply_tuning
 
         self.og = og
-        settings = GenaiTuning(**{"intra_op_threads": threads, **tuning})
+        tuning = dict(tuning)
+        # Bench-only knob: the KV buffer length (default: exactly prompt + new tokens, as the
+        # appliance sizes it). "context" = the model's context_length, genai_config's default.
+        self.kv_length = tuning.pop("max_length", None)
+        self.cache_length = int(tuning.pop("cache_length", 4096))
+        # The appliance's own settings, with this variant's overrides on top.
+        settings = dataclasses.replace(GenaiTuning.for_this_machine(threads), **tuning)
         config = og.Config(model_dir)
         apply_tuning(config, settings)
         self.model = og.Model(config)
-        self.settings = settings.to_dict()
+        self.settings = {**settings.to_dict(), "max_length": self.kv_length}
+        if self.kv_length == "context":
+            cfg = json.loads((Path(model_dir) / "genai_config.json").read_text())
+            self.kv_length = int(cfg["model"]["context_length"])
 
-    def run(self, ids: list[int], new_tokens: int) -> tuple[list[float], list[int]]:
+    def run(
+        self, ids: list[int], new_tokens: int, reuse: bool = False
+    ) -> tuple[list[float], list[int]]:
+        if reuse:
+            return self._run_reusing(ids, new_tokens)
         og = self.og
         total = len(ids) + new_tokens
         params = og.GeneratorParams(self.model)
         # min_length = max_length keeps the end-of-sequence token from ending a run early.
-        params.set_search_options(do_sample=False, max_length=total, min_length=total)
+        params.set_search_options(
+            do_sample=False, max_length=max(total, int(self.kv_length or 0)), min_length=total
+        )
         generator = og.Generator(self.model, params)
         times: list[float] = []
         tokens: list[int] = []
@@ -227,10 +261,37 @@ class _GenaiEngine:
         del generator
         return times, tokens
 
+    def _run_reusing(self, ids: list[int], new_tokens: int) -> tuple[list[float], list[int]]:
+        """Through appliance.generation.tuning.PrefixCache: the KV of the shared start of the
+        previous request is kept, and only the rest of the prompt is processed."""
+        from appliance.generation.tuning import PrefixCache
+
+        if getattr(self, "cache", None) is None:
+            self.cache = PrefixCache(self.model, max_length=self.cache_length)
+        times: list[float] = []
+        tokens: list[int] = []
+        t0 = time.perf_counter()
+        lease = self.cache.lease(ids, new_tokens)
+        if lease is None:
+            raise RuntimeError("the prefix cache declined the request")
+        with lease:
+            lease.generator.append_tokens(ids[lease.reused :])
+            while len(tokens) < new_tokens:
+                lease.generator.generate_next_token()
+                tokens.append(int(lease.generator.get_next_tokens()[0]))
+                times.append(time.perf_counter() - t0)
+        return times, tokens
+
 
 class _LlamaCppEngine:
     def __init__(self, gguf: str, threads: int, n_ctx: int, flash_attn: bool = False) -> None:
-        from llama_cpp import Llama
+        try:
+            from llama_cpp import Llama
+        except ImportError as exc:
+            raise RuntimeError(
+                "llama-cpp-python is not installed; it is a benchmark-only peer: install it as "
+                "benchmarks/requirements.txt says (make bench does)"
+            ) from exc
 
         self.llm = Llama(
             model_path=gguf,
@@ -240,16 +301,27 @@ class _LlamaCppEngine:
             flash_attn=flash_attn,
             verbose=False,
         )
-        self.settings = {"n_ctx": n_ctx, "n_threads": threads, "n_threads_batch": threads,
-                         "n_batch": self.llm.n_batch, "flash_attn": flash_attn}
+        self.settings = {
+            "n_ctx": n_ctx,
+            "n_threads": threads,
+            "n_threads_batch": threads,
+            "n_batch": self.llm.n_batch,
+            "flash_attn": flash_attn,
+        }
 
-    def run(self, ids: list[int], new_tokens: int) -> tuple[list[float], list[int]]:
-        self.llm.reset()  # no reuse of the previous run's KV cache: every run starts cold
+    def run(
+        self, ids: list[int], new_tokens: int, reuse: bool = False
+    ) -> tuple[list[float], list[int]]:
+        if not reuse:
+            self.llm.reset()  # no reuse of the previous run's KV cache: every run starts cold
+        # With reuse, generate(reset=True) keeps the KV of the longest common prefix of the
+        # previous tokens and this prompt, as llama.cpp's server does with cache_prompt.
         times: list[float] = []
         tokens: list[int] = []
         t0 = time.perf_counter()
-        stream = self.llm.generate(ids, top_k=1, top_p=1.0, min_p=0.0, temp=0.0, repeat_penalty=1.0,
-                                   reset=True)
+        stream = self.llm.generate(
+            ids, top_k=1, top_p=1.0, min_p=0.0, temp=0.0, repeat_penalty=1.0, reset=True
+        )
         for token in stream:  # generate() ignores end-of-sequence; the caller stops it
             tokens.append(int(token))
             times.append(time.perf_counter() - t0)
@@ -269,7 +341,11 @@ class _TransformersEngine:
         self.model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
         self.settings = {"dtype": "float32", "threads": threads}
 
-    def run(self, ids: list[int], new_tokens: int) -> tuple[list[float], list[int]]:
+    def run(
+        self, ids: list[int], new_tokens: int, reuse: bool = False
+    ) -> tuple[list[float], list[int]]:
+        if reuse:
+            raise RuntimeError("prefix reuse is not measured for transformers' generate")
         from transformers.generation.streamers import BaseStreamer
 
         torch = self.torch
@@ -308,7 +384,9 @@ def _make_engine(kind: str, spec: dict):
     if kind == "genai":
         return _GenaiEngine(spec["model_dir"], spec["threads"], spec.get("tuning") or {})
     if kind == "llama.cpp":
-        return _LlamaCppEngine(spec["gguf"], spec["threads"], spec["n_ctx"], spec.get("flash_attn", False))
+        return _LlamaCppEngine(
+            spec["gguf"], spec["threads"], spec["n_ctx"], spec.get("flash_attn", False)
+        )
     if kind == "transformers":
         return _TransformersEngine(spec["hf_dir"], spec["threads"])
     raise ValueError(f"unknown engine kind {kind!r}")
@@ -326,21 +404,31 @@ def _worker(conn, kind: str, spec: dict) -> None:
         rss_before = _rss_kib("VmRSS")
         t0 = time.perf_counter()
         engine = _make_engine(kind, spec)
-        conn.send(("ready", {"load_s": time.perf_counter() - t0, "rss_before_load_kib": rss_before,
-                             "settings": engine.settings}))
+        conn.send(
+            (
+                "ready",
+                {
+                    "load_s": time.perf_counter() - t0,
+                    "rss_before_load_kib": rss_before,
+                    "settings": engine.settings,
+                },
+            )
+        )
     except BaseException as exc:  # noqa: BLE001 - reported to the parent, which records a skip
         conn.send(("error", f"{type(exc).__name__}: {exc}", traceback.format_exc()))
         conn.close()
         return
     while True:
         message = conn.recv()
-        if message[0] == "stop":
-            conn.send(("stopped", {"peak_rss_kib": _rss_kib("VmHWM"), "rss_kib": _rss_kib("VmRSS")}))
-            conn.close()
-            return
-        _, ids, new_tokens = message
+        if message[0] in ("stats", "stop"):
+            conn.send(("stats", {"peak_rss_kib": _rss_kib("VmHWM"), "rss_kib": _rss_kib("VmRSS")}))
+            if message[0] == "stop":
+                conn.close()
+                return
+            continue
+        _, ids, new_tokens, *rest = message
         try:
-            times, tokens = engine.run(ids, new_tokens)
+            times, tokens = engine.run(ids, new_tokens, reuse=bool(rest and rest[0]))
             conn.send(("result", {"times": times, "tokens": tokens}))
         except BaseException as exc:  # noqa: BLE001
             conn.send(("error", f"{type(exc).__name__}: {exc}", traceback.format_exc()))
@@ -408,7 +496,9 @@ class EngineProcess:
             return self.conn.recv()
         except EOFError as exc:
             self.process.join(5)
-            raise RuntimeError(f"{self.name} worker died (exit code {self.process.exitcode})") from exc
+            raise RuntimeError(
+                f"{self.name} worker died (exit code {self.process.exitcode})"
+            ) from exc
 
     def wait_ready(self) -> bool:
         try:
@@ -423,11 +513,11 @@ class EngineProcess:
         log.debug("%s failed to load:\n%s", self.name, message[2])
         return False
 
-    def run(self, ids: list[int], new_tokens: int) -> dict:
+    def run(self, ids: list[int], new_tokens: int, reuse: bool = False) -> dict:
         """One generation; the result also says how much CPU other processes took meanwhile."""
         pid = self.process.pid
         own0, (b0, t0) = _process_jiffies(pid), _machine_jiffies()
-        self.conn.send(("run", ids, new_tokens))
+        self.conn.send(("run", ids, new_tokens, reuse))
         message = self._recv()
         own1, (b1, t1) = _process_jiffies(pid), _machine_jiffies()
         if message[0] != "result":
@@ -436,13 +526,19 @@ class EngineProcess:
         result["others_cpu_share"] = others_share(b0, t0, b1, t1, own1 - own0)
         return result
 
+    def memory(self) -> dict:
+        """Peak and current resident memory of the worker so far."""
+        self.conn.send(("stats",))
+        message = self._recv()
+        return message[1] if message[0] == "stats" else {}
+
     def stop(self) -> dict:
         try:
             if self.process.is_alive():
                 self.conn.send(("stop",))
                 message = self._recv()
-                if message[0] == "stopped":
-                    self.info.update(message[1])
+                if message[0] == "stats":
+                    self.info.setdefault("end_rss_kib", message[1].get("rss_kib"))
         except (TimeoutError, RuntimeError, OSError, BrokenPipeError) as exc:
             log.debug("stopping %s: %s", self.name, exc)
         finally:
@@ -472,7 +568,7 @@ def measure_copy_bandwidth(threads: int = 1, size_mib: int = 256, repeats: int =
     bounds = [(i * n // threads, (i + 1) * n // threads) for i in range(threads)]
 
     def part(b):
-        np.copyto(dst[b[0]:b[1]], src[b[0]:b[1]])  # numpy releases the GIL while copying
+        np.copyto(dst[b[0] : b[1]], src[b[0] : b[1]])  # numpy releases the GIL while copying
 
     best = math.inf
     with ThreadPoolExecutor(threads) as pool:
@@ -536,7 +632,9 @@ def safetensors_weight_bytes(hf_dir: Path) -> int:
             sizes[name] = elems * 4  # loaded as float32 whatever the file stores
             names.add(name)
     for name, size in sizes.items():
-        if name.endswith("embed_tokens.weight") and any(n.endswith("lm_head.weight") for n in names):
+        if name.endswith("embed_tokens.weight") and any(
+            n.endswith("lm_head.weight") for n in names
+        ):
             continue  # untied: the embedding is only looked up
         total += size
     return total
@@ -561,8 +659,12 @@ def _timings(result: dict, new_tokens: int) -> dict:
         raise RuntimeError(f"generated {len(times)} tokens, expected {new_tokens}")
     ttft = times[0]
     decode = (len(times) - 1) / (times[-1] - times[0]) if times[-1] > times[0] else math.inf
-    return {"ttft_s": ttft, "decode_tok_s": decode, "total_s": times[-1],
-            "others_cpu_share": result.get("others_cpu_share")}
+    return {
+        "ttft_s": ttft,
+        "decode_tok_s": decode,
+        "total_s": times[-1],
+        "others_cpu_share": result.get("others_cpu_share"),
+    }
 
 
 def _agreement(a: list[int], b: list[int]) -> int:
@@ -584,8 +686,16 @@ def measure(config: GenerationBenchConfig, progress: bool = True) -> dict:
     engines: list[EngineProcess] = []
     failures: dict[str, str] = {}
     specs: list[tuple[str, str, dict]] = [
-        (v.name, "genai", {"model_dir": str(v.model_dir), "threads": config.threads,
-                           "tuning": v.tuning}) for v in config.variants
+        (
+            v.name,
+            "genai",
+            {
+                "model_dir": str(v.model_dir),
+                "threads": config.threads,
+                "tuning": {"cache_length": max_total, **v.tuning},
+            },
+        )
+        for v in config.variants
     ]
     for peer, flash_attn in ((LLAMA_CPP, False), (LLAMA_CPP_FA, True)):
         if peer not in config.peers:
@@ -594,14 +704,29 @@ def measure(config: GenerationBenchConfig, progress: bool = True) -> dict:
             failures[peer] = f"no GGUF file for llama.cpp (got {config.gguf})"
         else:
             n_ctx = int(math.ceil(max_total / 256) * 256)
-            specs.append((peer, "llama.cpp", {"gguf": str(config.gguf), "threads": config.threads,
-                                              "n_ctx": n_ctx, "flash_attn": flash_attn}))
+            specs.append(
+                (
+                    peer,
+                    "llama.cpp",
+                    {
+                        "gguf": str(config.gguf),
+                        "threads": config.threads,
+                        "n_ctx": n_ctx,
+                        "flash_attn": flash_attn,
+                    },
+                )
+            )
     if TRANSFORMERS in config.peers:
         if config.hf_dir is None or not (Path(config.hf_dir) / "config.json").is_file():
             failures[TRANSFORMERS] = f"no HF checkpoint for transformers (got {config.hf_dir})"
         else:
-            specs.append((TRANSFORMERS, "transformers", {"hf_dir": str(config.hf_dir),
-                                                         "threads": config.threads}))
+            specs.append(
+                (
+                    TRANSFORMERS,
+                    "transformers",
+                    {"hf_dir": str(config.hf_dir), "threads": config.threads},
+                )
+            )
     # Load one at a time so loading does not compete with loading.
     for name, kind, spec in specs:
         engine = EngineProcess(name, kind, spec, config.worker_timeout_s)
@@ -636,6 +761,16 @@ def measure(config: GenerationBenchConfig, progress: bool = True) -> dict:
                     if round_ >= config.warmups:
                         runs[engine.name][size].append(timing)
         bar.close()
+        # Memory is read before the prefix-reuse phase, whose cache holds a longer KV buffer.
+        for engine in engines:
+            if engine.name not in failures:
+                try:
+                    engine.info.update(engine.memory())
+                except (RuntimeError, TimeoutError) as exc:
+                    log.warning("memory of %s: %s", engine.name, exc)
+        reuse = (
+            _measure_prefix_reuse(config, engines, failures, prompts) if config.prefix_reuse else {}
+        )
     finally:
         for engine in engines:
             engine.stop()
@@ -647,6 +782,56 @@ def measure(config: GenerationBenchConfig, progress: bool = True) -> dict:
         "engines": {e.name: e.info for e in engines},
         "failures": failures,
         "copy_bandwidth_bytes_s": bandwidth,
+        "reuse": reuse,
+    }
+
+
+REUSE_KINDS = (
+    "genai",
+    "llama.cpp",
+)  # engines with a prefix cache (transformers' generate has none)
+
+
+def _measure_prefix_reuse(
+    config: GenerationBenchConfig,
+    engines: list[EngineProcess],
+    failures: dict[str, str],
+    prompts: dict[int, list[int]],
+) -> dict:
+    """Request A then request B, both with the same system prompt and passage header but other
+    passages; each engine keeps the KV of what they share. B's timings are recorded."""
+    from appliance.generation.tuning import common_prefix_length
+
+    size = max(prompts)
+    first = prompts[size]
+    other = build_prompts(
+        config.variants[0].model_dir, (size,), config.plant_dir, offset_words=7919
+    )[size]
+    live = [e for e in engines if e.kind in REUSE_KINDS and e.name not in failures]
+    runs: dict[str, list[dict]] = {e.name: [] for e in live}
+    errors: dict[str, str] = {}
+    for round_ in range(config.warmups + config.repeats):
+        shift = round_ % max(len(live), 1)
+        for engine in live[shift:] + live[:shift]:
+            if engine.name in errors:
+                continue
+            if config.quiet_wait_s > 0:
+                wait_for_quiet(config.quiet_wait_s, config.quiet_share)
+            try:
+                engine.run(first, config.new_tokens, reuse=True)  # fills the cache
+                result = engine.run(other, config.new_tokens, reuse=True)
+                timing = _timings(result, config.new_tokens)
+            except (RuntimeError, TimeoutError) as exc:
+                errors[engine.name] = str(exc)
+                continue
+            if round_ >= config.warmups:
+                runs[engine.name].append(timing)
+    return {
+        "size": size,
+        "prompt_tokens": len(other),
+        "shared_tokens": common_prefix_length(first, other),
+        "runs": runs,
+        "errors": errors,
     }
 
 
@@ -696,14 +881,29 @@ def records_from(config: GenerationBenchConfig, raw: dict, ours: str | None = No
             a, b = raw["runs"][ours][size], raw["runs"][peer][size]
             if not a or not b:
                 continue
-            params = {**base, "prompt_tokens": n_prompt,
-                      "others_cpu_share_ours": _median_share(a),
-                      "others_cpu_share_peer": _median_share(b)}
+            params = {
+                **base,
+                "prompt_tokens": n_prompt,
+                "others_cpu_share_ours": _median_share(a),
+                "others_cpu_share_peer": _median_share(b),
+            }
             ta = summarize([r["ttft_s"] for r in a])
             tb = summarize([r["ttft_s"] for r in b])
-            out.append(make_record(
-                SUITE, f"time to first token, ~{size}-token prompt", "s", ta["median"], tb["median"],
-                peer, "lower", ours_p95=ta["p95"], peer_p95=tb["p95"], repeats=len(a), params=params))
+            out.append(
+                make_record(
+                    SUITE,
+                    f"time to first token, ~{size}-token prompt",
+                    "s",
+                    ta["median"],
+                    tb["median"],
+                    peer,
+                    "lower",
+                    ours_p95=ta["p95"],
+                    peer_p95=tb["p95"],
+                    repeats=len(a),
+                    params=params,
+                )
+            )
             da = summarize([r["decode_tok_s"] for r in a])
             db = summarize([r["decode_tok_s"] for r in b])
             # For a higher-is-better rate the slow tail is the 5th percentile; it is stored as p95
@@ -711,39 +911,126 @@ def records_from(config: GenerationBenchConfig, raw: dict, ours: str | None = No
             da_slow = 1 / summarize([1 / r["decode_tok_s"] for r in a])["p95"]
             db_slow = 1 / summarize([1 / r["decode_tok_s"] for r in b])["p95"]
             agree = _agreement(raw["tokens"][ours].get(size, []), raw["tokens"][peer].get(size, []))
-            out.append(make_record(
-                SUITE, f"decode speed, ~{size}-token prompt", "tokens/s", da["median"], db["median"],
-                peer, "higher", ours_p95=da_slow, peer_p95=db_slow, repeats=len(a),
-                params={**params, "greedy_tokens_agreeing": agree},
-                note="p95 = the slow tail (95th percentile of time per token), as tokens/s"
-                if size == min(raw["prompts"]) else None))
+            out.append(
+                make_record(
+                    SUITE,
+                    f"decode speed, ~{size}-token prompt",
+                    "tokens/s",
+                    da["median"],
+                    db["median"],
+                    peer,
+                    "higher",
+                    ours_p95=da_slow,
+                    peer_p95=db_slow,
+                    repeats=len(a),
+                    params={**params, "greedy_tokens_agreeing": agree},
+                    note="p95 = the slow tail (95th percentile of time per token), as tokens/s"
+                    if size == min(raw["prompts"])
+                    else None,
+                )
+            )
             wa, wb = weights.get(ours), weights.get(peer)
             if wa and wb and bandwidth:
                 ceil_a, ceil_b = bandwidth / wa, bandwidth / wb
-                out.append(make_record(
-                    SUITE, f"share of bandwidth decode ceiling, ~{size}-token prompt", "%",
-                    100 * da["median"] / ceil_a, 100 * db["median"] / ceil_b, peer, "higher",
-                    params={**params, "ours_weight_mb": round(wa / 1e6, 1),
+                out.append(
+                    make_record(
+                        SUITE,
+                        f"share of bandwidth decode ceiling, ~{size}-token prompt",
+                        "%",
+                        100 * da["median"] / ceil_a,
+                        100 * db["median"] / ceil_b,
+                        peer,
+                        "higher",
+                        params={
+                            **params,
+                            "ours_weight_mb": round(wa / 1e6, 1),
                             "peer_weight_mb": round(wb / 1e6, 1),
                             "ours_ceiling_tok_s": round(ceil_a, 1),
                             "peer_ceiling_tok_s": round(ceil_b, 1),
-                            "copy_bandwidth_gb_s": round(bandwidth / 1e9, 2)},
-                    note="ceiling = measured copy bandwidth / bytes of weights read per token "
-                    "(KV cache not counted)" if size == min(raw["prompts"]) else None))
+                            "copy_bandwidth_gb_s": round(bandwidth / 1e9, 2),
+                        },
+                        note="ceiling = measured copy bandwidth / bytes of weights read per token "
+                        "(KV cache not counted)"
+                        if size == min(raw["prompts"])
+                        else None,
+                    )
+                )
+        reuse = raw.get("reuse") or {}
+        ra_runs = (reuse.get("runs") or {}).get(ours)
+        rb_runs = (reuse.get("runs") or {}).get(peer)
+        if ra_runs and rb_runs:
+            ta = summarize([r["ttft_s"] for r in ra_runs])
+            tb = summarize([r["ttft_s"] for r in rb_runs])
+            out.append(
+                make_record(
+                    SUITE,
+                    f"time to first token, follow-up request reusing the shared prefix, "
+                    f"~{reuse['size']}-token prompt",
+                    "s",
+                    ta["median"],
+                    tb["median"],
+                    peer,
+                    "lower",
+                    ours_p95=ta["p95"],
+                    peer_p95=tb["p95"],
+                    repeats=len(ra_runs),
+                    params={
+                        **base,
+                        "prompt_tokens": reuse["prompt_tokens"],
+                        "shared_prefix_tokens": reuse["shared_tokens"],
+                        "others_cpu_share_ours": _median_share(ra_runs),
+                        "others_cpu_share_peer": _median_share(rb_runs),
+                    },
+                    note="both engines keep the KV cache of the system prompt and passage header "
+                    "shared with the previous request (ours: appliance.generation.tuning.PrefixCache; "
+                    "llama.cpp: its longest-common-prefix reuse)",
+                )
+            )
         ra = raw["engines"].get(ours, {}).get("peak_rss_kib")
         rb = raw["engines"].get(peer, {}).get("peak_rss_kib")
         if ra and rb:
-            out.append(make_record(
-                SUITE, "peak resident memory", "MB", ra * 1024 / 1e6, rb * 1024 / 1e6, peer, "lower",
-                params={"threads": config.threads, "max_tokens": max(raw["prompts"].values())
-                        + config.new_tokens},
-                note="whole worker process (VmHWM): interpreter, runtime and model"))
+            out.append(
+                make_record(
+                    SUITE,
+                    "peak resident memory",
+                    "MB",
+                    ra * 1024 / 1e6,
+                    rb * 1024 / 1e6,
+                    peer,
+                    "lower",
+                    params={
+                        "threads": config.threads,
+                        "max_tokens": max(raw["prompts"].values()) + config.new_tokens,
+                    },
+                    note="whole worker process (VmHWM): interpreter, runtime and model",
+                )
+            )
     return out
+
+
+CONTENTION_SHARE = 0.2
+
+
+def flag_contention(records: list[dict]) -> list[dict]:
+    """Say so on every record whose runs shared the CPU with other busy processes: engines that
+    spin at barriers (llama.cpp's OpenMP threads, onnxruntime with spinning on) lose most of
+    their speed when another process takes a core, so such a ratio says little about a quiet box."""
+    for r in records:
+        params = r.get("params") or {}
+        shares = [params.get(k) for k in ("others_cpu_share_ours", "others_cpu_share_peer")]
+        worst = max((x for x in shares if x is not None), default=None)
+        if worst is not None and worst > CONTENTION_SHARE:
+            warning = (
+                f"measured under contention: other processes used up to {worst:.0%} of the "
+                "CPU during these runs; not representative of a quiet machine"
+            )
+            r["note"] = f"{r['note']}; {warning}" if r.get("note") else warning
+    return records
 
 
 def run_config(config: GenerationBenchConfig, progress: bool = True) -> tuple[list[dict], dict]:
     raw = measure(config, progress=progress)
-    return records_from(config, raw), raw
+    return flag_contention(records_from(config, raw)), raw
 
 
 # ------------------------------------------------------------------------------------------------
@@ -770,15 +1057,24 @@ def default_paths(bundle: Path | None, work: Path | None) -> dict[str, Path | No
     return paths
 
 
-def run(quick: bool = False, *, bundle: Path | None = None, work: Path | None = None,
-        threads: int | None = None, plant: Path | None = None, gguf: Path | None = None) -> list[dict]:
+def run(
+    quick: bool = False,
+    *,
+    bundle: Path | None = None,
+    work: Path | None = None,
+    threads: int | None = None,
+    plant: Path | None = None,
+    gguf: Path | None = None,
+) -> list[dict]:
     """The suite as `expert bench` runs it: the default model against both peers."""
     from benchmarks.machine import usable_cores
 
     paths = default_paths(bundle, work)
     if paths["onnx"] is None:
-        reason = (f"no int4 model: neither {bundle}/llm nor {work}/smollm2-int4 holds a "
-                  "genai_config.json; run `make bundle` first")
+        reason = (
+            f"no int4 model: neither {bundle}/llm nor {work}/smollm2-int4 holds a "
+            "genai_config.json; run `make bundle` first"
+        )
         return [skipped_record(SUITE, "generation", reason, peer_name=p) for p in PEERS]
     if plant is None and Path("examples/plant/docs").is_dir():
         plant = Path("examples/plant")
@@ -800,15 +1096,19 @@ def _parse_variant(text: str) -> Variant:
     if not sep:
         name, path = Path(text).name, text
     if not (Path(path) / "genai_config.json").is_file():
-        raise SystemExit(f"--ours {text}: {path} holds no genai_config.json (an `expert export` folder)")
+        raise SystemExit(
+            f"--ours {text}: {path} holds no genai_config.json (an `expert export` folder)"
+        )
     return Variant(name, Path(path))
 
 
 def comparison_table(config: GenerationBenchConfig, raw: dict) -> str:
     """Every variant against llama.cpp (and transformers), one row per variant and prompt."""
-    lines = ["| variant | prompt | TTFT s | decode tok/s | TTFT ratio vs llama.cpp (≤1 wins) | "
-             "decode ratio vs llama.cpp (≥1 wins) | peak RSS MB | others' CPU share |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| variant | prompt | TTFT s | decode tok/s | TTFT ratio vs llama.cpp (≤1 wins) | "
+        "decode ratio vs llama.cpp (≥1 wins) | peak RSS MB | others' CPU share |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     names = [v.name for v in config.variants] + [p for p in config.peers if p in raw["runs"]]
     for size, n_prompt in raw["prompts"].items():
         peer = raw["runs"].get(LLAMA_CPP, {}).get(size)
@@ -824,7 +1124,23 @@ def comparison_table(config: GenerationBenchConfig, raw: dict) -> str:
             lines.append(
                 f"| {name} | {n_prompt} | {t:.3f} | {d:.1f} | "
                 f"{(t / pt) if pt else float('nan'):.2f} | {(d / pd) if pd else float('nan'):.2f} | "
-                f"{(rss * 1024 / 1e6) if rss else float('nan'):.0f} | {_median_share(rs)} |")
+                f"{(rss * 1024 / 1e6) if rss else float('nan'):.0f} | {_median_share(rs)} |"
+            )
+    reuse = raw.get("reuse") or {}
+    if reuse.get("runs"):
+        lines += [
+            "",
+            f"Follow-up request reusing the shared prefix ({reuse['shared_tokens']} of "
+            f"{reuse['prompt_tokens']} tokens):",
+            "",
+            "| engine | TTFT s | decode tok/s |",
+            "|---|---:|---:|",
+        ]
+        for name, rs in reuse["runs"].items():
+            if rs:
+                t = summarize([r["ttft_s"] for r in rs])["median"]
+                d = summarize([r["decode_tok_s"] for r in rs])["median"]
+                lines.append(f"| {name} | {t:.3f} | {d:.1f} |")
     return "\n".join(lines)
 
 
@@ -834,23 +1150,44 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.generation_bench",
         description="Compare onnxruntime-genai model folders with llama.cpp (and transformers), "
-                    "interleaved, in one run.")
-    parser.add_argument("--ours", action="append", required=True, metavar="NAME=DIR",
-                        help="an exported model folder (repeat to compare variants)")
-    parser.add_argument("--tuning", action="append", default=[], metavar="NAME:KEY=VALUE",
-                        help="a runtime setting (GenaiTuning field) for one variant, e.g. "
-                             "default:allow_spinning=false")
+        "interleaved, in one run.",
+    )
+    parser.add_argument(
+        "--ours",
+        action="append",
+        required=True,
+        metavar="NAME=DIR",
+        help="an exported model folder (repeat to compare variants)",
+    )
+    parser.add_argument(
+        "--tuning",
+        action="append",
+        default=[],
+        metavar="NAME:KEY=VALUE",
+        help="a runtime setting (GenaiTuning field) for one variant, e.g. "
+        "default:allow_spinning=false",
+    )
     parser.add_argument("--hf", type=Path, help="HF checkpoint for the transformers peer")
     parser.add_argument("--gguf", type=Path, help="GGUF for llama.cpp (default: the embedded one)")
-    parser.add_argument("--peers", default=",".join(PEERS), help=f"comma list from {KNOWN_PEERS}")
+    parser.add_argument("--peers", default=",".join(PEERS), help=f"comma list from {PEERS}")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--prompts", default=",".join(map(str, DEFAULT_PROMPT_TOKENS)))
     parser.add_argument("--new-tokens", type=int, default=DEFAULT_NEW_TOKENS)
     parser.add_argument("--warmups", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--plant", type=Path, default=Path("examples/plant"))
-    parser.add_argument("--quiet-wait", type=float, default=10.0,
-                        help="seconds to wait before each run for other processes to go quiet")
+    parser.add_argument(
+        "--no-prefix-reuse",
+        dest="prefix_reuse",
+        action="store_false",
+        help="skip the follow-up request that reuses the shared prefix's KV cache",
+    )
+    parser.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=10.0,
+        help="seconds to wait before each run for other processes to go quiet",
+    )
     parser.add_argument("--json", type=Path, help="also write the raw measurements here")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -860,7 +1197,13 @@ def main(argv: list[str] | None = None) -> int:
         name, _, kv = item.partition(":")
         key, _, value = kv.partition("=")
         low = value.lower()
-        parsed = (low == "true") if low in ("true", "false") else int(value) if value.isdigit() else value
+        parsed = (
+            (low == "true")
+            if low in ("true", "false")
+            else int(value)
+            if value.isdigit()
+            else value
+        )
         tunings.setdefault(name, {})[key] = parsed
     variants = [Variant(v.name, v.model_dir, tunings.get(v.name, {})) for v in variants]
     gguf = args.gguf
@@ -880,6 +1223,7 @@ def main(argv: list[str] | None = None) -> int:
         peers=tuple(p for p in args.peers.split(",") if p),
         plant_dir=args.plant if args.plant.is_dir() else None,
         quiet_wait_s=args.quiet_wait,
+        prefix_reuse=args.prefix_reuse,
     )
     raw = measure(config)
     print(comparison_table(config, raw))
@@ -887,9 +1231,18 @@ def main(argv: list[str] | None = None) -> int:
         print("failures:", json.dumps(raw["failures"], indent=2))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"config": {"variants": [[v.name, str(v.model_dir), v.tuning]
-                                                                   for v in variants]},
-                                         "raw": raw}, indent=2, default=str))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "config": {
+                        "variants": [[v.name, str(v.model_dir), v.tuning] for v in variants]
+                    },
+                    "raw": raw,
+                },
+                indent=2,
+                default=str,
+            )
+        )
     return 0
 
 

@@ -166,7 +166,9 @@ def describe_machine() -> dict:
         "cpu_flags": cpu["flags"],
         "cache_kib": _cache_kib(),
         "memory_gib": _memory_gib(),
-        "load_average": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
+        "load_average": [round(x, 2) for x in os.getloadavg()]
+        if hasattr(os, "getloadavg")
+        else None,
         "packages": package_versions(),
     }
 

@@ -87,8 +87,16 @@ def make_record(
     return record
 
 
-def skipped_record(suite: str, metric: str, reason: str, *, peer_name: str | None = None,
-                   unit: str = "", better: str = "higher", **extra) -> dict:
+def skipped_record(
+    suite: str,
+    metric: str,
+    reason: str,
+    *,
+    peer_name: str | None = None,
+    unit: str = "",
+    better: str = "higher",
+    **extra,
+) -> dict:
     """A record that says why a comparison was not measured; it holds no numbers."""
     record = {
         "suite": suite,
@@ -132,7 +140,9 @@ def validate_record(record: dict) -> None:
         return
     for key in ("ours", "peer"):
         if not _finite(record[key]):
-            raise ValueError(f"{key} must be a finite number, got {record[key]!r} ({record['metric']})")
+            raise ValueError(
+                f"{key} must be a finite number, got {record[key]!r} ({record['metric']})"
+            )
     if not isinstance(record["peer_name"], str) or not record["peer_name"]:
         raise ValueError(f"peer_name must name the peer, got {record['peer_name']!r}")
     ratio = record["ratio"]

@@ -55,7 +55,9 @@ def _suite_child(module_name: str, quick: bool, kwargs: dict, out_path: str) -> 
     for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
         os.environ.setdefault(var, "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     result: dict
     try:
         module = importlib.import_module(f"benchmarks.{module_name}")
@@ -64,11 +66,15 @@ def _suite_child(module_name: str, quick: bool, kwargs: dict, out_path: str) -> 
         if missing == f"benchmarks.{module_name}":
             result = {"skipped": f"benchmarks/{module_name}.py does not exist yet"}
         else:
-            result = {"skipped": f"benchmarks/{module_name}.py needs the missing module {missing!r}"}
+            result = {
+                "skipped": f"benchmarks/{module_name}.py needs the missing module {missing!r}"
+            }
         Path(out_path).write_text(json.dumps(result))
         return
     except Exception as exc:  # noqa: BLE001 - any import failure becomes a skip with its reason
-        result = {"skipped": f"importing benchmarks/{module_name}.py failed: {type(exc).__name__}: {exc}"}
+        result = {
+            "skipped": f"importing benchmarks/{module_name}.py failed: {type(exc).__name__}: {exc}"
+        }
         Path(out_path).write_text(json.dumps(result))
         return
     fn = getattr(module, "run", None)
@@ -91,15 +97,20 @@ def _suite_child(module_name: str, quick: bool, kwargs: dict, out_path: str) -> 
     Path(out_path).write_text(json.dumps(result, default=str))
 
 
-def run_suite(module_name: str, *, quick: bool, kwargs: dict, timeout_s: float) -> tuple[list[dict], dict]:
+def run_suite(
+    module_name: str, *, quick: bool, kwargs: dict, timeout_s: float
+) -> tuple[list[dict], dict]:
     """Run one suite module in a child process; returns (records, info)."""
     default_suite = SUITE_MODULES.get(module_name, "generation")
     ctx = mp.get_context("spawn")
     with tempfile.TemporaryDirectory(prefix="expert-bench-") as tmp:
         out_path = Path(tmp) / "result.json"
         started = time.monotonic()
-        process = ctx.Process(target=_suite_child, name=f"bench-{module_name}",
-                              args=(module_name, quick, kwargs, str(out_path)))
+        process = ctx.Process(
+            target=_suite_child,
+            name=f"bench-{module_name}",
+            args=(module_name, quick, kwargs, str(out_path)),
+        )
         process.start()
         process.join(timeout_s)
         if process.is_alive():
@@ -110,16 +121,21 @@ def run_suite(module_name: str, *, quick: bool, kwargs: dict, timeout_s: float) 
                 process.join()
             reason = f"benchmarks/{module_name}.py did not finish within {timeout_s:.0f} s"
             return [skipped_record(default_suite, module_name, reason, source=module_name)], {
-                "status": "timeout", "duration_s": time.monotonic() - started}
+                "status": "timeout",
+                "duration_s": time.monotonic() - started,
+            }
         duration = time.monotonic() - started
         if not out_path.is_file():
             reason = f"benchmarks/{module_name}.py crashed (exit code {process.exitcode})"
             return [skipped_record(default_suite, module_name, reason, source=module_name)], {
-                "status": "crashed", "duration_s": duration}
+                "status": "crashed",
+                "duration_s": duration,
+            }
         result = json.loads(out_path.read_text())
     if "skipped" in result:
-        return [skipped_record(default_suite, module_name, result["skipped"], source=module_name)], {
-            "status": "skipped", "duration_s": duration}
+        return [
+            skipped_record(default_suite, module_name, result["skipped"], source=module_name)
+        ], {"status": "skipped", "duration_s": duration}
     records = normalize_records(result["records"], source=module_name, default_suite=default_suite)
     if not records:
         reason = f"benchmarks/{module_name}.py returned no records"
@@ -127,21 +143,30 @@ def run_suite(module_name: str, *, quick: bool, kwargs: dict, timeout_s: float) 
     return records, {"status": "ok", "duration_s": duration}
 
 
-def run_all(*, suites: list[str], quick: bool, kwargs: dict, timeout_s: float) -> tuple[list[dict], dict]:
+def run_all(
+    *, suites: list[str], quick: bool, kwargs: dict, timeout_s: float
+) -> tuple[list[dict], dict]:
     records: list[dict] = []
     info: dict = {}
     for module_name in suites:
         log.info("suite %s ...", module_name)
         got, meta = run_suite(module_name, quick=quick, kwargs=kwargs, timeout_s=timeout_s)
-        log.info("suite %s: %s, %d record(s) in %.0f s", module_name, meta["status"], len(got),
-                 meta["duration_s"])
+        log.info(
+            "suite %s: %s, %d record(s) in %.0f s",
+            module_name,
+            meta["status"],
+            len(got),
+            meta["duration_s"],
+        )
         records.extend(got)
         info[module_name] = {**meta, "duration_s": round(meta["duration_s"], 1)}
     # Every suite the design names appears in the summary, if only as "did not run".
     seen = {r["suite"] for r in records}
     for suite in SUITES:
         if suite not in seen:
-            records.append(skipped_record(suite, suite, "no benchmark module produced results for this suite"))
+            records.append(
+                skipped_record(suite, suite, "no benchmark module produced results for this suite")
+            )
     return records, info
 
 
@@ -162,25 +187,51 @@ def _resolve_suites(text: str | None) -> list[str]:
         else:
             raise UserFacingError(
                 f"unknown suite {item!r}; choose from {', '.join(SUITES)} or a module name "
-                f"({', '.join(SUITE_MODULES)})")
+                f"({', '.join(SUITE_MODULES)})"
+            )
     return list(dict.fromkeys(chosen))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--bundle", type=Path, default=None,
-                        help="the bundle to measure (its llm/, embedder/ and index/)")
-    parser.add_argument("--work", type=Path, default=Path("var/work"),
-                        help="build work folder with smollm2-hf/, smollm2-int4/, embedder/ (default var/work)")
-    parser.add_argument("--plant", type=Path, default=Path("examples/plant"),
-                        help="example plant folder (documents and Q&A) for prompts and queries")
-    parser.add_argument("--suites", default=None,
-                        help=f"comma list of suites ({', '.join(SUITES)}) or modules; default all")
+    parser.add_argument(
+        "--bundle",
+        type=Path,
+        default=None,
+        help="the bundle to measure (its llm/, embedder/ and index/)",
+    )
+    parser.add_argument(
+        "--work",
+        type=Path,
+        default=Path("var/work"),
+        help="build work folder with smollm2-hf/, smollm2-int4/, embedder/ (default var/work)",
+    )
+    parser.add_argument(
+        "--plant",
+        type=Path,
+        default=Path("examples/plant"),
+        help="example plant folder (documents and Q&A) for prompts and queries",
+    )
+    parser.add_argument(
+        "--suites",
+        default=None,
+        help=f"comma list of suites ({', '.join(SUITES)}) or modules; default all",
+    )
     parser.add_argument("--quick", action="store_true", help="fewer repetitions (a smoke run)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="threads for every engine, ours and peers alike (default: usable cores)")
-    parser.add_argument("--out", type=Path, default=RESULTS_DIR, help=f"results folder (default {RESULTS_DIR})")
-    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S,
-                        help=f"seconds one suite may run before it is stopped (default {DEFAULT_TIMEOUT_S})")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="threads for every engine, ours and peers alike (default: usable cores)",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=RESULTS_DIR, help=f"results folder (default {RESULTS_DIR})"
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT_S,
+        help=f"seconds one suite may run before it is stopped (default {DEFAULT_TIMEOUT_S})",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -190,8 +241,10 @@ def run(args: argparse.Namespace) -> int:
     if args.threads is not None and args.threads < 1:
         raise UserFacingError(f"--threads must be >= 1, got {args.threads}")
     if args.bundle is not None and not (args.bundle / "manifest.json").is_file():
-        raise UserFacingError(f"{args.bundle} is not a bundle (no manifest.json); build one with "
-                              "`make bundle` or pass the folder `expert bundle` wrote")
+        raise UserFacingError(
+            f"{args.bundle} is not a bundle (no manifest.json); build one with "
+            "`make bundle` or pass the folder `expert bundle` wrote"
+        )
     if args.timeout <= 0:
         raise UserFacingError(f"--timeout must be > 0 seconds, got {args.timeout}")
     suites = _resolve_suites(args.suites)
@@ -225,8 +278,10 @@ def run(args: argparse.Namespace) -> int:
     document = results_document(machine, records, meta=meta)
     paths = write_results(args.out, document)
     measured = sum(1 for r in records if not r.get("skipped"))
-    print(f"{measured} comparison(s), {len(records) - measured} skipped; results: {paths['json']}, "
-          f"summary: {paths['markdown']}")
+    print(
+        f"{measured} comparison(s), {len(records) - measured} skipped; results: {paths['json']}, "
+        f"summary: {paths['markdown']}"
+    )
     return 0
 
 

@@ -24,8 +24,13 @@ from benchmarks.records import (
     verdict,
 )
 
-VERDICT_MARK = {"ahead": "ahead", "parity": "parity", "behind": "**behind**", "skipped": "skipped",
-                "n/a": "n/a"}
+VERDICT_MARK = {
+    "ahead": "ahead",
+    "parity": "parity",
+    "behind": "**behind**",
+    "skipped": "skipped",
+    "n/a": "n/a",
+}
 
 
 def results_document(machine: dict, records: list[dict], *, meta: dict | None = None) -> dict:
@@ -118,17 +123,22 @@ def render_markdown(document: dict) -> str:
     records = document.get("results", [])
     lines = ["# Benchmark results", ""]
     created = document.get("created", "")
-    lines.append(f"Run {created} on **{machine.get('host', '?')}**: {machine.get('cpu_model') or '?'}, "
-                 f"{machine.get('cores', '?')} usable cores, {machine.get('memory_gib', '?')} GiB, "
-                 f"flags {', '.join(machine.get('cpu_flags') or []) or 'unknown'}.")
+    lines.append(
+        f"Run {created} on **{machine.get('host', '?')}**: {machine.get('cpu_model') or '?'}, "
+        f"{machine.get('cores', '?')} usable cores, {machine.get('memory_gib', '?')} GiB, "
+        f"flags {', '.join(machine.get('cpu_flags') or []) or 'unknown'}."
+    )
     packages = machine.get("packages") or {}
     if packages:
         shown = ", ".join(f"{k} {v}" for k, v in packages.items() if v)
         lines.append(f"Packages: {shown}.")
     run = document.get("run") or {}
     if run:
-        lines.append("Run settings: " + ", ".join(f"{k}={v}" for k, v in run.items()
-                                                   if not isinstance(v, (dict, list))) + ".")
+        lines.append(
+            "Run settings: "
+            + ", ".join(f"{k}={v}" for k, v in run.items() if not isinstance(v, (dict, list)))
+            + "."
+        )
     lines += [
         "",
         "Every figure is a ratio against a peer measured in the same run on the same machine,",
@@ -151,18 +161,31 @@ def render_markdown(document: dict) -> str:
             lines += ["No results: the suite did not run.", ""]
             continue
         if rows:
-            lines.append("| metric | unit | ours | peer | peer name | ratio | better | verdict | conditions |")
+            lines.append(
+                "| metric | unit | ours | peer | peer name | ratio | better | verdict | conditions |"
+            )
             lines.append("|---|---|---:|---:|---|---:|---|---|---|")
             for r in rows:
                 ratio = "–" if r.get("ratio") is None else f"{r['ratio']:.2f}×"
                 lines.append(
-                    "| " + " | ".join(_cell(x) for x in (
-                        r["metric"], r["unit"], _spread(r["ours"], r.get("ours_p95")),
-                        _spread(r["peer"], r.get("peer_p95")), r["peer_name"], ratio, r["better"],
-                        VERDICT_MARK[verdict(r)], _params(r),
-                    )) + " |"
+                    "| "
+                    + " | ".join(
+                        _cell(x)
+                        for x in (
+                            r["metric"],
+                            r["unit"],
+                            _spread(r["ours"], r.get("ours_p95")),
+                            _spread(r["peer"], r.get("peer_p95")),
+                            r["peer_name"],
+                            ratio,
+                            r["better"],
+                            VERDICT_MARK[verdict(r)],
+                            _params(r),
+                        )
+                    )
+                    + " |"
                 )
-            notes = [(r["metric"], r["note"]) for r in rows if r.get("note")]
+            notes = list(dict.fromkeys((r["metric"], r["note"]) for r in rows if r.get("note")))
             if notes:
                 lines.append("")
                 lines += [f"- {_cell(m)}: {_cell(n)}" for m, n in notes]

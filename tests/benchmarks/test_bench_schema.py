@@ -34,11 +34,30 @@ flags\t\t: fpu sse4_2 avx avx2
 
 def _records() -> list[dict]:
     return [
-        make_record("generation", "decode speed, ~800-token prompt", "tokens/s", 90.0, 86.0,
-                    "llama.cpp", "higher", ours_p95=80.0, peer_p95=79.0, repeats=5,
-                    params={"prompt_tokens": 800, "threads": 2}),
-        make_record("generation", "time to first token, ~800-token prompt", "s", 3.5, 3.2,
-                    "llama.cpp", "lower", repeats=5, note="prompt processing dominates"),
+        make_record(
+            "generation",
+            "decode speed, ~800-token prompt",
+            "tokens/s",
+            90.0,
+            86.0,
+            "llama.cpp",
+            "higher",
+            ours_p95=80.0,
+            peer_p95=79.0,
+            repeats=5,
+            params={"prompt_tokens": 800, "threads": 2},
+        ),
+        make_record(
+            "generation",
+            "time to first token, ~800-token prompt",
+            "s",
+            3.5,
+            3.2,
+            "llama.cpp",
+            "lower",
+            repeats=5,
+            note="prompt processing dominates",
+        ),
         make_record("retrieval", "recall@5", "fraction", 0.9, 0.9, "bm25", "higher"),
         skipped_record("training", "lora step time", "bitsandbytes missing", peer_name="peft"),
     ]
@@ -100,7 +119,9 @@ def test_missing_field_is_named():
 def test_normalize_turns_bad_records_into_visible_skips():
     good = {k: v for k, v in _records()[2].items() if k != "suite"}  # suite filled from default
     bad = {**_records()[0], "ratio": 5.0}
-    out = normalize_records([good, bad, "nonsense"], source="retrieval_bench", default_suite="retrieval")
+    out = normalize_records(
+        [good, bad, "nonsense"], source="retrieval_bench", default_suite="retrieval"
+    )
     assert out[0]["suite"] == "retrieval" and out[0]["source"] == "retrieval_bench"
     assert out[1]["skipped"].startswith("retrieval_bench returned an invalid record: ratio")
     assert out[2]["skipped"] and out[2]["metric"] == "record 2"
@@ -109,8 +130,14 @@ def test_normalize_turns_bad_records_into_visible_skips():
 
 
 def test_results_document_and_files(tmp_path):
-    machine = {"host": "box/1", "cpu_model": "AMD EPYC", "cores": 2, "cpu_flags": ["AVX2"],
-               "memory_gib": 24, "packages": {"onnxruntime": "1.32.0", "torch": None}}
+    machine = {
+        "host": "box/1",
+        "cpu_model": "AMD EPYC",
+        "cores": 2,
+        "cpu_flags": ["AVX2"],
+        "memory_gib": 24,
+        "packages": {"onnxruntime": "1.32.0", "torch": None},
+    }
     doc = results_document(machine, _records(), meta={"quick": True, "threads": 2})
     paths = write_results(tmp_path, doc, date="2026-01-02")
     assert paths["json"].name == "2026-01-02-box-1.json"
@@ -118,7 +145,16 @@ def test_results_document_and_files(tmp_path):
     assert latest == json.loads(paths["json"].read_text())
     assert set(latest) >= {"machine", "results"}
     for record in latest["results"]:
-        assert set(record) >= {"suite", "metric", "unit", "ours", "peer", "peer_name", "ratio", "better"}
+        assert set(record) >= {
+            "suite",
+            "metric",
+            "unit",
+            "ours",
+            "peer",
+            "peer_name",
+            "ratio",
+            "better",
+        }
         assert record["suite"] in SUITES
         if record["ratio"] is not None:
             assert math.isclose(record["ratio"], record["ours"] / record["peer"])

@@ -51,7 +51,7 @@ def _cached(cache: PrefixCache, ids: list[int], n: int = NEW) -> tuple[list[int]
     lease = cache.lease(ids, n)
     assert lease is not None
     with lease:
-        lease.generator.append_tokens(ids[lease.reused:])
+        lease.generator.append_tokens(ids[lease.reused :])
         out = []
         while len(out) < n:
             lease.generator.generate_next_token()
@@ -80,12 +80,35 @@ def test_prefix_cache_gives_the_fresh_generators_tokens(model):
     assert out2 == _fresh(model, second)
 
     # A follow-up re-sends the whole first exchange: everything but the new turn is reused.
-    follow = second + out2 + list(tokenizer.encode("<|im_end|>\n<|im_start|>user\nWhy?<|im_end|>\n"
-                                                   "<|im_start|>assistant\n"))
+    follow = (
+        second
+        + out2
+        + list(
+            tokenizer.encode(
+                "<|im_end|>\n<|im_start|>user\nWhy?<|im_end|>\n<|im_start|>assistant\n"
+            )
+        )
+    )
     out3, reused3 = _cached(cache, follow)
     assert reused3 >= len(second) + len(out2) - 1
     assert out3 == _fresh(model, follow)
     assert cache.hits == 2 and cache.misses == 1
+
+
+def test_prefix_cache_serves_again_after_end_of_sequence(model):
+    tokenizer = og.Tokenizer(model)
+    short = list(tokenizer.encode(SYSTEM + "Say hello.<|im_end|>\n<|im_start|>assistant\n"))
+    cache = PrefixCache(model, max_length=512, min_reuse=4)
+    for _ in range(2):  # the first answer ends with end-of-sequence; the cache is reused after it
+        lease = cache.lease(short, 40)
+        with lease:
+            lease.generator.append_tokens(short[lease.reused :])
+            out = []
+            while not lease.generator.is_done() and len(out) < 40:
+                lease.generator.generate_next_token()
+                out.append(int(lease.generator.get_next_tokens()[0]))
+        assert out == _fresh(model, short, n=40)[: len(out)]
+    assert cache.hits == 1
 
 
 def test_prefix_cache_declines_what_it_cannot_serve(model):
