@@ -655,24 +655,14 @@ def _check_adapter_dir(adapter_dir: Path) -> None:
 
 
 def merge_adapter(model_dir: Path, adapter_dir: Path, out: Path) -> Path:
-    """Merge a LoRA adapter into a full-precision copy of the base (fp32) for export."""
-    import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
+    """Merge a LoRA adapter into a full-precision (fp32) copy of the base for export.
+
+    The trainer's merge does the work, so an adapter trained on another base is refused here too.
+    """
+    from trainer.merge import merge_adapter as merge_into_base
 
     log.info("merging adapter %s into %s", adapter_dir, model_dir)
-    base = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
-    merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
-    merged.save_pretrained(str(out), safe_serialization=True)
-    for name in (
-        "tokenizer.json",
-        "tokenizer_config.json",
-        "special_tokens_map.json",
-        "chat_template.jinja",
-        "generation_config.json",
-    ):
-        if (model_dir / name).is_file() and not (out / name).is_file():
-            shutil.copy2(model_dir / name, out / name)
+    merge_into_base(model_dir, adapter_dir, out, dtype="fp32")
     return out
 
 
