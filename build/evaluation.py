@@ -75,6 +75,7 @@ class EvalQuestion:
     reference_answer: str = ""
     source: str | tuple[str, ...] | None = None
     filters: dict | None = None
+    split: str | None = None  # "dev" (tune here) or "test" (report only); None: unsplit file
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -84,9 +85,19 @@ class EvalQuestion:
         return d
 
 
-def load_questions(path: Path | str) -> list[EvalQuestion]:
-    """Read and check an eval JSONL file; every problem is reported with its line, all at once."""
+# Held-out questions carry "split": "dev" questions are the only ones any tuned value (the
+# abstention threshold, prompt variants, training steps) may be chosen on; "test" questions are
+# reported and never tuned on. `stratified_split` assigns them.
+SPLITS = ("dev", "test")
+
+
+def load_questions(path: Path | str, split: str | None = None) -> list[EvalQuestion]:
+    """Read and check an eval JSONL file; every problem is reported with its line, all at once.
+    `split` ("dev" / "test") keeps only that split's questions; a file without splits is refused
+    then, since tuning on an unsplit set is what the splits exist to prevent."""
     path = Path(path)
+    if split is not None and split not in SPLITS:
+        raise UserFacingError(f"split must be one of {list(SPLITS)}, got {split!r}")
     if not path.is_file():
         raise UserFacingError(
             f"questions file {path} does not exist; pass --questions FILE (JSON lines with id, "
@@ -114,6 +125,7 @@ def load_questions(path: Path | str) -> list[EvalQuestion]:
         reference = rec.get("reference_answer") or ""
         source = rec.get("source")
         filters = rec.get("filters")
+        qsplit = rec.get("split")
         bad = []
         if not isinstance(qid, str | int) or isinstance(qid, bool) or not str(qid).strip():
             bad.append("'id' must be a non-empty string")
@@ -134,6 +146,8 @@ def load_questions(path: Path | str) -> list[EvalQuestion]:
             bad.append("'source' must be a document name, a list of them, or null")
         if filters is not None and not isinstance(filters, dict):
             bad.append("'filters' must be an object (metadata field -> value) or null")
+        if qsplit is not None and qsplit not in SPLITS:
+            bad.append(f"'split' must be one of {list(SPLITS)} or absent, got {qsplit!r}")
         if bad:
             problems.extend(f"{where}: {b}" for b in bad)
             continue
@@ -147,6 +161,7 @@ def load_questions(path: Path | str) -> list[EvalQuestion]:
                 reference_answer=reference,
                 source=tuple(source) if isinstance(source, list) else source,
                 filters=filters or None,
+                split=qsplit,
             )
         )
     if problems:
@@ -158,7 +173,56 @@ def load_questions(path: Path | str) -> list[EvalQuestion]:
         )
     if not questions:
         raise UserFacingError(f"{path}: no questions; add one JSON object per line")
+    if split is not None:
+        unsplit = [q.id for q in questions if q.split is None]
+        if unsplit:
+            raise UserFacingError(
+                f"{path}: {len(unsplit)} question(s) have no 'split' (e.g. {unsplit[0]}); assign "
+                "dev/test splits first (build.evaluation.stratified_split; see "
+                "examples/plant/tools/assign_splits.py)"
+            )
+        questions = [q for q in questions if q.split == split]
+        if not questions:
+            raise UserFacingError(f"{path}: no questions in split {split!r}")
     return questions
+
+
+def stratified_split(
+    records: Sequence[Mapping[str, Any]],
+    *,
+    seed: int,
+    strata: Callable[[Mapping[str, Any]], Any],
+    dev_share: float = 0.5,
+) -> dict[str, str]:
+    """{id: "dev" | "test"} for every record: each stratum (e.g. answerable x source document)
+    is shuffled with `seed` and cut at `dev_share`, the odd one out of a stratum going to
+    whichever split is behind overall, so both splits hold every kind of question. A record
+    that already has a "split" keeps it (adding questions never moves old ones)."""
+    import random
+
+    if not 0.0 < dev_share < 1.0:
+        raise ValueError(f"dev_share must be in (0, 1), got {dev_share!r}")
+    out: dict[str, str] = {}
+    groups: dict[str, list[str]] = {}
+    for rec in records:
+        rid = str(rec["id"])
+        if rec.get("split") in SPLITS:
+            out[rid] = rec["split"]
+        else:
+            groups.setdefault(repr(strata(rec)), []).append(rid)
+    counts = {s: sum(v == s for v in out.values()) for s in SPLITS}
+    for key in sorted(groups):
+        ids = sorted(groups[key])
+        random.Random(f"{seed}:{key}").shuffle(ids)
+        n_dev = math.floor(len(ids) * dev_share)
+        if len(ids) * dev_share - n_dev > 1e-9:  # an odd one out: to the split that is behind
+            total = counts["dev"] + counts["test"]
+            behind = counts["dev"] + n_dev < dev_share * (total + len(ids))
+            n_dev += 1 if behind else 0
+        for i, rid in enumerate(ids):
+            out[rid] = "dev" if i < n_dev else "test"
+            counts[out[rid]] += 1
+    return out
 
 
 # --------------------------------------------------------------------------------------------

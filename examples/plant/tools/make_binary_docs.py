@@ -120,7 +120,7 @@ def pdf_text(text: str) -> str:
     try:
         text.encode("cp1252")
     except UnicodeEncodeError as exc:  # fail loudly instead of printing black boxes
-        raise SystemExit(f"character not printable with the standard PDF fonts: {exc}")
+        raise SystemExit(f"character not printable with the standard PDF fonts: {exc}") from exc
     text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
     return "".join(f"<b>{t}</b>" if b else t for t, b in split_bold(text))
 
