@@ -28,12 +28,15 @@ from typing import Any, Protocol
 
 from appliance.errors import UserFacingError
 from appliance.generation.base import GenerationParams, Generator
+from appliance.grounding import Evidence, best_sentence, occurs, value_spans
+from appliance.grounding import check as check_grounding
 from appliance.prompting import (
-    DEFAULT_SYSTEM_PROMPT,
     NOT_IN_DOCUMENTS,
-    PLAIN_SYSTEM_PROMPT,
+    PLANT_WORDING,
     PromptPassage,
+    Wording,
     build_messages,
+    wording_from_manifest,
 )
 
 # Calibrated on examples/plant (all-MiniLM-L6-v2, default chunking, hybrid top 5) with
@@ -92,15 +95,31 @@ class ContextOverflowError(UserFacingError):
         )
 
 
+# The reader: how many passages the prompt shows and when an unsupported answer is quoted
+# instead of refused. Each value was chosen on the dev splits only; READER_CHOICES records the
+# measurement behind it (reproduce with benchmarks/reader_variants.py).
+DEFAULT_MAX_PASSAGES = 3
+DEFAULT_QUOTE_MIN_SHARE = 0.3
+READER_CHOICES = {
+    "max_passages": "chosen on dev; see benchmarks/results/reader_variants.json",
+    "quote_min_share": "chosen on dev; see benchmarks/results/reader_variants.json",
+}
+
+
 @dataclass(frozen=True)
 class AnswerPolicy:
     """How answers are grounded; one per service, validated at load."""
 
     abstain_threshold: float | None = DEFAULT_ABSTAIN_THRESHOLD  # None: never abstain on score
-    abstain_message: str = NOT_IN_DOCUMENTS
-    system_prompt: str | None = None  # None: appliance.prompting's default
+    abstain_message: str = ""  # "": the wording's abstention sentence
+    system_prompt: str | None = None  # None: the wording's system prompt
     min_passages: int = 1  # passages kept when the budget forces dropping some
-    cite_fallback: bool = True  # add [n] markers by word overlap when the model gives none
+    cite_fallback: bool = True  # add [n] markers when the model gives none
+    wording: Wording = PLANT_WORDING  # the bundle's sentences (appliance.prompting)
+    max_passages: int | None = DEFAULT_MAX_PASSAGES  # passages shown; None: all retrieved
+    grounding: bool = True  # check every answer's values against its passages
+    focus_entries: bool = True  # the entry the question names goes first and holds the values
+    quote_min_share: float = DEFAULT_QUOTE_MIN_SHARE  # least match of a quoted sentence
 
     def __post_init__(self) -> None:
         t = self.abstain_threshold
@@ -108,10 +127,28 @@ class AnswerPolicy:
             raise ValueError(
                 f"abstain_threshold must be a cosine score in [-1, 1] or None, got {t!r}"
             )
-        if not self.abstain_message.strip():
-            raise ValueError("abstain_message must not be empty")
+        if self.abstain_message and not self.abstain_message.strip():
+            raise ValueError("abstain_message must not be blank")
         if self.min_passages < 1:
             raise ValueError(f"min_passages must be >= 1, got {self.min_passages}")
+        if self.max_passages is not None and self.max_passages < 1:
+            raise ValueError(f"max_passages must be >= 1 or None, got {self.max_passages}")
+        if not 0 <= self.quote_min_share <= 1:
+            raise ValueError(f"quote_min_share must be in [0, 1], got {self.quote_min_share}")
+
+    @property
+    def abstain_text(self) -> str:
+        return self.abstain_message or self.wording.abstain
+
+    @classmethod
+    def from_manifest(cls, manifest: Mapping | None, **overrides) -> AnswerPolicy:
+        """The policy a bundle asks for: its calibrated threshold and its wording."""
+        kw: dict[str, Any] = {"wording": wording_from_manifest(manifest)}
+        value = ((manifest or {}).get("retrieval") or {}).get("abstain_threshold")
+        if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+            kw["abstain_threshold"] = float(value)
+        kw.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**kw)
 
 
 @dataclass
@@ -169,6 +206,14 @@ class Answer:
     timed_out: bool = False
     dropped_history: int = 0
     dropped_passages: int = 0
+    # The grounding check (None without retrieval): "supported" (every value found in the
+    # passages; `evidence` says where), "quoted" (the model's answer named a value the
+    # passages do not hold, so `text` quotes the best evidence sentence instead) or
+    # "abstained" (nothing to quote, or the documents were taken not to cover the question).
+    grounding: str | None = None
+    evidence: list[Evidence] = field(default_factory=list)
+    unsupported: list[str] = field(default_factory=list)  # the values that failed the check
+    model_text: str = ""  # what the model said, before the check (same as text if supported)
 
     @property
     def cited(self) -> list[int]:
@@ -191,6 +236,7 @@ class PreparedAnswer:
     policy: AnswerPolicy
     dropped_history: int = 0
     dropped_passages: int = 0
+    focus: list[int] = field(default_factory=list)  # shown passages of the entry asked about
 
 
 def _float(x) -> float:
@@ -228,6 +274,7 @@ def prepare(
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     passages: list[PassageLike] | None = None
+    focus_n = 0
     retrieval_s = 0.0
     best = None
     abstain_reason = None
@@ -238,6 +285,9 @@ def prepare(
         passages = list(retriever.search(question, k=k, filters=filters))
         retrieval_s = time.perf_counter() - t0
         best = best_dense_score(passages)
+        passages, focus_n = order_passages(
+            question, passages, policy.max_passages, by_entry=policy.focus_entries
+        )
         if not passages:
             abstain_reason = "no_passages"
         elif policy.abstain_threshold is not None and (
@@ -246,9 +296,12 @@ def prepare(
             abstain_reason = "low_score"
 
     # A client's system message is added after the appliance's own rules, never instead.
+    words = policy.wording
     system = policy.system_prompt
+    if system is None and policy.abstain_message and passages is not None:
+        system = words.system.replace(words.abstain, policy.abstain_message)
     if system_prompt:
-        base = system or (DEFAULT_SYSTEM_PROMPT if passages is not None else PLAIN_SYSTEM_PROMPT)
+        base = system or (words.system if passages is not None else words.plain_system)
         system = f"{base}\n\n{system_prompt}"
 
     budget = generator.context_length - params.max_new_tokens
@@ -256,7 +309,7 @@ def prepare(
         # The same request must not be a 400 or a 200 depending on what retrieval found:
         # the question alone (with the system prompt) has to fit in any case.
         bare = generator.count_tokens(
-            generator.chat_prompt(build_messages(question, [], (), system))
+            generator.chat_prompt(build_messages(question, [], (), system, words))
         )
         if bare > budget:
             raise ContextOverflowError(bare, params.max_new_tokens, generator.context_length)
@@ -278,7 +331,7 @@ def prepare(
 
     def render(turns: Sequence[dict]) -> tuple[str, int]:
         shown = None if passages is None else [p.to_prompt() for p in passages]
-        prompt = generator.chat_prompt(build_messages(question, shown, turns, system))
+        prompt = generator.chat_prompt(build_messages(question, shown, turns, system, words))
         return prompt, generator.count_tokens(prompt)
 
     prompt, n_tokens = render(history)
@@ -318,7 +371,38 @@ def prepare(
         policy=policy,
         dropped_history=dropped_history,
         dropped_passages=dropped_passages,
+        focus=list(range(1, min(focus_n, len(sources)) + 1)),
     )
+
+
+def _entry_terms(question: str) -> list:
+    """The names a question asks about: its codes, identifiers and quoted strings."""
+    return [v for v in value_spans(question) if v.kind in ("code", "identifier", "quoted")]
+
+
+def order_passages(
+    question: str, passages: Sequence[PassageLike], max_passages: int | None, by_entry: bool = True
+) -> tuple[list[PassageLike], int]:
+    """The passages the prompt shows, and how many of them (first) are the entry asked about.
+
+    A passage whose heading path (title, sections, entry name) names a code or identifier of
+    the question is that entry: it goes first, in retrieval order. The rest follow in
+    retrieval order; then the list is cut to `max_passages`. Fewer, better passages: a small
+    model copies the value of a neighbouring entry less often when the neighbour is not shown.
+    """
+    passages = list(passages)
+    terms = _entry_terms(question) if by_entry else []
+    named: list[PassageLike] = []
+    rest: list[PassageLike] = []
+    for p in passages:
+        heading = " > ".join(
+            str(x) for x in (getattr(p, "title", ""), getattr(p, "section", "")) if x
+        )
+        (named if terms and any(occurs(t, heading) for t in terms) else rest).append(p)
+    ordered = named + rest
+    if max_passages is not None:
+        ordered = ordered[:max_passages]
+    return ordered, min(len(named), len(ordered))
 
 
 def cited_numbers(text: str, n_sources: int) -> list[int]:
@@ -387,7 +471,7 @@ class AnswerStream:
     def _run(self) -> Iterator[str]:
         p = self.prepared
         if p.abstained:
-            text = p.policy.abstain_message
+            text = p.policy.abstain_text
             yield text
             self.result = Answer(
                 text=text,
@@ -401,19 +485,27 @@ class AnswerStream:
                 retrieval_s=p.retrieval_s,
                 first_token_s=None,
                 generation_s=0.0,
+                grounding="abstained" if p.sources is not None and p.abstain_reason else None,
+                model_text="",
             )
             return
+        checking = p.policy.grounding and bool(p.sources)
+        gate = _ReleaseGate([s.text for s in p.sources], p.focus) if checking else None
         t0 = time.perf_counter()
         first = None
         parts: list[str] = []
+        released = 0  # characters of the model's text already passed on
         timed_out = False
         stream = self.generator.generate(p.prompt, p.params)
         try:
             for delta in stream:
-                if first is None:
-                    first = time.perf_counter() - t0
                 parts.append(delta)
-                yield delta
+                upto = gate.safe_prefix("".join(parts)) if gate else len("".join(parts))
+                if upto > released:
+                    if first is None:
+                        first = time.perf_counter() - t0
+                    yield "".join(parts)[released:upto]
+                    released = upto
                 if self.deadline is not None and time.monotonic() > self.deadline:
                     timed_out = True
                     break
@@ -421,24 +513,76 @@ class AnswerStream:
             close = getattr(stream, "close", None)
             if close is not None:
                 close()
-        text = "".join(parts)
+        model_text = "".join(parts)
         sources = [Source(**asdict(s)) for s in p.sources]
-        abstained = is_model_abstention(text, NOT_IN_DOCUMENTS) or is_model_abstention(
-            text, p.policy.abstain_message
+        policy = p.policy
+        abstained = is_model_abstention(model_text, NOT_IN_DOCUMENTS) or is_model_abstention(
+            model_text, policy.abstain_text
         )
-        cited = [] if abstained else cited_numbers(text, len(sources))
-        if not cited and not abstained and p.policy.cite_fallback and sources:
-            cited = attribute_citations(text, sources)
-            if cited:
-                suffix = " " + "".join(f"[{n}]" for n in cited)
-                parts.append(suffix)
-                text += suffix
-                yield suffix
+        verdict = None
+        status: str | None = None
+        evidence: list[Evidence] = []
+        unsupported: list[str] = []
+        text = model_text
+        cited: list[int] = []
+        if abstained:
+            status = "abstained" if checking else None
+            if checking:
+                text = policy.abstain_text  # nothing else asserted beside the refusal
+        elif checking:
+            verdict = check_grounding(
+                model_text,
+                [s.text for s in sources],
+                cited_numbers(model_text, len(sources)),
+                focus=p.focus or None,
+            )
+            evidence = list(verdict.evidence)
+            if verdict.supported:
+                status = "supported"
+            else:
+                unsupported = list(verdict.unsupported)
+                best = best_sentence(
+                    p.question,
+                    [s.text for s in sources],
+                    within=p.focus or None,
+                    min_share=policy.quote_min_share,
+                    headings=[s.section for s in sources],
+                )
+                if best is not None:
+                    status, text, evidence = (
+                        "quoted",
+                        policy.wording.quote_of(best.sentence, best.passage),
+                        [best],
+                    )
+                else:
+                    status, text, evidence = "abstained", policy.abstain_text, []
+                    abstained = True
+        if status in ("quoted", "abstained"):
+            # What was passed on so far is replaced: the final text says what the answer is.
+            tail = text if released == 0 else "\n\n" + text
+            if first is None:
+                first = time.perf_counter() - t0
+            yield tail
+            released = len(model_text)
+        else:
+            if released < len(model_text):
+                if first is None:
+                    first = time.perf_counter() - t0
+                yield model_text[released:]
+            cited = [] if abstained else cited_numbers(text, len(sources))
+            if not cited and not abstained and policy.cite_fallback and sources:
+                cited = sorted({e.passage for e in evidence}) or attribute_citations(text, sources)
+                if cited:
+                    suffix = " " + "".join(f"[{n}]" for n in cited)
+                    text += suffix
+                    yield suffix
+        if status == "quoted":
+            cited = [evidence[0].passage]
         for s in sources:
             s.cited = s.n in cited
         completion = getattr(stream, "completion_tokens", None)
         if completion is None:
-            completion = self.generator.count_tokens("".join(parts)) if parts else 0
+            completion = self.generator.count_tokens(model_text) if model_text else 0
         finish = "length" if timed_out else (getattr(stream, "finish_reason", None) or "stop")
         self.result = Answer(
             text=text,
@@ -455,7 +599,55 @@ class AnswerStream:
             timed_out=timed_out,
             dropped_history=p.dropped_history,
             dropped_passages=p.dropped_passages,
+            grounding=status,
+            evidence=evidence,
+            unsupported=unsupported,
+            model_text=model_text,
         )
+
+
+class _ReleaseGate:
+    """How much of a streaming answer may be passed on before the final check.
+
+    Text without values goes out at once (the first token stays fast). A value goes out once
+    it is complete (whitespace after it) and found in a passage it may come from (the focus
+    entry's passages when the question names one, else any shown passage); from the first
+    value that is not found, everything is held back for the final check. An open quote holds
+    back what follows it until it closes.
+    """
+
+    def __init__(self, passages: Sequence[str], focus: Sequence[int]) -> None:
+        self.passages = [passages[i - 1] for i in focus] if focus else list(passages)
+        self.known: dict[tuple[str, str, str], bool] = {}
+        self.blocked_at: int | None = None
+
+    def _found(self, v) -> bool:
+        key = (v.text, v.kind, v.unit)
+        if key not in self.known:
+            self.known[key] = any(occurs(v, t) is not None for t in self.passages)
+        return self.known[key]
+
+    def safe_prefix(self, text: str) -> int:
+        if self.blocked_at is not None:
+            return self.blocked_at
+        # Only whole words: the next delta may extend the last one (P -> P-101, 5 -> 50).
+        cut = max(text.rfind(c) for c in (" ", "\n", "\t")) + 1
+        for q_open, q_close in (('"', '"'), ("“", "”"), ("«", "»"), ("`", "`"), ("‘", "’")):
+            pos = text.find(q_open)
+            while pos >= 0:
+                close = text.find(q_close, pos + 1)
+                if close < 0:
+                    cut = min(cut, pos)
+                    break
+                pos = text.find(q_open, close + 1)
+        for v in value_spans(text[:cut] if cut < len(text) else text):
+            if v.end >= cut or (v.kind == "number" and not text[v.end : cut].strip()):
+                # Not complete yet, or a number whose unit may still come.
+                return min(cut, v.start)
+            if not self._found(v):
+                self.blocked_at = v.start
+                return min(cut, v.start)
+        return cut
 
 
 def answer_stream(

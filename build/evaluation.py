@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
 import platform
 import shutil
@@ -558,14 +557,11 @@ def open_retriever(bundle) -> Iterator[Any]:
 
 
 def bundle_policy(manifest: Mapping | None):
-    """The answer policy the service would use for this bundle (its calibrated threshold)."""
-    from appliance.answering import DEFAULT_ABSTAIN_THRESHOLD, AnswerPolicy
+    """The answer policy the service would use for this bundle (its calibrated threshold and
+    its wording)."""
+    from appliance.answering import AnswerPolicy
 
-    threshold = DEFAULT_ABSTAIN_THRESHOLD
-    value = ((manifest or {}).get("retrieval") or {}).get("abstain_threshold")
-    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
-        threshold = float(value)
-    return AnswerPolicy(abstain_threshold=threshold)
+    return AnswerPolicy.from_manifest(manifest)
 
 
 # --------------------------------------------------------------------------------------------

@@ -136,6 +136,8 @@ def chat_completions():
         svc.metrics.tokens.inc("completion", by=result.completion_tokens)
         if result.abstained:
             svc.metrics.abstentions.inc(result.abstain_reason or "model")
+        if result.grounding:
+            svc.metrics.grounding.inc(result.grounding)
         decode_s = result.generation_s - (result.first_token_s or 0.0)
         if result.completion_tokens > 1 and decode_s > 0:
             svc.metrics.tokens_per_s.observe((result.completion_tokens - 1) / decode_s)
@@ -169,6 +171,7 @@ def chat_completions():
                 "sources": [s.to_dict() for s in result.sources],
                 "abstained": result.abstained,
                 "abstain_reason": result.abstain_reason,
+                **_grounding(result),
             }
         )
 
@@ -208,6 +211,9 @@ def chat_completions():
                     sources=[s.to_dict() for s in result.sources],
                     abstained=result.abstained,
                     abstain_reason=result.abstain_reason,
+                    # When the check replaced the model's words, `answer` is the final text.
+                    answer=result.text,
+                    **_grounding(result),
                 )
             )
             if req.include_usage:
@@ -265,6 +271,15 @@ def _acquire_slot(svc):
             code=exc.reason,
             headers={"Retry-After": str(exc.retry_after_s)},
         ) from None
+
+
+def _grounding(result) -> dict:
+    """The grounding verdict (supported | quoted | abstained; null without retrieval) and its
+    evidence: passage number, character span in that passage's text, and the sentence."""
+    return {
+        "grounding": result.grounding,
+        "evidence": [e.to_dict() for e in result.evidence],
+    }
 
 
 def _usage(prompt: int, completion: int) -> dict:

@@ -156,6 +156,11 @@ class ServiceMetrics:
         self.abstentions = Counter(
             "expert_abstentions_total", "Answers where the documents did not cover it.", ("reason",)
         )
+        self.grounding = Counter(
+            "expert_grounding_total",
+            "Grounding-check decisions on answers: supported, quoted or abstained.",
+            ("decision",),
+        )
         self.disconnects = Counter(
             "expert_client_disconnects_total", "Streams the client closed before the end."
         )
@@ -174,6 +179,7 @@ class ServiceMetrics:
             self.queue_wait,
             self.rejected,
             self.abstentions,
+            self.grounding,
             self.disconnects,
             self.reloads,
             self.queue_depth,

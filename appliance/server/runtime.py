@@ -13,12 +13,11 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from appliance.answering import DEFAULT_ABSTAIN_THRESHOLD, AnswerPolicy
 from appliance.errors import UserFacingError
 from appliance.generation.base import Generator
-from appliance.prompting import NOT_IN_DOCUMENTS
 from appliance.server.auth import KeyStore
 from appliance.server.config import ServeConfig
 from appliance.server.metrics import ServiceMetrics
@@ -64,17 +63,16 @@ class Runtime:
 
 
 def answer_policy(config: ServeConfig, manifest: dict | None) -> AnswerPolicy:
-    """Threshold precedence: the operator's setting > the bundle's calibrated value > default."""
+    """Threshold precedence: the operator's setting > the bundle's calibrated value > default.
+    The wording (system prompt, abstention sentence) is the bundle's; the operator's
+    abstain_message wins over the bundle's sentence."""
+    policy = AnswerPolicy.from_manifest(manifest)
     threshold = config.abstain_threshold
-    if threshold is None and manifest:
-        value = (manifest.get("retrieval") or {}).get("abstain_threshold")
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            threshold = float(value)
+    if threshold is None:
+        threshold = policy.abstain_threshold
     if threshold is None:
         threshold = DEFAULT_ABSTAIN_THRESHOLD
-    return AnswerPolicy(
-        abstain_threshold=threshold, abstain_message=config.abstain_message or NOT_IN_DOCUMENTS
-    )
+    return replace(policy, abstain_threshold=threshold, abstain_message=config.abstain_message)
 
 
 def load_runtime(config: ServeConfig) -> Runtime:

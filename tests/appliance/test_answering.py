@@ -191,3 +191,92 @@ def test_calibration_picks_the_highest_threshold_keeping_answerable_recall():
     assert calibrate_abstain_threshold(answerable, unanswerable, 1.0).threshold < 0.42
     with pytest.raises(ValueError):
         calibrate_abstain_threshold([], [0.1])
+
+
+# --- the grounding check on every answer --------------------------------------------------
+
+Q_TORQUE = "What torque does the P-101 impeller nut get?"
+
+
+def _deltas(reply, question=Q_TORQUE, passages=(PUMP, OIL), **policy):
+    gen = FakeGenerator(reply=reply)
+    stream = answer_stream(
+        question,
+        generator=gen,
+        retriever=StubRetriever(list(passages)),
+        params=PARAMS,
+        policy=AnswerPolicy(**policy),
+    )
+    return list(stream), stream.result
+
+
+def test_supported_answer_streams_and_carries_evidence():
+    deltas, a = _deltas("The nut is tightened to 120 N·m [1].")
+    assert a.grounding == "supported" and a.text == a.model_text == "".join(deltas)
+    assert len(deltas) > 1  # streamed, not buffered to the end
+    (ev,) = a.evidence
+    assert ev.passage == 1 and ev.sentence == "The P-101 impeller nut is tightened to 120 N·m."
+    assert PUMP.text[ev.start : ev.end] == ev.sentence
+
+
+def test_unsupported_value_is_never_passed_on_and_the_evidence_is_quoted():
+    deltas, a = _deltas("The nut is tightened to 150 N·m [1].")
+    assert a.grounding == "quoted" and a.unsupported == ["150"]
+    assert "150" not in "".join(deltas) and "150" not in a.text
+    assert a.text == 'The manual says: "The P-101 impeller nut is tightened to 120 N·m." [1]'
+    assert a.cited == [1] and a.evidence[0].passage == 1 and not a.abstained
+    assert a.model_text == "The nut is tightened to 150 N·m [1]."
+
+
+def test_unsupported_value_without_a_close_sentence_abstains():
+    deltas, a = _deltas(
+        "Danger tags are painted colour 7035.", question="Which colour are danger tags?"
+    )
+    assert a.grounding == "abstained" and a.abstained and a.text == NOT_IN_DOCUMENTS
+    assert "7035" not in "".join(deltas)
+
+
+def test_the_entry_named_in_the_question_goes_first_and_holds_the_value():
+    pump = StubPassage("Nut torque 120 N·m.", 0.5, "pump#1", section="P-101 impeller")
+    comp = StubPassage("Nut torque 95 N·m.", 0.7, "comp#1", section="C-301 impeller")
+    # C-301 ranks first, but the question names P-101: its entry is shown first.
+    deltas, a = _deltas("The torque is 95 N·m [1].", passages=(comp, pump))
+    assert [s.chunk_id for s in a.sources] == ["pump#1", "comp#1"]
+    assert a.grounding == "quoted" and "120 N·m" in a.text and "95" not in "".join(deltas)
+
+
+def test_max_passages_trims_the_prompt():
+    gen = FakeGenerator()
+    retr = StubRetriever([PUMP, OIL, PUMP, OIL])
+    short = prepare(Q_TORQUE, generator=gen, retriever=retr, params=PARAMS,
+                    policy=AnswerPolicy(max_passages=1))  # fmt: skip
+    full = prepare(Q_TORQUE, generator=gen, retriever=retr, params=PARAMS,
+                   policy=AnswerPolicy(max_passages=None))  # fmt: skip
+    assert len(short.sources) == 1 and len(full.sources) == 4
+    assert short.prompt_tokens < full.prompt_tokens
+
+
+def test_bundle_wording_replaces_the_plant_sentences():
+    from appliance.prompting import wording
+
+    words = wording("the Apache HTTP Server manual")
+    gen = FakeGenerator(reply=words.abstain)
+    a = answer("What is the default of FooBar?", generator=gen,
+               retriever=StubRetriever([PUMP]), params=PARAMS,
+               policy=AnswerPolicy(wording=words))  # fmt: skip
+    assert "plant" not in gen.prompts[-1].lower()
+    assert "the Apache HTTP Server manual" in gen.prompts[-1]
+    assert a.abstained and a.grounding == "abstained" and a.text == words.abstain
+    low = answer("x?", generator=gen, retriever=StubRetriever([StubPassage("y", 0.1)]),
+                 params=PARAMS, policy=AnswerPolicy(wording=words))  # fmt: skip
+    assert low.text == words.abstain and low.abstain_reason == "low_score"
+
+
+def test_policy_from_manifest_reads_wording_and_threshold():
+    m = {"retrieval": {"abstain_threshold": 0.3},
+         "prompting": {"domain": "the Apache HTTP Server manual", "language": "en"}}  # fmt: skip
+    p = AnswerPolicy.from_manifest(m)
+    assert p.abstain_threshold == 0.3 and "Apache" in p.wording.system
+    assert AnswerPolicy.from_manifest(None).wording.abstain == NOT_IN_DOCUMENTS
+    with pytest.raises(ValueError, match="language"):
+        AnswerPolicy.from_manifest({"prompting": {"domain": "x", "language": "xx"}})

@@ -1,0 +1,422 @@
+"""The grounding check: is every value an answer states found in the passages behind it?
+
+A small model that reads the right passage still states a neighbouring value, a section
+number, or a value it made up. This module finds the value-like tokens of an answer
+(numbers with their units, codes such as `E-47` or `HX-4471-B`, identifiers such as
+`KeepAliveTimeout`, `mod_ssl`, `/etc/apache2`, quoted strings) and looks each one up in the
+passages the answer may rest on:
+
+- the passages its sentence cites ([n]), or the passages the answer cites anywhere;
+- the passage the sentence is closest to (shared words, weighted by rarity among the
+  passages), and any within 80% of it;
+- or, when the caller names `focus` passages (the entry the question asks about), only those:
+  a value taken from another entry is the neighbouring-value mistake this check exists for.
+
+`check` returns a `Verdict`: "supported" with `Evidence` (passage number, character span and
+sentence of the passage that holds each value), or "unsupported" with the values that were not
+found. `best_sentence` finds the sentence to quote instead. Nothing here depends on a language:
+tokens are Unicode word characters and digits; no stop-word list, no stemming beyond a shared
+prefix. It is used by the service (appliance.answering), the evaluation and `expert synth`.
+
+Test: .venv/bin/pytest tests/appliance/test_grounding.py
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import unicodedata
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+
+__all__ = [
+    "Evidence",
+    "ValueSpan",
+    "Verdict",
+    "best_sentence",
+    "check",
+    "occurs",
+    "sentence_spans",
+    "value_spans",
+]
+
+SUPPORTED = "supported"
+UNSUPPORTED = "unsupported"
+
+# [1], [1, 2], [1][2]: citation markers are not values.
+_MARKER_RE = re.compile(r"\[\s*\d{1,3}(?:\s*,\s*\d{1,3})*\s*\]")
+# Quoted strings: "..." “...” «...» `...` ‘...’ (straight single quotes are apostrophes too).
+_QUOTED_RE = re.compile(
+    r'"([^"\n]{1,120})"|“([^”\n]{1,120})”|«([^»\n]{1,120})»|`([^`\n]{1,120})`|‘([^’\n]{1,120})’'
+)
+# A token that may be an identifier or a code: word characters joined by - _ . / : (no spaces).
+_TOKEN_RE = re.compile(r"(?<![\w/])/?[^\W_](?:[\w]|[-./:](?=\w))*")
+# A number, optionally signed, with decimal or thousands separators.
+_NUMBER_RE = re.compile(r"(?<![\w.,\-])(?:[-+−](?=\d))?\d+(?:[.,]\d+)*(?!\w)")
+# A unit right after a number: %, degrees, or a short letter group (ms, bar, kW, N·m, m3/h).
+_UNIT_RE = re.compile(r"\s?(%|°\s?[CFK]|[^\W\d_]{1,5}(?:[·/][^\W\d_]{1,4}\d?)?\b)")
+# "1." or "2)" at the start of a line is a list enumerator, not a value.
+_ENUM_RE = re.compile(r"(?m)^\s*\d{1,2}[.)](?=\s)")
+_WORD_RE = re.compile(r"\w+")
+# A sentence ends at . ! ? followed by a space, at a line break or at "; " (record fields).
+_SENT_RE = re.compile(r"[^\n]*?(?:[.!?;](?=\s)|\n|$)")
+
+
+@dataclass(frozen=True)
+class ValueSpan:
+    """A value-like token of a text: its characters, where it stands, and what kind it is."""
+
+    text: str
+    start: int
+    end: int
+    kind: str  # "number" | "code" | "identifier" | "quoted"
+    unit: str = ""  # for numbers: the unit written after it ("" if none)
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """Where a passage supports an answer: passage number [n], span in its text, sentence."""
+
+    passage: int
+    start: int
+    end: int
+    sentence: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    status: str  # SUPPORTED | UNSUPPORTED
+    unsupported: tuple[str, ...] = ()
+    evidence: tuple[Evidence, ...] = ()
+    values: tuple[ValueSpan, ...] = ()
+
+    @property
+    def supported(self) -> bool:
+        return self.status == SUPPORTED
+
+
+# --------------------------------------------------------------------------------------------
+# Values
+
+
+def _fold(text: str) -> str:
+    """Case- and width-insensitive form; the same length as `text` for plain text."""
+    return unicodedata.normalize("NFKC", text).casefold()
+
+
+def _blank(text: str, pattern: re.Pattern[str]) -> str:
+    return pattern.sub(lambda m: " " * len(m.group(0)), text)
+
+
+def _is_identifier(tok: str) -> bool:
+    """A token that names one thing: letters with digits, snake_case, CamelCase, a path,
+    a dotted name (httpd.conf). Plain words, capitalised or not, are not identifiers."""
+    core = tok.strip("-./:")
+    if len(core) < 2:
+        return False
+    has_digit = any(c.isdigit() for c in core)
+    has_alpha = any(c.isalpha() for c in core)
+    if has_digit and has_alpha:
+        return True
+    if not has_alpha:
+        return False
+    if "_" in core:
+        return True
+    if "/" in tok and sum(c.isalpha() for c in core) >= 2:
+        return True
+    if "." in core and all(len(p) >= 2 for p in core.split(".")):
+        return True
+    # An upper-case letter after a lower-case one: KeepAliveTimeout, DocumentRoot.
+    return any(a.islower() and b.isupper() for a, b in zip(core, core[1:], strict=False))
+
+
+def _is_code(tok: str) -> bool:
+    """Letters then digits joined by a hyphen or nothing: E-47, HX-4471-B, P101, CSE-04."""
+    return bool(re.fullmatch(r"[^\W\d_]{1,6}-?\d+(?:[-/.][^\W_]+)*", tok))
+
+
+def value_spans(text: str) -> list[ValueSpan]:
+    """The value-like tokens of `text`, in order, non-overlapping.
+
+    Citation markers and list enumerators are skipped; a number inside a code or identifier
+    belongs to that token, not to a number span of its own.
+    """
+    work = _blank(_blank(text, _MARKER_RE), _ENUM_RE)
+    spans: list[ValueSpan] = []
+    taken = [False] * len(text)
+
+    def add(s: int, e: int, kind: str, unit: str = "") -> None:
+        if s >= e or any(taken[s:e]):
+            return
+        for i in range(s, e):
+            taken[i] = True
+        spans.append(ValueSpan(text[s:e], s, e, kind, unit))
+
+    for m in _QUOTED_RE.finditer(work):
+        g = next(i for i in range(1, 6) if m.group(i) is not None)
+        if m.group(g).strip():
+            add(m.start(g), m.end(g), "quoted")
+    for m in _TOKEN_RE.finditer(work):
+        tok = m.group(0).rstrip(".:-/")
+        s, e = m.start(), m.start() + len(tok)
+        if _is_code(tok):
+            add(s, e, "code")
+        elif _is_identifier(tok):
+            add(s, e, "identifier")
+    for m in _NUMBER_RE.finditer(work):
+        s, e = m.start(), m.end()
+        if any(taken[s:e]):
+            continue
+        u = _UNIT_RE.match(work, e)
+        unit = u.group(1) if u else ""
+        add(s, e, "number", unit)
+    spans.sort(key=lambda v: v.start)
+    return spans
+
+
+def _number_forms(num: str) -> set[str]:
+    """Comparable forms of a written number: '1,000' -> {'1,000', '1000'}; '0,5' -> '0.5'."""
+    num = num.replace("−", "-").lstrip("+")
+    forms = {num}
+    if re.fullmatch(r"-?\d{1,3}(?:[,.\u202f ]\d{3})+", num):
+        forms.add(re.sub(r"[,.\u202f ]", "", num))
+    if re.fullmatch(r"-?\d+,\d+", num):
+        forms.add(num.replace(",", "."))
+    return forms
+
+
+def occurs(value: ValueSpan | str, passage: str) -> tuple[int, int] | None:
+    """The span of `value` in `passage` (whole token, case-insensitive), or None.
+
+    A number must stand as a whole number (4 is not found in 64 or 4.5), with the unit it was
+    written with present in the passage too; a quoted string must appear as written (spaces
+    and case aside).
+    """
+    if isinstance(value, str):
+        found = value_spans(value)
+        value = found[0] if len(found) == 1 else ValueSpan(value, 0, len(value), "quoted")
+    folded = _fold(passage)
+    if value.kind == "number":
+        want = _number_forms(value.text)
+        hit = None
+        for m in _NUMBER_RE.finditer(folded):
+            if _number_forms(m.group(0)) & want:
+                hit = (m.start(), m.end())
+                break
+        if hit is None:
+            return None
+        if value.unit and not _unit_in(value.unit, folded):
+            return None
+        return hit
+    if value.kind == "quoted":
+        return _find_spaced(_fold(value.text), folded)
+    pattern = r"(?<![\w\-])" + re.escape(_fold(value.text)) + r"(?![\w]|-\w)"
+    m = re.search(pattern, folded)
+    return (m.start(), m.end()) if m else None
+
+
+def _unit_in(unit: str, folded_passage: str) -> bool:
+    """The unit stands in the passage as a word of its own (or as the start of one: 's'
+    of a number is not checked that loosely, 'sec' finds 'seconds')."""
+    u = _fold(unit).replace(" ", "")
+    if u == "%" or u.startswith("°"):
+        return u.replace("°", "") in folded_passage.replace("° ", "°").replace("°", "")
+    tail = r"(?![^\W\d_])" if len(u) <= 2 else ""
+    return re.search(r"(?<![^\W\d_])" + re.escape(u) + tail, folded_passage) is not None
+
+
+def _find_spaced(needle: str, hay: str) -> tuple[int, int] | None:
+    """`needle` in `hay` with any run of whitespace matching any other; span in `hay`."""
+    words = needle.split()
+    if not words:
+        return None
+    pattern = r"\s+".join(re.escape(w) for w in words)
+    m = re.search(pattern, hay)
+    return (m.start(), m.end()) if m else None
+
+
+# --------------------------------------------------------------------------------------------
+# Sentences and closeness
+
+
+def sentence_spans(text: str) -> list[tuple[int, int]]:
+    """Sentence spans of `text` (ends at . ! ? ; before a space, or a line break), trimmed."""
+    out = []
+    for m in _SENT_RE.finditer(text):
+        s, e = m.start(), m.end()
+        while s < e and (text[s].isspace()):
+            s += 1
+        while e > s and (text[e - 1].isspace() or text[e - 1] == ";"):
+            e -= 1
+        if e > s:
+            out.append((s, e))
+    return out
+
+
+def _sentence_at(text: str, pos: int) -> tuple[int, int]:
+    for s, e in sentence_spans(text):
+        if s <= pos < e:
+            return s, e
+    return 0, len(text)
+
+
+def _words(text: str) -> set[str]:
+    """Comparable words: folded, 5-character prefix (a crude, language-neutral stem)."""
+    out = set()
+    for w in _WORD_RE.findall(_fold(_blank(text, _MARKER_RE))):
+        if len(w) >= 3 or any(c.isdigit() for c in w):
+            out.add(w[:5] if w.isalpha() else w)
+    return out
+
+
+def _weights(passages: Sequence[str]) -> dict[str, float]:
+    """Inverse passage frequency of each word: words every passage has count for little."""
+    df: dict[str, int] = {}
+    for p in passages:
+        for w in _words(p):
+            df[w] = df.get(w, 0) + 1
+    n = len(passages)
+    return {w: math.log(1 + n / d) for w, d in df.items()}
+
+
+def _overlap(query: set[str], target: set[str], weights: dict[str, float]) -> float:
+    return sum(weights.get(w, math.log(2)) for w in query & target)
+
+
+def _closest(sentence: str, passages: Sequence[str], weights: dict[str, float]) -> list[int]:
+    """Passages (1-based) closest to `sentence`: the best and any within 80% of it."""
+    words = _words(sentence)
+    scores = [_overlap(words, _words(p), weights) for p in passages]
+    best = max(scores, default=0.0)
+    if best <= 0:
+        return []
+    return [i for i, s in enumerate(scores, start=1) if s >= 0.8 * best]
+
+
+def _texts(passages: Iterable) -> list[str]:
+    return [p if isinstance(p, str) else str(p.text) for p in passages]
+
+
+def _markers(text: str) -> list[int]:
+    out: list[int] = []
+    for m in _MARKER_RE.finditer(text):
+        for part in re.findall(r"\d+", m.group(0)):
+            if int(part) not in out:
+                out.append(int(part))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# The check
+
+
+def check(
+    answer: str,
+    passages: Sequence,
+    cited: Sequence[int] | None = None,
+    *,
+    focus: Sequence[int] | None = None,
+) -> Verdict:
+    """Is every value of `answer` found in a passage it may rest on?
+
+    `passages` are the numbered passages ([1] is the first): strings or objects with `.text`.
+    `cited` are the passage numbers the answer cites (default: its [n] markers). `focus`, when
+    given, are the only passages a value may come from (the entry the question names).
+    An answer without values is supported (there is nothing to contradict); its evidence is
+    the passage sentence closest to it, if any shares words with it.
+    """
+    texts = _texts(passages)
+    n = len(texts)
+    values = value_spans(answer)
+    all_cited = [c for c in (cited if cited is not None else _markers(answer)) if 1 <= c <= n]
+    weights = _weights(texts) if texts else {}
+    unsupported: list[str] = []
+    evidence: list[Evidence] = []
+    held: dict[int, list[ValueSpan]] = {}  # passage -> the values found in it
+
+    for v in values:
+        if focus:
+            allowed = [i for i in focus if 1 <= i <= n]
+        else:
+            ss, se = _sentence_at(answer, v.start)
+            sentence = answer[ss:se]
+            own = [c for c in _markers(sentence) if 1 <= c <= n]
+            allowed = list(dict.fromkeys(own or all_cited))
+            for i in _closest(sentence, texts, weights):
+                if i not in allowed:
+                    allowed.append(i)
+        home = next((i for i in allowed if occurs(v, texts[i - 1]) is not None), None)
+        if home is None:
+            if v.text not in unsupported:
+                unsupported.append(v.text)
+        else:
+            held.setdefault(home, []).append(v)
+    # Evidence: per passage, the fewest sentences that hold its values (most values first).
+    for i, vals in held.items():
+        sents = [
+            (s, e, {v for v in vals if occurs(v, texts[i - 1][s:e]) is not None})
+            for s, e in sentence_spans(texts[i - 1])
+        ]
+        left = set(vals)
+        while left:
+            s, e, got = max(sents, key=lambda t: len(t[2] & left))
+            if not got & left:
+                break
+            evidence.append(Evidence(i, s, e, texts[i - 1][s:e]))
+            left -= got
+    if unsupported:
+        return Verdict(UNSUPPORTED, tuple(unsupported), tuple(evidence), tuple(values))
+    if not values and texts:
+        best = best_sentence(answer, texts, within=focus or None)
+        if best is not None:
+            evidence.append(best)
+    return Verdict(SUPPORTED, (), tuple(evidence), tuple(values))
+
+
+def best_sentence(
+    query: str,
+    passages: Sequence,
+    *,
+    within: Sequence[int] | None = None,
+    min_share: float = 0.0,
+    rank_bonus: float = 0.05,
+    headings: Sequence[str] | None = None,
+) -> Evidence | None:
+    """The passage sentence that best matches `query` (a question, or an answer), or None.
+
+    Sentences score by the rarity-weighted words they share with the query; a value of the
+    query (a code, a number) found in the sentence counts double; earlier passages win ties
+    (`rank_bonus` per rank). `min_share` is the least share of the query's weight the best
+    sentence must cover (0: any shared word will do). `within` limits the passages.
+    `headings` (one per passage: its title, section path and entry name) count as words of
+    every sentence of their passage: "Default: KeepAliveTimeout 5" under the heading
+    "KeepAliveTimeout Directive" matches a question about that directive's default.
+    """
+    texts = _texts(passages)
+    if not texts:
+        return None
+    weights = _weights(texts)
+    q = _words(query)
+    q_values = [v for v in value_spans(query) if v.kind != "number" or v.unit]
+    total = sum(weights.get(w, math.log(2)) for w in q) or 1.0
+    best: tuple[float, Evidence] | None = None
+    for i, text in enumerate(texts, start=1):
+        if within and i not in within:
+            continue
+        head = _words(headings[i - 1]) if headings and i <= len(headings) else set()
+        for s, e in sentence_spans(text):
+            sent = text[s:e]
+            score = _overlap(q, _words(sent) | head, weights)
+            score += sum(2 * math.log(2) for v in q_values if occurs(v, sent) is not None)
+            if score <= 0:
+                continue
+            share = score / total
+            if share < min_share:
+                continue
+            key = share - rank_bonus * (i - 1)
+            if best is None or key > best[0]:
+                best = (key, Evidence(i, s, e, sent))
+    return best[1] if best else None

@@ -1,0 +1,123 @@
+# Run: .venv/bin/pytest tests/appliance/test_grounding.py
+"""The grounding check: value-like tokens, supported / unsupported answers, evidence spans,
+the focus entry, and the sentence to quote."""
+
+from __future__ import annotations
+
+import pytest
+
+from appliance.grounding import best_sentence, check, occurs, sentence_spans, value_spans
+
+KEEPALIVE = (
+    "Description: Amount of time the server will wait for subsequent requests\n"
+    "Syntax: KeepAliveTimeout num[ms]\n"
+    "Default: KeepAliveTimeout 5\n"
+    "Context: server config, virtual host\n"
+    "The number of seconds Apache httpd will wait for a subsequent request before closing "
+    "the connection."
+)
+TIMEOUT = (
+    "Description: Amount of time the server will wait for certain events\n"
+    "Default: Timeout 60\n"
+    "The number of seconds before receives and sends time out."
+)
+PUMP = "Tighten the P-101 gland nuts to 24 N·m. Seal kit HX-4471-B; 0.80 mm clearance."
+
+
+def _kinds(text):
+    return [(v.text, v.kind, v.unit) for v in value_spans(text)]
+
+
+def test_value_spans_find_numbers_units_codes_identifiers_and_quotes():
+    assert _kinds("Tighten to 24 N·m, then 0.80 mm; E-47 and HX-4471-B [2].") == [
+        ("24", "number", "N·m"),
+        ("0.80", "number", "mm"),
+        ("E-47", "code", ""),
+        ("HX-4471-B", "code", ""),
+    ]
+    assert _kinds('Set "Max Rate" in /etc/apache2/apache2.conf with mod_ssl') == [
+        ("Max Rate", "quoted", ""),
+        ("/etc/apache2/apache2.conf", "identifier", ""),
+        ("mod_ssl", "identifier", ""),
+    ]
+    # CamelCase names are identifiers; plain and capitalised words are not; list numbers and
+    # citation markers are not values.
+    assert _kinds("1. Set KeepAliveTimeout to 5 seconds [1]\n2. Restart Apache") == [
+        ("KeepAliveTimeout", "identifier", ""),
+        ("5", "number", ""),
+    ]
+    assert _kinds("Los valores: 2,5 bar y −5 °C, 85 %") == [
+        ("2,5", "number", "bar"),
+        ("−5", "number", "°C"),
+        ("85", "number", "%"),
+    ]
+
+
+def test_occurs_matches_whole_tokens_only():
+    assert occurs("4 MB", "the cache holds 64 MB") is None
+    assert occurs("4 MB", "the cache holds 4 MB") is not None
+    assert occurs("E-47", "code E-47-B") is None
+    assert occurs("E-47", "Alarm E-47.") is not None
+    assert occurs("2000", "every 2,000 h") is not None
+    assert occurs("0,5", "a gap of 0.5 mm") is not None
+    assert occurs("5 ms", "KeepAliveTimeout 5 (seconds)") is None  # the unit is not there
+    assert occurs('"max rate"', 'Set the "Max  Rate" field') is not None
+
+
+def test_supported_answer_carries_evidence_span_and_sentence():
+    v = check("The default is 5 seconds [1].", [KEEPALIVE, TIMEOUT])
+    assert v.supported and v.unsupported == ()
+    (ev,) = v.evidence
+    assert ev.passage == 1 and ev.sentence == "Default: KeepAliveTimeout 5"
+    assert KEEPALIVE[ev.start : ev.end] == ev.sentence
+
+
+def test_value_absent_from_the_passages_is_unsupported():
+    v = check("KeepAliveTimeout defaults to 15 seconds [1].", [KEEPALIVE, TIMEOUT])
+    assert not v.supported and v.unsupported == ("15",)
+    v = check("The seal kit is HX-4471-C.", [PUMP])
+    assert v.unsupported == ("HX-4471-C",)
+
+
+def test_value_of_an_uncited_distant_passage_is_unsupported():
+    # 60 stands in passage 2 but the sentence cites passage 1 only and is closest to it.
+    v = check(
+        "KeepAliveTimeout waits 60 seconds for a subsequent request [1].", [KEEPALIVE, TIMEOUT]
+    )
+    assert v.unsupported == ("60",)
+    # Cited, it is supported (the citation says where it came from).
+    assert check("The default is 60 [2].", [KEEPALIVE, TIMEOUT]).supported
+
+
+def test_focus_limits_the_passages_a_value_may_come_from():
+    # The neighbouring entry's value, cited: the question asked about passage 1 only.
+    v = check("The default is 60 [2].", [KEEPALIVE, TIMEOUT], focus=[1])
+    assert not v.supported and v.unsupported == ("60",)
+    assert check("The default is 5.", [KEEPALIVE, TIMEOUT], focus=[1]).supported
+
+
+def test_answer_without_values_is_supported_with_the_closest_sentence():
+    v = check("It closes the connection after waiting for a subsequent request.", [KEEPALIVE])
+    assert v.supported and v.values == ()
+    assert v.evidence and "subsequent request" in v.evidence[0].sentence
+
+
+def test_best_sentence_to_quote_and_no_quote_when_nothing_is_close():
+    q = "What is the default value of KeepAliveTimeout?"
+    ev = best_sentence(q, [TIMEOUT, KEEPALIVE], min_share=0.3)
+    assert ev is not None and ev.passage == 2 and ev.sentence == "Default: KeepAliveTimeout 5"
+    assert best_sentence("What does the HX-4471-B seal kit cost in euros?", [PUMP]).passage == 1
+    assert best_sentence("Which colour are danger tags?", [KEEPALIVE], min_share=0.3) is None
+    assert best_sentence("anything", []) is None
+
+
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("One. Two! Three?", ["One.", "Two!", "Three?"]),
+        ("Tag: P-101; Duty: feed\nNext line", ["Tag: P-101", "Duty: feed", "Next line"]),
+        ("Version 2.4.1 is current.", ["Version 2.4.1 is current."]),
+    ],
+)
+def test_sentence_spans(text, expected):
+    assert [text[s:e] for s, e in sentence_spans(text)] == expected
