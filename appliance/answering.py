@@ -96,9 +96,8 @@ class ContextOverflowError(UserFacingError):
 
 
 # The reader: how many passages the prompt shows and when an unsupported answer is quoted
-# instead of refused. Provisional values (3 passages: the fewest that keep the right passage
-# for nearly every plant question at hybrid top-5 rank; 0.3: a third of the question's
-# weighted words), to be replaced by the choice measured on the dev splits (READER_CHOICES).
+# instead of refused. Provisional, not yet measured: to be replaced by the values chosen on
+# the dev splits, with the measurement recorded in READER_CHOICES.
 DEFAULT_MAX_PASSAGES = 3
 DEFAULT_QUOTE_MIN_SHARE = 0.3
 READER_CHOICES: dict[str, str] = {}
