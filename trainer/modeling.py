@@ -81,6 +81,12 @@ def _local_device_index() -> int:
     return int(os.environ.get("LOCAL_RANK", "0"))
 
 
+def _fsdp_launch() -> bool:
+    # Set by `accelerate launch` with an FSDP config. FSDP flattens each unit's parameters into
+    # one tensor of one dtype and, with mixed precision, keeps trainable ones in fp32 itself.
+    return os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true")
+
+
 def _dtype_kwarg() -> str:
     """from_pretrained's dtype argument: `dtype` from transformers 4.56 on, `torch_dtype` before."""
     import transformers
@@ -139,7 +145,7 @@ def load_model_for_training(config: TrainConfig) -> Any:
         model = get_peft_model(model, lora)
     except ValueError as exc:
         raise UserFacingError(f"target_modules: {exc}") from exc
-    if not config.qlora and dtype != torch.float32:
+    if not config.qlora and dtype != torch.float32 and not _fsdp_launch():
         # Trainable LoRA weights in fp32 keep small updates from vanishing in bf16 rounding.
         for p in model.parameters():
             if p.requires_grad:

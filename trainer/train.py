@@ -75,6 +75,7 @@ class TrainResult:
     train_tokens: int
     tokens_per_second: float
     stopped_early: bool
+    peak_cuda_memory_mib: float | None = None  # this process's, on CUDA only
     history: list[dict] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
@@ -128,7 +129,21 @@ def _callbacks_module():
                 control.should_training_stop = True
             return control
 
-    return MetricsLogger, GracefulStop
+    class EvalBefore(TrainerCallback):
+        """Keeps the step-0 evaluation (eval_on_start) as the loss before training."""
+
+        def __init__(self, path: Path) -> None:
+            self.path = path
+            self.loss: float | None = None
+
+        def on_evaluate(self, args, state, control, metrics=None, **kwargs):  # noqa: ANN001
+            if self.loss is None and state.global_step == 0 and metrics:
+                self.loss = float(metrics["eval_loss"])
+                log.info("eval loss before training: %.4f", self.loss)
+                if state.is_world_process_zero:
+                    _write_json(self.path, {"eval_loss": self.loss})
+
+    return MetricsLogger, GracefulStop, EvalBefore
 
 
 class _SignalStop:
@@ -183,11 +198,21 @@ def _check_out(config: TrainConfig) -> str | None:
                 f"{out} holds checkpoints of a run with other settings ({details}); resume with "
                 "the same settings, or choose a new --out"
             )
-    elif out.is_dir() and any(out.iterdir()) and last is None and not saved.is_file():
+    elif (
+        _is_main_process()  # other processes may see the main one's first files appear
+        and out.is_dir()
+        and any(out.iterdir())
+        and last is None
+        and not saved.is_file()
+    ):
         raise UserFacingError(
             f"--out {out} is a non-empty folder that is not a training run; choose a new or empty folder"
         )
     return last
+
+
+def _world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def _is_main_process() -> bool:
@@ -273,7 +298,7 @@ def train(config: TrainConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
         total,
         100.0 * trainable / max(total, 1),
     )
-    MetricsLogger, GracefulStop = _callbacks_module()
+    MetricsLogger, GracefulStop, EvalBefore = _callbacks_module()
     metrics = MetricsLogger(out / METRICS)
     stopper = GracefulStop()
     all_callbacks = [metrics, *callbacks, stopper]
@@ -281,7 +306,8 @@ def train(config: TrainConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
         all_callbacks.append(
             EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience)
         )
-    steps_per_epoch = math.ceil(len(prepared.train) / (config.batch_size * config.grad_accum))
+    global_batch = config.batch_size * config.grad_accum * _world_size()
+    steps_per_epoch = math.ceil(len(prepared.train) / global_batch)
     args = TrainingArguments(
         output_dir=str(out / CHECKPOINTS),
         num_train_epochs=float(config.epochs),
@@ -295,6 +321,11 @@ def train(config: TrainConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
         lr_scheduler_type=config.lr_scheduler,
         max_grad_norm=config.max_grad_norm,
         eval_strategy="epoch",
+        # The loss before training is measured inside train(), after the model is wrapped for
+        # several processes. A trainer.evaluate() before train() would mark the bare model as
+        # prepared, and train() would then skip the DistributedDataParallel wrapper: every
+        # process would train on its own shard without averaging gradients.
+        eval_on_start=resume_from is None,
         save_strategy="epoch",
         save_total_limit=config.save_total_limit,
         load_best_model_at_end=True,
@@ -330,21 +361,21 @@ def train(config: TrainConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
 
     eval_before = None
     if resume_from is None:
-        eval_before = float(trainer.evaluate()["eval_loss"])
-        log.info("eval loss before training: %.4f", eval_before)
+        before = EvalBefore(out / "eval_before.json")
+        trainer.add_callback(before)
     else:
         log.info("resuming from %s", resume_from)
         before_file = out / "eval_before.json"
         if before_file.is_file():
             eval_before = json.loads(before_file.read_text())["eval_loss"]
-    if eval_before is not None and trainer.is_world_process_zero():
-        _write_json(out / "eval_before.json", {"eval_loss": eval_before})
 
-    # 3. Train.
+    # 3. Train (the first evaluation, at step 0, is the loss before training).
     started = time.perf_counter()
     with _SignalStop(stopper):
         trainer.train(resume_from_checkpoint=resume_from)
     runtime = time.perf_counter() - started
+    if resume_from is None:
+        eval_before = before.loss
     state = trainer.state
     if stopper.stopped_at is not None:
         raise TrainingInterrupted(
@@ -370,6 +401,11 @@ def train(config: TrainConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
         train_tokens=tokens,
         tokens_per_second=round(tokens / runtime, 2) if runtime > 0 else 0.0,
         stopped_early=stopped_early,
+        peak_cuda_memory_mib=(
+            round(torch.cuda.max_memory_allocated() / 2**20, 1)
+            if torch.cuda.is_available()
+            else None
+        ),
         history=list(metrics.history),
     )
 
