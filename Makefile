@@ -102,8 +102,33 @@ format: $(STAMP)
 package: bundle ## one tarball for an air-gapped box: bundle + wheelhouse + systemd unit + install.sh
 	$(PY) -m build.package --bundle $(BUNDLE) --out dist $(if $(PUBKEY),--public-key $(PUBKEY))
 
-eval: bundle ## RAG vs fine-tuning vs both on the example plant: HTML/JSON/Markdown report
-	$(EXPERT) eval modes --plant $(PLANT) --work $(WORK) --bundle $(BUNDLE) --out var/eval
+# The second corpus: the Apache httpd reference manual (examples/apache), same model and embedder.
+APACHE        ?= examples/apache
+APACHE_BUNDLE := $(BUNDLES)/bundle-apache-$(VERSION)
+FT_BUNDLE     := $(BUNDLES)/bundle-$(NAME)-finetuned-$(VERSION)
+EVAL_OUT      ?= var/eval
+EVAL_RESULTS  ?= results/eval
+
+$(WORK)/apache-index/.ingested: $(WORK)/embedder/embedder.json $(shell find $(APACHE)/docs -type f 2>/dev/null)
+	$(EXPERT) ingest $(APACHE)/docs --index $(WORK)/apache-index --embedder $(WORK)/embedder
+	touch $@
+
+$(APACHE_BUNDLE)/manifest.json: $(WORK)/smollm2-int4/export.json $(WORK)/apache-index/.ingested $(WORK)/quality-gate.json
+	rm -rf $(APACHE_BUNDLE)
+	$(EXPERT) bundle --name apache --version $(VERSION) --out $(BUNDLES) \
+	    --llm $(WORK)/smollm2-int4 --embedder $(WORK)/embedder --index $(WORK)/apache-index \
+	    --quality-gate $(WORK)/quality-gate.json
+
+# Both corpora through the four modes; the fine-tuned model (trained on the plant's Q&A) is
+# built by the plant run and reused for the Apache manual, which has no training pairs of its
+# own. Reports in $(EVAL_OUT)/{plant,apache}/; the committed evidence (every answer, summaries by
+# split, summary.md) in $(EVAL_RESULTS)/.
+eval: bundle $(APACHE_BUNDLE)/manifest.json ## RAG vs fine-tuning vs both on the plant and the Apache manual: reports + results/eval
+	$(EXPERT) eval modes --plant $(PLANT) --work $(WORK) --bundle $(BUNDLE) --out $(EVAL_OUT)/plant
+	$(EXPERT) eval modes --bundle $(APACHE_BUNDLE) --bundle $(FT_BUNDLE) \
+	    --questions $(APACHE)/qa/eval.jsonl --out $(EVAL_OUT)/apache
+	$(PY) -m build.eval_report results plant=$(EVAL_OUT)/plant/report.json \
+	    apache=$(EVAL_OUT)/apache/report.json --out $(EVAL_RESULTS)
 
 LLAMA_CMAKE_ARGS := -DGGML_NATIVE=ON -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
                     -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF

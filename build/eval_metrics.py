@@ -22,7 +22,26 @@ as token sequences:
    A plural `s` is dropped from words longer than three letters; a few function words
    (`the`, `to`, `per`, ...) are ignored, so `0.30 to 0.40 mm` matches `0.30–0.40 mm`.
 
-A fact is present when its tokens occur, contiguously and in order, in the answer's tokens.
+A fact is present when its tokens occur, contiguously and in order, in the answer's tokens, so a
+fact matches on whole tokens only ("4 MB" is not in "64 MB", "E-4" not in "E-47").
+
+Strict rules (issue "honest numbers"):
+
+- **Conflicting value of the same kind.** An answer that states the expected value *and* another
+  value of the same kind is wrong: "locks are blue; danger tags are red" does not answer "what
+  colour are the locks?" with "red". The values of a text (`values`) are numbers with their
+  unit (`24 N·m` is quantity:nm), bare numbers, codes (`E-47` is code:e, `HX-4471-B` code:hx)
+  and words of a closed kind (`VALUE_WORDS`: colours, log levels). A bare expected number also
+  takes the unit it carries in the answer ("5" answered as "5 seconds"). An answer value
+  conflicts when its kind is one of the expected values' kinds and its value is neither
+  expected, nor in the question, nor in the reference answer (which names the context values
+  an answer may legitimately repeat, such as the 12 N·m first stage before the 24 N·m final
+  torque). Version numbers (`2.4.53`, `HTTP/1.1`) and identifiers glued to letters (`H2`,
+  `SSLv3`) are not numbers.
+- **An abstention asserts nothing else.** A "not in the documents" sentence or paraphrase counts
+  only when the answer states no value that is not already in the question: "The documents do
+  not mention the price, but the seal costs 450 EUR." is an answer (a hallucinated one), not an
+  abstention.
 
 Abstention counts the service's flag (retrieval scored under the threshold), the appliance's own
 sentence (`appliance.prompting.NOT_IN_DOCUMENTS`) and paraphrases of it ("the documents do not
@@ -188,6 +207,123 @@ def token_f1(prediction: str, reference: str) -> float:
 
 
 # --------------------------------------------------------------------------------------------
+# Values: what an answer asserts (for the conflicting-value and abstention rules)
+
+# Units after normalisation (`tokens`): a number followed by one of these is a quantity.
+UNITS = frozenset(
+    "mm cm m km nm μm um in ft g kg t mg l ml bar mbar kpa pa mpa psi c f k % h min s ms μs us "
+    "hz khz mhz rpm w kw mw v kv a ma va kva mohm ohm kb mb gb tb kib mib gib byte kbyte mbyte "
+    "bit day week month year m3 m3h lmin".split()
+)
+# Closed kinds of words: two different members of one kind are two different values.
+VALUE_WORDS: dict[str, frozenset[str]] = {
+    "colour": frozenset(
+        "red blue green yellow orange black white grey gray brown purple violet pink".split()
+    ),
+    "log level": frozenset(
+        "emerg alert crit error warn notice info debug trace1 trace2 trace3 trace4 trace5 "
+        "trace6 trace7 trace8".split()
+    ),
+}
+_WORD_KIND = {w: kind for kind, words in VALUE_WORDS.items() for w in words}
+_RAW_TOKEN = re.compile(r"-?\d+(?:\.\d+)?|[^\W\d_]+|[%±]")
+
+
+@dataclass(frozen=True)
+class Value:
+    """One value a text states: `kind` ("quantity:<unit>", "number", "code:<prefix>",
+    "word:<kind>") and its canonical `value`."""
+
+    kind: str
+    value: str
+
+
+def values(text: str) -> list[Value]:
+    """The values a text states, in order (see the module docstring)."""
+    norm = normalize_text(text)
+    raw = [(m.group(), m.start(), m.end()) for m in _RAW_TOKEN.finditer(norm)]
+    out: list[Value] = []
+    words = [_word(t) if not _is_number(t) else t for t, _, _ in raw]
+    for i, (tok, start, end) in enumerate(raw):
+        before = norm[start - 1] if start else " "
+        after = norm[end : end + 2]
+        if _is_number(tok):
+            number = tok
+            # the sign of "-1" is kept only after a space or an opening mark (tokens() rules)
+            if number.startswith("-") and before.isalnum():
+                number = number[1:]
+                before = "-"
+            glued = i > 0 and raw[i - 1][2] == start and not _is_number(raw[i - 1][0])
+            dashed = (
+                before == "-"
+                and i > 0
+                and raw[i - 1][2] == start - 1
+                and not _is_number(raw[i - 1][0])
+                and len(raw[i - 1][0]) <= 4
+            )
+            if glued or dashed:  # E-47, HX-4471, H2, SSLv3: an identifier, a code
+                prefix = raw[i - 1][0]
+                out.append(Value(f"code:{prefix}", f"{prefix}{_canonical_number(number)}"))
+                continue
+            if before in "./" or (after[:1] == "." and after[1:2].isdigit()):
+                continue  # 2.4.53, HTTP/1.1: a version or a path, not a value
+            unit = None
+            j = i + 1
+            k = j + 1 if j < len(raw) and raw[j][0] == "to" else j
+            if k < len(raw) and _is_number(raw[k][0]):
+                gap = norm[end : raw[k][1]].strip()
+                if k > j or gap == "-" or (not gap and raw[k][0].startswith("-")):
+                    j = k + 1  # a range: 0.30-0.40 mm, 0.30 to 0.40 mm; both ends take the unit
+            if j < len(raw) and not _is_number(raw[j][0]):
+                w = words[j]
+                if w == "n" and j + 1 < len(raw) and words[j + 1] == "m":
+                    w = "nm"
+                if w in _DEGREE_WORDS and j + 1 < len(raw) and words[j + 1] == "c":
+                    w = "c"
+                if w in UNITS:
+                    unit = w
+            canon = _canonical_number(number)
+            out.append(Value(f"quantity:{unit}" if unit else "number", canon))
+        else:
+            kind = _WORD_KIND.get(tok)
+            if kind is not None:
+                out.append(Value(f"word:{kind}", tok))
+    return out
+
+
+def conflicting_values(
+    answer: str, expected_facts: Iterable[str], *, question: str = "", reference: str = ""
+) -> list[str]:
+    """Values the answer states that conflict with the expected ones: same kind, a different
+    value, and not named by the question or the reference answer. Empty when there are none."""
+    expected = [v for f in expected_facts for v in values(f)]
+    if not expected:
+        return []
+    stated = values(answer)
+    allowed = {v.value for v in expected} | {v.value for v in values(question)}
+    allowed |= {v.value for v in values(reference)}
+    kinds = {v.kind for v in expected}
+    # a bare expected number takes the unit it carries in the answer ("5" -> "5 seconds")
+    bare = {v.value for v in expected if v.kind == "number"}
+    kinds |= {v.kind for v in stated if v.value in bare}
+    conflicts: list[str] = []
+    for v in stated:
+        if v.kind in kinds and v.value not in allowed and v.value not in conflicts:
+            conflicts.append(v.value)
+    return conflicts
+
+
+def asserted_values(text: str, question: str = "") -> list[str]:
+    """The values a text states that the question did not already name."""
+    asked = {v.value for v in values(question)}
+    seen: list[str] = []
+    for v in values(text):
+        if v.value not in asked and v.value not in seen:
+            seen.append(v.value)
+    return seen
+
+
+# --------------------------------------------------------------------------------------------
 # Abstention
 
 # Paraphrases of the appliance's sentence: the model says the documents do not have the answer,
@@ -250,27 +386,36 @@ def is_refusal(text: str) -> bool:
 
 
 def abstention_kind(
-    text: str, *, service_flag: bool = False, use_retrieval: bool = True
+    text: str, *, service_flag: bool = False, use_retrieval: bool = True, question: str = ""
 ) -> str | None:
     """How an answer declined, or None when it did not:
     "service"    the service abstained (retrieval scored under the threshold, no passages);
     "sentence"   the model said the appliance's NOT_IN_DOCUMENTS sentence;
     "paraphrase" the model said the documents do not hold the answer, in other words;
-    "refusal"    (modes without retrieval only) a clear "I don't know"-style refusal."""
+    "refusal"    (modes without retrieval only) a clear "I don't know"-style refusal.
+    A model's sentence, paraphrase or refusal counts only when the answer asserts nothing else:
+    a value the question did not name (`asserted_values`) makes it an answer."""
     if service_flag:
         return "service"
     if says_not_in_documents(text):
-        return "sentence"
-    if paraphrases_not_in_documents(text):
-        return "paraphrase"
-    if not use_retrieval and is_refusal(text):
-        return "refusal"
-    return None
+        kind = "sentence"
+    elif paraphrases_not_in_documents(text):
+        kind = "paraphrase"
+    elif not use_retrieval and is_refusal(text):
+        kind = "refusal"
+    else:
+        return None
+    return None if asserted_values(text, question) else kind
 
 
-def detect_abstention(text: str, *, service_flag: bool = False, use_retrieval: bool = True) -> bool:
-    """Did the answer decline? See `abstention_kind`."""
-    return abstention_kind(text, service_flag=service_flag, use_retrieval=use_retrieval) is not None
+def detect_abstention(
+    text: str, *, service_flag: bool = False, use_retrieval: bool = True, question: str = ""
+) -> bool:
+    """Did the answer decline (and assert nothing else)? See `abstention_kind`."""
+    kind = abstention_kind(
+        text, service_flag=service_flag, use_retrieval=use_retrieval, question=question
+    )
+    return kind is not None
 
 
 # --------------------------------------------------------------------------------------------
@@ -319,10 +464,12 @@ def citation_precision(
 # --------------------------------------------------------------------------------------------
 # One answer, scored
 
-# correct: all facts (answerable) or abstained (unanswerable); partial: some facts; wrong: none;
-# abstained: declined an answerable question; hallucinated: answered an unanswerable one;
-# error: no answer at all (e.g. the prompt did not fit the context).
-VERDICTS = ("correct", "partial", "wrong", "abstained", "hallucinated", "error")
+# correct: all facts and no conflicting value (answerable) or abstained (unanswerable);
+# conflicting: all facts, but also another value of the same kind (counts as wrong);
+# partial: some facts; wrong: none; abstained: declined an answerable question;
+# hallucinated: answered an unanswerable one; error: no answer at all (e.g. the prompt did
+# not fit the context).
+VERDICTS = ("correct", "conflicting", "partial", "wrong", "abstained", "hallucinated", "error")
 
 
 @dataclass
@@ -336,9 +483,13 @@ class AnswerScore:
     fact_recall: float | None = None
     all_facts: bool | None = None
     token_f1: float | None = None
+    conflicting: list[str] = field(default_factory=list)
     cited: bool | None = None
     citation_correct: bool | None = None
     citation_precision: float | None = None
+    # the same, counting only the markers the model wrote itself (None: nothing to judge)
+    model_citation_correct: bool | None = None
+    appended_citation: bool | None = None  # the appliance appended the markers
     verdict: str = "wrong"
 
     @property
@@ -361,8 +512,12 @@ def score_answer(
     use_retrieval: bool,
     cited: Sequence[Sequence[str]] = (),
     source: str | Sequence[str] | None = None,
+    model_cited: Sequence[Sequence[str]] | None = None,
+    question: str = "",
 ) -> AnswerScore:
-    """Score one answer. `abstained` is the result of `detect_abstention` for it."""
+    """Score one answer. `abstained` is the result of `detect_abstention` for it. `cited` are
+    all cited passages; `model_cited` those whose markers the model wrote itself (None: not
+    known, then every citation counts as the model's)."""
     score = AnswerScore(answerable=answerable, abstained=abstained)
     if not answerable:
         score.verdict = "correct" if abstained else "hallucinated"
@@ -371,6 +526,10 @@ def score_answer(
         match_facts(expected_facts, text) if not abstained else ([], list(expected_facts))
     )
     score.facts_found, score.facts_missing = found, missing
+    if not abstained and not missing:
+        score.conflicting = conflicting_values(
+            text, expected_facts, question=question, reference=reference_answer
+        )
     if expected_facts:
         score.fact_recall = len(found) / len(expected_facts)
         score.all_facts = not missing
@@ -385,10 +544,17 @@ def score_answer(
         score.citation_precision = (
             citation_precision(cited, source) if expected_sources(source) else None
         )
+        if not abstained and expected_sources(source):
+            own = list(cited) if model_cited is None else list(model_cited)
+            score.model_citation_correct = citation_correct(own, source)
+            score.appended_citation = bool(cited) and model_cited is not None and not own
     if abstained:
         score.verdict = "abstained"
     elif expected_facts:
-        score.verdict = "correct" if not missing else ("partial" if found else "wrong")
+        if missing:
+            score.verdict = "partial" if found else "wrong"
+        else:
+            score.verdict = "conflicting" if score.conflicting else "correct"
     else:
         score.verdict = "correct" if score.token_f1 >= F1_CORRECT_WITHOUT_FACTS else "wrong"
     return score

@@ -29,20 +29,40 @@ METHOD_NAMES = {"lora": "LoRA", "qlora": "QLoRA"}
 TIE_MARGIN = 0.05
 
 # Rows of the summary table: (key, label, kind). kind: "pct" (0-1 shown as %), "s", "num".
+# Every "pct" row is a rate with its 95% Wilson interval (`<key>_ci95`) and its counts
+# (`<key>_k` of `<key>_n`) beside it in the summary.
 SUMMARY_ROWS = (
+    ("answer_accuracy", "Fact accuracy (all facts, no conflicting value; answerable)", "pct"),
+    ("unsupported_rate", "Answers with a value found in no retrieved passage", "pct"),
+    ("quoted_rate", "Quoted fallbacks (grounding check)", "pct"),
+    ("false_abstention_rate", "Needless abstentions (answerable)", "pct"),
+    ("abstention_accuracy", "Unanswerable abstained", "pct"),
+    ("model_citation_rate", "Model citations: right document, cited by the model", "pct"),
+    ("appended_citation_rate", "Appended citations: markers added by the appliance", "pct"),
     ("handled_correctly", "Handled correctly (all questions)", "pct"),
-    ("answer_accuracy", "Answer accuracy (all facts, answerable)", "pct"),
-    ("fact_recall", "Fact recall (answerable)", "pct"),
-    ("token_f1", "Token F1 vs reference (answerable)", "pct"),
-    ("citation_accuracy", "Citation correct (answerable)", "pct"),
-    ("abstention_accuracy", "Abstained when unanswerable", "pct"),
-    ("false_abstention_rate", "Abstained when answerable", "pct"),
-    ("ttft_mean_s", "Time to first token, mean", "s"),
+    ("citation_accuracy", "Citation correct, any marker (answerable)", "pct"),
+    ("fact_recall", "Fact recall (answerable, mean)", "num"),
+    ("token_f1", "Token F1 vs reference (answerable, mean)", "num"),
+    ("prompt_tokens_p50", "Prompt tokens, median", "num"),
+    ("ttft_p50_s", "Time to first token, median", "s"),
     ("ttft_p95_s", "Time to first token, p95", "s"),
+    ("total_p50_s", "Total time per answer, median", "s"),
     ("total_mean_s", "Total time per answer, mean", "s"),
     ("tokens_mean", "Tokens generated, mean", "num"),
-    ("prompt_tokens_mean", "Prompt tokens, mean", "num"),
     ("decode_tok_s", "Decode speed (tok/s)", "num"),
+)
+# The compact table (modes as rows) for the README: (key, header, kind).
+README_COLUMNS = (
+    ("answer_accuracy", "fact accuracy", "pct"),
+    ("unsupported_rate", "unsupported value", "pct"),
+    ("quoted_rate", "quoted fallback", "pct"),
+    ("false_abstention_rate", "needless abstention", "pct"),
+    ("abstention_accuracy", "unanswerable abstained", "pct"),
+    ("model_citation_rate", "model citations", "pct"),
+    ("appended_citation_rate", "appended citations", "pct"),
+    ("prompt_tokens_p50", "prompt tokens (median)", "num"),
+    ("ttft_p50_s", "first token (median)", "s"),
+    ("total_p50_s", "total (median)", "s"),
 )
 
 QUALITY_METRICS = (
@@ -55,6 +75,7 @@ QUALITY_METRICS = (
 
 VERDICT_COLORS = {
     "correct": "#2e7d32",
+    "conflicting": "#ef6c00",
     "partial": "#f9a825",
     "wrong": "#c62828",
     "abstained": "#6d4c41",
@@ -63,6 +84,7 @@ VERDICT_COLORS = {
 }
 VERDICT_SYMBOLS = {
     "correct": "✓",
+    "conflicting": "≠",
     "partial": "½",
     "wrong": "✗",
     "abstained": "–",
@@ -104,12 +126,41 @@ def _r(x: float | None, nd: int = 4) -> float | None:
     return None if x is None else round(float(x), nd)
 
 
+def _rate(out: dict, key: str, flags: Sequence[bool] | None) -> None:
+    """Store a rate with its counts and 95% Wilson interval (None when nothing to count)."""
+    if not flags:
+        out[key] = None
+        out[f"{key}_ci95"] = None
+        out[f"{key}_k"] = 0
+        out[f"{key}_n"] = 0
+        return
+    k, n = sum(bool(f) for f in flags), len(flags)
+    interval = wilson_interval(k, n)
+    out[key] = _r(k / n)
+    out[f"{key}_ci95"] = [_r(interval[0]), _r(interval[1])] if interval else None
+    out[f"{key}_k"] = k
+    out[f"{key}_n"] = n
+
+
 def summarize_mode(records: Sequence[Mapping], questions: Mapping[str, Mapping]) -> dict:
-    """Aggregate one mode's answer records (dicts of AnswerRecord) into its summary figures."""
+    """Aggregate one mode's answer records (dicts of AnswerRecord) into its summary figures.
+
+    Rates (each with `_ci95`, `_k`, `_n`):
+    - answer_accuracy: answerable questions whose answer holds every expected fact, states no
+      conflicting value and does not abstain (build.eval_metrics);
+    - unsupported_rate: answers with a value-like token found in no retrieved passage
+      (appliance.grounding; retrieval modes only, all questions);
+    - quoted_rate: answers the service replaced by a marked quote (the grounding verdict);
+    - false_abstention_rate / abstention_accuracy: abstained on answerable / unanswerable ones;
+    - model_citation_rate: answerable questions where a marker the *model* wrote cites the
+      expected document; appended_citation_rate: answerable answers whose markers the
+      appliance appended itself (the model cited nothing);
+    - handled_correctly, citation_accuracy (any marker, the old column)."""
     ans = [r for r in records if questions[r["question_id"]]["answerable"]]
     unans = [r for r in records if not questions[r["question_id"]]["answerable"]]
     correct = sum(r["score"]["verdict"] == "correct" for r in records)
     cite_scored = [r for r in ans if r["score"].get("citation_correct") is not None]
+    model_scored = [r for r in ans if r["score"].get("citation_correct") is not None]
     answered = [r for r in ans if not r["abstained"] and not r.get("error")]
     cites = [r["score"].get("cited") for r in answered if r["score"].get("cited") is not None]
     decode_tokens = sum(
@@ -119,39 +170,61 @@ def summarize_mode(records: Sequence[Mapping], questions: Mapping[str, Mapping])
         (r["completion_tokens"] - 1) / r["tokens_per_s"] for r in records if r.get("tokens_per_s")
     )
     generated = [r for r in records if r["completion_tokens"] > 0]
-    interval = wilson_interval(correct, len(records))
-    return {
+    measured = [r for r in records if r.get("unsupported_values") is not None]
+    graded = [r for r in records if r.get("grounding") is not None]
+    out: dict[str, Any] = {
         "n_questions": len(records),
         "n_answerable": len(ans),
         "n_unanswerable": len(unans),
         "n_correct": correct,
-        "handled_correctly": _r(correct / len(records)) if records else None,
-        "handled_correctly_ci95": [_r(interval[0]), _r(interval[1])] if interval else None,
-        "answer_accuracy": _r(_mean([r["score"]["verdict"] == "correct" for r in ans])),
-        "fact_recall": _r(_mean([r["score"].get("fact_recall") for r in ans])),
-        "token_f1": _r(_mean([r["score"].get("token_f1") for r in ans])),
-        "citation_accuracy": _r(_mean([r["score"]["citation_correct"] for r in cite_scored]))
-        if cite_scored
-        else None,
-        "cited_rate": _r(_mean(cites)) if cites else None,
-        "abstention_accuracy": _r(_mean([r["abstained"] for r in unans])) if unans else None,
-        "false_abstention_rate": _r(_mean([r["abstained"] for r in ans])) if ans else None,
-        "ttft_mean_s": _r(_mean([r.get("ttft_s") for r in records])),
-        "ttft_p50_s": _r(_percentile([r.get("ttft_s") for r in records], 0.5)),
-        "ttft_p95_s": _r(_percentile([r.get("ttft_s") for r in records], 0.95)),
-        "total_mean_s": _r(_mean([r["total_s"] for r in records])),
-        "total_p95_s": _r(_percentile([r["total_s"] for r in records], 0.95)),
-        "tokens_mean": _r(_mean([r["completion_tokens"] for r in generated]), 1)
-        if generated
-        else 0.0,
-        "prompt_tokens_mean": _r(_mean([r["prompt_tokens"] for r in generated]), 1)
-        if generated
-        else 0.0,
-        "decode_tok_s": _r(decode_tokens / decode_time, 1) if decode_time > 0 else None,
-        "hit_token_limit": sum(r.get("finish_reason") == "length" for r in records),
-        "errors": sum(bool(r.get("error")) for r in records),
-        "verdicts": {v: sum(r["score"]["verdict"] == v for r in records) for v in VERDICT_COLORS},
     }
+    _rate(out, "handled_correctly", [r["score"]["verdict"] == "correct" for r in records])
+    _rate(out, "answer_accuracy", [r["score"]["verdict"] == "correct" for r in ans])
+    _rate(out, "unsupported_rate", [bool(r["unsupported_values"]) for r in measured])
+    _rate(out, "quoted_rate", [r["grounding"] == "quoted" for r in graded])
+    _rate(out, "false_abstention_rate", [r["abstained"] for r in ans])
+    _rate(out, "abstention_accuracy", [r["abstained"] for r in unans])
+    _rate(out, "citation_accuracy", [r["score"]["citation_correct"] for r in cite_scored])
+    _rate(
+        out,
+        "model_citation_rate",
+        [bool(r["score"].get("model_citation_correct")) for r in model_scored],
+    )
+    _rate(
+        out,
+        "appended_citation_rate",
+        [bool(r.get("appended_citations")) for r in ans if r["score"].get("cited") is not None],
+    )
+    out.update(
+        {
+            "fact_recall": _r(_mean([r["score"].get("fact_recall") for r in ans])),
+            "token_f1": _r(_mean([r["score"].get("token_f1") for r in ans])),
+            "cited_rate": _r(_mean(cites)) if cites else None,
+            "conflicting": sum(r["score"]["verdict"] == "conflicting" for r in records),
+            "ttft_mean_s": _r(_mean([r.get("ttft_s") for r in records])),
+            "ttft_p50_s": _r(_percentile([r.get("ttft_s") for r in records], 0.5)),
+            "ttft_p95_s": _r(_percentile([r.get("ttft_s") for r in records], 0.95)),
+            "total_mean_s": _r(_mean([r["total_s"] for r in records])),
+            "total_p50_s": _r(_percentile([r["total_s"] for r in records], 0.5)),
+            "total_p95_s": _r(_percentile([r["total_s"] for r in records], 0.95)),
+            "tokens_mean": _r(_mean([r["completion_tokens"] for r in generated]), 1)
+            if generated
+            else 0.0,
+            "prompt_tokens_mean": _r(_mean([r["prompt_tokens"] for r in generated]), 1)
+            if generated
+            else 0.0,
+            "prompt_tokens_p50": _r(_percentile([r["prompt_tokens"] for r in generated], 0.5), 1)
+            if generated
+            else 0.0,
+            "decode_tok_s": _r(decode_tokens / decode_time, 1) if decode_time > 0 else None,
+            "hit_token_limit": sum(r.get("finish_reason") == "length" for r in records),
+            "errors": sum(bool(r.get("error")) for r in records),
+            "verdicts": {
+                v: sum(r["score"]["verdict"] == v for r in records) for v in VERDICT_COLORS
+            },
+        }
+    )
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -326,8 +399,29 @@ def build_report(
         if r["question_id"] not in by_id:
             raise ValueError(f"record for unknown question {r['question_id']!r}")
         per_mode[r["mode"]].append(r)
-    summary = {name: summarize_mode(recs, by_id) for name, recs in per_mode.items()}
-    recommendation = recommend(summary, mdicts)
+    splits = [s for s in ("dev", "test") if any(q.get("split") == s for q in qdicts)]
+
+    def summarize(split: str | None) -> dict[str, dict]:
+        return {
+            name: summarize_mode(
+                [r for r in recs if split is None or by_id[r["question_id"]].get("split") == split],
+                by_id,
+            )
+            for name, recs in per_mode.items()
+        }
+
+    by_split = {"all": summarize(None), **{s: summarize(s) for s in splits}}
+    # With splits, the main table is the test split (never tuned on) and the mode to deploy is
+    # chosen on dev, like every other tuned value; dev is shown too, so overfitting shows.
+    summary = by_split["test"] if "test" in by_split else by_split["all"]
+    chosen_on = "dev" if "dev" in by_split else "all"
+    recommendation = recommend(by_split[chosen_on], mdicts)
+    recommendation["chosen_on"] = chosen_on
+    if chosen_on == "dev":
+        recommendation["reasons"].append(
+            "The mode is chosen on the dev split; the summary table reports the test split, "
+            "which no choice was made on."
+        )
     by_question: dict[str, dict[str, dict]] = {q["id"]: {} for q in qdicts}
     for r in rdicts:
         by_question[r["question_id"]][r["mode"]] = r
@@ -357,18 +451,127 @@ def build_report(
         "run": dict(run or {}),
         "modes": mdicts,
         "summary": summary,
+        "summary_split": "test" if "test" in by_split else "all",
+        "summary_by_split": by_split,
         "recommendation": recommendation,
         "figures": figures,
         "questions": [{**q, "results": by_question[q["id"]]} for q in qdicts],
     }
 
 
-def rebuild_report(data: Mapping) -> dict:
-    """A report.json read back, re-scored and re-summarised by this code (e.g. after a change
-    to the summary or the recommendation), without answering anything again."""
+def rescore_record(record: Mapping, question: Mapping, use_retrieval: bool) -> dict:
+    """One stored answer scored again by build.eval_metrics (e.g. after a change to the rules),
+    from what the record holds: its text, the service's flags, its cited passages and which of
+    their markers the appliance appended."""
+    from build import eval_metrics
+
+    r = dict(record)
+    if r.get("error"):
+        return r
+    service = bool(r.get("service_abstained")) or r.get("grounding") == "abstained"
+    r["abstention"] = eval_metrics.abstention_kind(
+        r.get("text") or "",
+        service_flag=service,
+        use_retrieval=use_retrieval,
+        question=question.get("question", ""),
+    )
+    r["abstained"] = r["abstention"] is not None
+    cited = r.get("cited") or []
+    appended = set(r.get("appended_citations") or [])
+    names = [[n for n in (c.get("document"), c.get("title")) if n] for c in cited]
+    own = [
+        [n for n in (c.get("document"), c.get("title")) if n]
+        for c in cited
+        if c.get("n") not in appended
+    ]
+    score = eval_metrics.score_answer(
+        text=r.get("text") or "",
+        answerable=bool(question["answerable"]),
+        expected_facts=question.get("expected_facts") or (),
+        reference_answer=question.get("reference_answer") or "",
+        abstained=r["abstained"],
+        use_retrieval=use_retrieval,
+        cited=names,
+        source=question.get("source"),
+        model_cited=own if "appended_citations" in r else None,
+        question=question.get("question", ""),
+    )
+    r["score"] = score.__dict__.copy()
+    return r
+
+
+def rebuild_report(data: Mapping, *, rescore: bool = False) -> dict:
+    """A report.json read back and summarised again by this code (e.g. after a change to the
+    summary or the recommendation), without answering anything again. `rescore` also scores
+    every stored answer again with the current rules (`rescore_record`)."""
     questions = [{k: v for k, v in q.items() if k != "results"} for q in data["questions"]]
     records = [r for q in data["questions"] for r in q["results"].values()]
+    if rescore:
+        by_id = {q["id"]: q for q in questions}
+        rag = {m["name"]: bool(m["use_retrieval"]) for m in data["modes"]}
+        records = [rescore_record(r, by_id[r["question_id"]], rag[r["mode"]]) for r in records]
     return build_report(questions, data["modes"], records, run=data.get("run"))
+
+
+def write_results(reports: Mapping[str, Path], out_dir: Path | str) -> dict[str, Path]:
+    """The committed evidence behind the README's tables: for each corpus its report.json
+    (summary by split and every answer) as `<name>.json`, and `summary.md` with the per-corpus
+    test and dev tables."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    loaded: dict[str, dict] = {}
+    paths: dict[str, Path] = {}
+    for name, path in reports.items():
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no report; run `expert eval modes` for {name} first")
+        data = json.loads(path.read_text(encoding="utf-8"))
+        loaded[name] = data
+        paths[name] = out_dir / f"{name}.json"
+        paths[name].write_text(
+            json.dumps(data, indent=1, ensure_ascii=False, default=str) + "\n", encoding="utf-8"
+        )
+    paths["summary"] = out_dir / "summary.md"
+    paths["summary"].write_text(combined_markdown(loaded), encoding="utf-8")
+    return paths
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m build.eval_report results NAME=REPORT.json ... --out DIR` (the committed
+    results folder) and `python -m build.eval_report rescore REPORT.json --out DIR` (score
+    stored answers again under the current rules and write the report anew)."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m build.eval_report", description=main.__doc__)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    res = sub.add_parser("results", help="copy reports and write summary.md into a folder")
+    res.add_argument("reports", nargs="+", metavar="NAME=REPORT.json")
+    res.add_argument("--out", type=Path, required=True, metavar="DIR")
+    rs = sub.add_parser("rescore", help="score a report's stored answers again")
+    rs.add_argument("report", type=Path)
+    rs.add_argument("--out", type=Path, required=True, metavar="DIR")
+    args = ap.parse_args(argv)
+    if args.cmd == "results":
+        reports = {}
+        for item in args.reports:
+            name, sep, path = item.partition("=")
+            if not sep or not name or not path:
+                ap.error(
+                    f"{item!r}: write NAME=PATH/report.json, e.g. plant=var/eval/plant/report.json"
+                )
+            reports[name] = Path(path)
+        try:
+            paths = write_results(reports, args.out)
+        except FileNotFoundError as exc:
+            ap.error(str(exc))
+        print(paths["summary"].read_text(encoding="utf-8"))
+        return 0
+    if not args.report.is_file():
+        ap.error(f"{args.report}: no such report.json")
+    report = rebuild_report(json.loads(args.report.read_text(encoding="utf-8")), rescore=True)
+    paths = write_reports(report, args.out)
+    print(paths["md"].read_text(encoding="utf-8").split("\n## Per question")[0])
+    return 0
 
 
 # --------------------------------------------------------------------------------------------
@@ -506,18 +709,84 @@ def _md_cell(text: str) -> str:
     return " ".join(str(text).split()).replace("|", "\\|")
 
 
-def summary_markdown(report: Mapping) -> str:
-    """The summary table (metrics as rows, modes as columns) in Markdown."""
+def _cell(row: Mapping, key: str, kind: str) -> str:
+    """A summary value as shown: rates with their counts and 95% Wilson interval."""
+    value = row.get(key)
+    if kind != "pct" or value is None:
+        return _fmt(value, kind)
+    ci = row.get(f"{key}_ci95")
+    counts = f"{row.get(f'{key}_k')}/{row.get(f'{key}_n')}"
+    if not ci:
+        return f"{100 * value:.0f}% ({counts})"
+    return f"{100 * value:.0f}% ({counts}; {100 * ci[0]:.0f}–{100 * ci[1]:.0f})"
+
+
+def summary_markdown(report: Mapping, split: str | None = None) -> str:
+    """The summary table (metrics as rows, modes as columns) in Markdown; `split` picks a
+    split's summary (default: the report's main one, the test split where there is one)."""
     modes = report["modes"]
+    summary = report["summary"] if split is None else report["summary_by_split"][split]
     head = "| metric | " + " | ".join(m["label"] for m in modes) + " |"
     sep = "|---|" + "---:|" * len(modes)
     rows = [
-        f"| {label} | "
-        + " | ".join(_fmt(report["summary"][m["name"]][key], kind) for m in modes)
-        + " |"
+        f"| {label} | " + " | ".join(_cell(summary[m["name"]], key, kind) for m in modes) + " |"
         for key, label, kind in SUMMARY_ROWS
     ]
     return "\n".join([head, sep, *rows])
+
+
+def modes_table_markdown(report: Mapping, split: str | None = None) -> str:
+    """The compact table for the README: one row per mode, README_COLUMNS as columns; rates
+    as "share (k/n; Wilson 95% interval)"."""
+    summary = report["summary"] if split is None else report["summary_by_split"][split]
+    head = "| mode | " + " | ".join(h for _, h, _ in README_COLUMNS) + " |"
+    sep = "|---|" + "---:|" * len(README_COLUMNS)
+    rows = [
+        f"| {m['label']} | "
+        + " | ".join(_cell(summary[m["name"]], key, kind) for key, _, kind in README_COLUMNS)
+        + " |"
+        for m in report["modes"]
+        if summary.get(m["name"], {}).get("n_questions")
+    ]
+    return "\n".join([head, sep, *rows])
+
+
+def _split_counts(report: Mapping, split: str) -> str:
+    qs = [q for q in report["questions"] if split == "all" or q.get("split") == split]
+    n_ans = sum(bool(q["answerable"]) for q in qs)
+    return f"{len(qs)} questions: {n_ans} answerable, {len(qs) - n_ans} unanswerable"
+
+
+def combined_markdown(reports: Mapping[str, Mapping]) -> str:
+    """Several corpora's reports in one Markdown page: per corpus the test table, then dev."""
+    lines = ["# Evaluation: base vs RAG vs fine-tuned vs both, per corpus", ""]
+    lines.append(
+        "Rates are shown as share (k/n; 95% Wilson interval, in %). The test split is never "
+        "tuned on; dev is where every tuned value was chosen, shown so that overfitting is "
+        "visible. Scoring: build/eval_metrics.py (strict rules)."
+    )
+    for name, report in reports.items():
+        run = report.get("run", {})
+        lines += ["", f"## {name}", ""]
+        lines.append(
+            f"Questions: `{run.get('questions_file', '?')}`; settings: {_settings_text(run)}; "
+            f"created {report.get('created')}."
+        )
+        if training_text(run):
+            lines += ["", training_text(run)]
+        splits = [s for s in ("test", "dev") if s in report.get("summary_by_split", {})]
+        for split in splits or ["all"]:
+            title = {"test": "Test split", "dev": "Dev split", "all": "All questions"}[split]
+            lines += ["", f"### {title} ({_split_counts(report, split)})", ""]
+            lines.append(modes_table_markdown(report, None if split == "all" else split))
+        rec = report.get("recommendation") or {}
+        if rec.get("text"):
+            lines += [
+                "",
+                f"Recommendation (chosen on {rec.get('chosen_on', 'all')}): {rec['text']}",
+            ]
+    lines.append("")
+    return "\n".join(lines)
 
 
 def render_markdown(report: Mapping) -> str:
@@ -533,8 +802,26 @@ def render_markdown(report: Mapping) -> str:
         f"documents); created {report['created']}."
         + (f" Settings: {_settings_text(run)}." if run.get("settings") else ""),
         "",
+        *(
+            [
+                f"Summary of the **test split** ({_split_counts(report, 'test')}); never tuned on.",
+                "",
+            ]
+            if report.get("summary_split") == "test"
+            else []
+        ),
         summary_markdown(report),
         "",
+        *(
+            [
+                f"Dev split ({_split_counts(report, 'dev')}), where tuned values were chosen:",
+                "",
+                modes_table_markdown(report, "dev"),
+                "",
+            ]
+            if "dev" in report.get("summary_by_split", {})
+            else []
+        ),
         *([training_text(run), ""] if training_text(run) else []),
         "## Recommendation",
         "",
@@ -666,7 +953,7 @@ def render_html(report: Mapping, figures: Mapping[str, str]) -> str:
         parts.append(
             f"<tr><td>{e(label)}</td>"
             + "".join(
-                f'<td class="num">{e(_fmt(report["summary"][m["name"]][key], kind))}</td>'
+                f'<td class="num">{e(_cell(report["summary"][m["name"]], key, kind))}</td>'
                 for m in modes
             )
             + "</tr>"
@@ -799,3 +1086,7 @@ def write_reports(report: Mapping, out_dir: Path | str) -> dict[str, Path]:
         tmp.write_text(text, encoding="utf-8")
         tmp.replace(paths[kind])
     return paths
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

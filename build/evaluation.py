@@ -335,6 +335,15 @@ class AnswerRecord:
     service_abstained: bool
     abstention: str | None = None  # eval_metrics.abstention_kind
     cited: list[dict] = field(default_factory=list)
+    # markers the appliance appended itself because the model cited nothing (Answer field)
+    appended_citations: list[int] = field(default_factory=list)
+    # the service's grounding verdict (appliance.grounding: "supported" | "quoted" |
+    # "abstained" | "unsupported" | "no_values"; None where the service has none) and evidence
+    grounding: str | None = None
+    evidence: list[dict] = field(default_factory=list)
+    # value-like tokens of the answer found in no retrieved passage (appliance.grounding's
+    # value_spans/occurs); None: not measured (no retrieval, or no appliance.grounding)
+    unsupported_values: list[str] | None = None
     retrieved: list[str] = field(default_factory=list)
     best_score: float | None = None
     ttft_s: float | None = None
@@ -411,6 +420,8 @@ def evaluate_question(
         return record
 
     cited = [s for s in result.sources if s.cited]
+    appended = [int(n) for n in (getattr(result, "appended_citations", None) or [])]
+    model_cited = [s for s in cited if s.n not in appended]
     decode_s = result.generation_s - (result.first_token_s or 0.0)
     record = AnswerRecord(
         question_id=q.id,
@@ -425,6 +436,12 @@ def evaluate_question(
             {"n": s.n, "document": s.document, "title": s.title, "section": s.section}
             for s in cited
         ],
+        appended_citations=appended,
+        grounding=getattr(result, "grounding", None),
+        evidence=[_as_dict(e) for e in (getattr(result, "evidence", None) or [])],
+        unsupported_values=unsupported_values(result.text, result.sources)
+        if mode.use_retrieval
+        else None,
         retrieved=[s.document or s.title for s in result.sources],
         best_score=result.best_score,
         ttft_s=first,
@@ -438,15 +455,50 @@ def evaluate_question(
         else None,
     )
     record.abstention = eval_metrics.abstention_kind(
-        record.text, service_flag=record.service_abstained, use_retrieval=mode.use_retrieval
+        record.text,
+        service_flag=record.service_abstained or record.grounding == "abstained",
+        use_retrieval=mode.use_retrieval,
+        question=q.question,
     )
     record.abstained = record.abstention is not None
-    record.score = asdict(_score(q, mode, record, cited=[_source_names(s) for s in cited]))
+    record.score = asdict(
+        _score(
+            q,
+            mode,
+            record,
+            cited=[_source_names(s) for s in cited],
+            model_cited=[_source_names(s) for s in model_cited],
+        )
+    )
     return record
 
 
+def _as_dict(obj: Any) -> dict:
+    to_dict = getattr(obj, "to_dict", None)
+    if callable(to_dict):
+        return to_dict()
+    return asdict(obj) if hasattr(obj, "__dataclass_fields__") else dict(obj)
+
+
+def unsupported_values(text: str, sources: Sequence[Any]) -> list[str] | None:
+    """The value-like tokens of an answer (appliance.grounding.value_spans) that occur in no
+    retrieved passage (appliance.grounding.occurs): what the grounding check exists to stop.
+    None when appliance.grounding is not available."""
+    try:
+        from appliance.grounding import occurs, value_spans
+    except ImportError:
+        return None
+    passages = [str(getattr(s, "text", "") or "") for s in sources]
+    clean = eval_metrics.strip_citations(text)
+    return [v.text for v in value_spans(clean) if not any(occurs(v, p) for p in passages)]
+
+
 def _score(
-    q: EvalQuestion, mode: ModeSpec, record: AnswerRecord, cited: Sequence[Sequence[str]] = ()
+    q: EvalQuestion,
+    mode: ModeSpec,
+    record: AnswerRecord,
+    cited: Sequence[Sequence[str]] = (),
+    model_cited: Sequence[Sequence[str]] | None = None,
 ) -> eval_metrics.AnswerScore:
     return eval_metrics.score_answer(
         text=record.text,
@@ -457,6 +509,8 @@ def _score(
         use_retrieval=mode.use_retrieval,
         cited=cited,
         source=q.source,
+        model_cited=model_cited,
+        question=q.question,
     )
 
 

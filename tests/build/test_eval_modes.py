@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from build.eval_metrics import VERDICTS
 from build.evaluation import (
     EvalSettings,
     load_questions,
@@ -141,17 +142,13 @@ def _check_report(out: Path, mode_names: list[str]) -> dict:
         assert set(q["results"]) == set(mode_names)
         assert f'id="q-{q["id"]}"' in html and f"| {q['id']} |" in md
         for r in q["results"].values():
-            assert r["score"]["verdict"] in (
-                "correct",
-                "partial",
-                "wrong",
-                "abstained",
-                "hallucinated",
-                "error",
-            )
+            assert r["score"]["verdict"] in VERDICTS
             assert r["error"] is None, r["error"]
+    n_test = sum(q.get("split") == "test" for q in data["questions"])
+    assert data["summary_split"] == "test" and 0 < n_test < len(PICK)
     for name, s in data["summary"].items():
-        assert s["n_questions"] == len(PICK), name
+        assert s["n_questions"] == n_test, name  # the main table is the test split
+        assert data["summary_by_split"]["all"][name]["n_questions"] == len(PICK), name
         for key in (
             "handled_correctly",
             "fact_recall",
