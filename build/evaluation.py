@@ -344,6 +344,9 @@ class AnswerRecord:
     # value-like tokens of the answer found in no retrieved passage (appliance.grounding's
     # value_spans/occurs); None: not measured (no retrieval, or no appliance.grounding)
     unsupported_values: list[str] | None = None
+    # what the model said before the grounding check, and the values the check refused
+    model_text: str | None = None
+    model_unsupported: list[str] = field(default_factory=list)
     retrieved: list[str] = field(default_factory=list)
     best_score: float | None = None
     ttft_s: float | None = None
@@ -437,6 +440,8 @@ def evaluate_question(
             for s in cited
         ],
         appended_citations=appended,
+        model_text=getattr(result, "model_text", None),
+        model_unsupported=list(getattr(result, "unsupported", None) or []),
         grounding=getattr(result, "grounding", None),
         evidence=[_as_dict(e) for e in (getattr(result, "evidence", None) or [])],
         unsupported_values=unsupported_values(result.text, result.sources)
