@@ -8,6 +8,13 @@ The bundle is written to a hidden folder beside its destination, verified with t
 reader the device uses (appliance.bundle.load_bundle), then renamed into place, so a crash
 never leaves a half-written bundle under the final name. A bundle of the same name and
 version is never overwritten: bundles are immutable once written.
+
+The quality gate binds: a bundle needs the gate result (`expert eval quality-gate --out`) of
+the very model it ships. A missing gate, a malformed one (no `passed`, no model digest, figures
+that contradict `passed`), a failed one, or one whose model digest is not that of `--llm`'s
+files (appliance/quality_gate.py) is refused with the fix, unless `--accept-quality-loss`:
+then the manifest's `quality_loss_accepted` records the problem overridden, who built the
+bundle, the optional `--quality-loss-reason`, and the gate's figures or their absence.
 """
 
 from __future__ import annotations
@@ -15,11 +22,14 @@ from __future__ import annotations
 import argparse
 import base64
 import datetime as dt
+import getpass
 import json
+import math
 import os
 import platform
 import re
 import shutil
+import socket
 import tempfile
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -36,6 +46,14 @@ from appliance.bundle import (
     public_key_id,
 )
 from appliance.errors import UserFacingError
+from appliance.quality_gate import (
+    FIGURES,
+    GATE_FORMAT_VERSION,
+    digest_of,
+    gate_summary,
+    manifest_model_hashes,
+)
+from appliance.quality_gate import describe as describe_gate
 
 # Recorded in the manifest when installed, so a bundle says what built it.
 RECORDED_PACKAGES = (
@@ -57,7 +75,17 @@ RECORDED_PACKAGES = (
     "gguf",
 )
 # Manifest keys the builder owns; `extra` may add others or refine e.g. `chunking`.
-RESERVED_KEYS = frozenset({"format_version", "name", "bundle_version", "created", "files"})
+RESERVED_KEYS = frozenset(
+    {
+        "format_version",
+        "name",
+        "bundle_version",
+        "created",
+        "files",
+        "quality_gate",
+        "quality_loss_accepted",
+    }
+)
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
@@ -73,6 +101,7 @@ class BundleSpec:
     adapters_dir: Path | None = None
     quality_gate: dict[str, Any] | None = None
     accept_quality_loss: bool = False
+    quality_loss_reason: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -92,20 +121,155 @@ class BundleSpec:
                 raise UserFacingError(f"{fname} ({flag}) {path}: not a folder")
             if not any(p.is_file() for p in path.rglob("*")):
                 raise UserFacingError(f"{fname} ({flag}) {path}: the folder has no files")
-        if self.quality_gate is not None:
-            if not isinstance(self.quality_gate, dict):
-                raise UserFacingError("quality_gate must be a JSON object (the gate's results)")
-            if self.quality_gate.get("passed") is False and not self.accept_quality_loss:
-                failed = self.quality_gate.get("failed") or self.quality_gate.get("reasons") or ""
-                raise UserFacingError(
-                    "the quality gate failed"
-                    + (f" ({failed})" if failed else "")
-                    + ": the quantized model lost too much against full precision. Export with "
-                    "a better int4 algorithm, or pass --accept-quality-loss to bundle it anyway"
-                )
+        if self.quality_loss_reason is not None and not self.accept_quality_loss:
+            raise UserFacingError(
+                "--quality-loss-reason only goes with --accept-quality-loss; drop it, or add "
+                "--accept-quality-loss"
+            )
         bad = RESERVED_KEYS & set(self.extra)
         if bad:
             raise UserFacingError(f"extra: keys {sorted(bad)} are set by the builder; remove them")
+
+
+# --------------------------------------------------------------------------------------------
+# The quality gate binds the bundle to a measured model
+
+
+@dataclass(frozen=True)
+class GateProblem:
+    """Why a gate does not let a bundle through: `code` is missing, malformed, failed or
+    foreign; `message` names the problem and the fix."""
+
+    code: str
+    message: str
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _rerun_hint(llm_dir: Path) -> str:
+    return (
+        f"run `expert eval quality-gate --hf CHECKPOINT --onnx {llm_dir} --docs DOCS "
+        "--questions QA.jsonl --out gate.json` on this export and pass --quality-gate gate.json, "
+        "or pass --accept-quality-loss to bundle it anyway (recorded in the manifest)"
+    )
+
+
+def gate_problem(
+    gate: dict[str, Any] | None, llm_dir: Path, model_hashes: dict[str, str] | None = None
+) -> GateProblem | None:
+    """What stops `gate` from admitting the model of `llm_dir`; None when it passes.
+
+    `model_hashes` ({file: sha256} of the model files being bundled): when given, the gate's
+    model digest must match them; without it only the gate file itself is checked. A gate of
+    another model is "foreign" even when it failed: its figures say nothing about this one.
+    """
+    hint = _rerun_hint(llm_dir)
+    if gate is None:
+        return GateProblem(
+            "missing",
+            f"no quality gate for {llm_dir}: a bundle ships only a model whose int4 loss was "
+            f"measured; {hint}",
+        )
+    if not isinstance(gate, dict):
+        return GateProblem("malformed", f"the quality gate is not a JSON object; {hint}")
+    if "passed" not in gate:
+        return GateProblem("malformed", f"the quality gate file has no `passed` field; {hint}")
+    if not isinstance(gate["passed"], bool):
+        return GateProblem(
+            "malformed",
+            f"the quality gate's `passed` is {gate['passed']!r}, not true/false; {hint}",
+        )
+    model = gate.get("model")
+    digest = model.get("sha256") if isinstance(model, dict) else None
+    if not (isinstance(digest, str) and re.fullmatch(r"[0-9a-f]{64}", digest)):
+        return GateProblem(
+            "malformed",
+            "the quality gate records no model digest (`model.sha256`), so nothing ties it to "
+            f"a model (a gate file of format < {GATE_FORMAT_VERSION}, or edited); {hint}",
+        )
+    thresholds = gate.get("thresholds")
+    limits = {
+        "perplexity_change_pct": ("max_perplexity_increase_pct", lambda v, t: v <= t),
+        "top1_agreement": ("min_top1_agreement", lambda v, t: v >= t),
+        "answer_agreement": ("min_answer_agreement", lambda v, t: v >= t),
+    }
+    if not isinstance(thresholds, dict) or not all(
+        _number(thresholds.get(t)) for t, _ in limits.values()
+    ):
+        return GateProblem("malformed", f"the quality gate records no thresholds; {hint}")
+    missing = [k for k in FIGURES if not _number(gate.get(k))]
+    if missing:
+        return GateProblem(
+            "malformed", f"the quality gate lacks the figure(s) {', '.join(missing)}; {hint}"
+        )
+    within = all(ok(gate[k], thresholds[t]) for k, (t, ok) in limits.items())
+    if gate["passed"] and not within:
+        return GateProblem(
+            "malformed",
+            "the quality gate says passed, but its figures miss its own thresholds "
+            f"({', '.join(f'{k} {gate[k]}' for k in FIGURES)} against {thresholds}); the file "
+            f"was edited; {hint}",
+        )
+    if model_hashes is not None and digest != digest_of(model_hashes):
+        recorded = model.get("files") if isinstance(model.get("files"), dict) else {}
+        differs = sorted(
+            n for n in set(recorded) | set(model_hashes) if recorded.get(n) != model_hashes.get(n)
+        )
+        return GateProblem(
+            "foreign",
+            f"the quality gate measured another model: its model digest {digest[:12]}… (of "
+            f"{model.get('path', '?')}) is not {digest_of(model_hashes)[:12]}…, the digest of "
+            f"--llm {llm_dir}"
+            + (f" (files that differ: {', '.join(differs)})" if differs else "")
+            + f"; {hint}",
+        )
+    if not gate["passed"]:
+        failed = "; ".join(map(str, gate.get("failed") or [])) or ", ".join(
+            f"{k} {gate[k]}" for k in FIGURES
+        )
+        return GateProblem(
+            "failed",
+            f"the quality gate failed ({failed}): the exported model lost too much against "
+            f"{_reference_text(gate)}. Export with a better int4 setting (e.g. "
+            "--int4-algo k_quant_mixed, a smaller --block-size) and re-run the gate, or pass "
+            "--accept-quality-loss to bundle it anyway (recorded in the manifest)",
+        )
+    return None
+
+
+def _reference_text(gate: dict[str, Any]) -> str:
+    ref = gate.get("reference")
+    return (ref.get("description") if isinstance(ref, dict) else None) or "its reference"
+
+
+def _gate_figures(gate: Any) -> dict[str, Any] | None:
+    """What a gate file said, for the acceptance record (whatever shape it has)."""
+    if not isinstance(gate, dict):
+        return None
+    model = gate.get("model") if isinstance(gate.get("model"), dict) else {}
+    keys = ("passed", *FIGURES, "thresholds", "failed")
+    return {k: gate.get(k) for k in keys} | {
+        "reference": _reference_text(gate) if gate.get("reference") else None,
+        "model_sha256": model.get("sha256"),
+        "model_path": model.get("path"),
+    }
+
+
+def _acceptance(spec: BundleSpec, problem: GateProblem | None) -> dict[str, Any]:
+    try:
+        who = f"{getpass.getuser()}@{socket.gethostname()}"
+    except (KeyError, OSError):
+        who = f"uid {os.getuid()}@{socket.gethostname()}"
+    return {
+        "flag": "--accept-quality-loss",
+        "problem": problem.code if problem else None,
+        "detail": problem.message if problem else "given, but the gate passed: nothing overridden",
+        "by": who,
+        "reason": spec.quality_loss_reason,
+        "gate_figures": _gate_figures(spec.quality_gate),
+    }
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -199,11 +363,14 @@ def build_manifest(
     if index is None:
         index, _ = _index_files(spec.index_dir)
     adapters = _read_json(spec.adapters_dir / "adapters.json") if spec.adapters_dir else {}
-    gate = None
-    if spec.quality_gate is not None:
-        gate = dict(spec.quality_gate)
-        if gate.get("passed") is False:
-            gate["accepted_quality_loss"] = True
+    # The gate is checked against the model files as copied into the bundle.
+    problem = gate_problem(spec.quality_gate, spec.llm_dir, manifest_model_hashes(files, "llm"))
+    if problem is not None and not spec.accept_quality_loss:
+        raise UserFacingError(problem.message)
+    # A gate of this model (passed, or failed and accepted) is kept whole; a missing,
+    # malformed or foreign one only in the acceptance record, so nothing shows its figures
+    # as this model's.
+    gate = spec.quality_gate if problem is None or problem.code == "failed" else None
     manifest: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
         "name": spec.name,
@@ -213,6 +380,7 @@ def build_manifest(
         "adapters": {"merged": export.get("adapter"), "runtime": adapters or None},
         "export": {k: v for k, v in export.items() if k != "files"} or None,
         "quality_gate": gate,
+        "quality_loss_accepted": _acceptance(spec, problem) if spec.accept_quality_loss else None,
         "embedder": (
             {"id": _first(embedder, "model_id", "model", "id"), **embedder} if embedder else None
         ),
@@ -361,6 +529,7 @@ def build_bundle(
     extra: dict | None = None,
     signing_key: Path | None = None,
     accept_quality_loss: bool = False,
+    quality_loss_reason: str | None = None,
 ) -> Path:
     """Write `out_root/bundle-<name>-<version>/` and return it. See the module docstring."""
     from tqdm import tqdm
@@ -374,8 +543,13 @@ def build_bundle(
         adapters_dir=Path(adapters_dir) if adapters_dir is not None else None,
         quality_gate=quality_gate,
         accept_quality_loss=accept_quality_loss,
+        quality_loss_reason=quality_loss_reason,
         extra=dict(extra or {}),
     )
+    # Refuse before copying gigabytes; the model digest is checked on the copied files.
+    problem = gate_problem(quality_gate, spec.llm_dir)
+    if problem is not None and not accept_quality_loss:
+        raise UserFacingError(problem.message)
     if signing_key is not None:
         _load_private_key(Path(signing_key))  # fail before copying gigabytes
     out_root = Path(out_root)
@@ -448,11 +622,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--name", help="bundle name, e.g. plant")
     parser.add_argument("--version", help="bundle version, e.g. 1.0.0")
     parser.add_argument("--out", type=Path, help="folder to write bundle-<name>-<version>/ into")
-    parser.add_argument("--quality-gate", type=Path, metavar="FILE.json", help="gate results")
+    parser.add_argument(
+        "--quality-gate",
+        type=Path,
+        metavar="FILE.json",
+        help="the gate result of --llm (expert eval quality-gate --out); required unless "
+        "--accept-quality-loss",
+    )
     parser.add_argument(
         "--accept-quality-loss",
         action="store_true",
-        help="bundle even though the quality gate failed (recorded in the manifest)",
+        help="bundle a model whose gate is missing, malformed, failed or of another model; "
+        "the manifest records it (problem, who, gate figures)",
+    )
+    parser.add_argument(
+        "--quality-loss-reason",
+        metavar="TEXT",
+        help="why --accept-quality-loss (recorded in the manifest)",
     )
     parser.add_argument("--sign-key", type=Path, metavar="FILE", help="ed25519 private key (PEM)")
     parser.add_argument(
@@ -480,7 +666,10 @@ def run(args: argparse.Namespace) -> int:
     gate = None
     if args.quality_gate is not None:
         if not args.quality_gate.is_file():
-            raise UserFacingError(f"--quality-gate {args.quality_gate}: no such file")
+            raise UserFacingError(
+                f"--quality-gate {args.quality_gate}: no such file; write it with "
+                f"`expert eval quality-gate --onnx {args.llm} ... --out {args.quality_gate}`"
+            )
         gate = _read_json(args.quality_gate)
     extra = None
     if args.extra is not None:
@@ -499,6 +688,7 @@ def run(args: argparse.Namespace) -> int:
         extra=extra,
         signing_key=args.sign_key,
         accept_quality_loss=args.accept_quality_loss,
+        quality_loss_reason=args.quality_loss_reason,
     )
     manifest = json.loads((path / MANIFEST_NAME).read_text(encoding="utf-8"))
     size = sum(f["size"] for f in manifest["files"].values())
@@ -507,4 +697,5 @@ def run(args: argparse.Namespace) -> int:
         + (", signed" if args.sign_key else "")
         + ")"
     )
+    print(describe_gate(gate_summary(manifest)))
     return 0

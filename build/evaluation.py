@@ -759,7 +759,7 @@ def evaluate_retrieval_cli(bundle_path: Path, questions_file: Path, out: Path | 
 
 
 def quality_gate_cli(hf: Path, onnx: Path, docs: Path, questions: Path, out: Path) -> dict:
-    from build.quality_gate import run_quality_gate
+    from build.quality_gate import run_quality_gate, write_result
 
     for flag, path, kind in (
         ("--hf", hf, "dir"),
@@ -771,10 +771,7 @@ def quality_gate_cli(hf: Path, onnx: Path, docs: Path, questions: Path, out: Pat
         if not ok:
             raise UserFacingError(f"{flag} {path}: no such {'folder' if kind == 'dir' else 'file'}")
     gate = run_quality_gate(hf_dir=hf, onnx_dir=onnx, docs_dir=docs, questions=questions)
-    gate = gate.to_dict() if hasattr(gate, "to_dict") else dict(gate)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(gate, indent=2, default=str) + "\n", encoding="utf-8")
-    return gate
+    return write_result(gate, out)
 
 
 # --------------------------------------------------------------------------------------------
@@ -787,7 +784,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "modes (default): base / base+RAG / fine-tuned / fine-tuned+RAG on held-out questions, "
         "with an HTML, JSON and Markdown report.\n"
         "retrieval: retrieval metrics of a bundle's index.\n"
-        "quality-gate: int4 export against full precision (the bundle's gate)."
+        "quality-gate: an export against the checkpoint it came from (the bundle's gate)."
     )
     parser.add_argument(
         "submode",
@@ -909,13 +906,20 @@ def run(args: argparse.Namespace) -> int:
         ]
         if missing:
             raise UserFacingError(f"missing {', '.join(missing)}; see `expert eval --help`")
+        from build.quality_gate import summary
+
         gate = quality_gate_cli(args.hf, args.onnx, args.docs, args.questions, args.out)
-        keys = ("passed", "perplexity_change_pct", "top1_agreement", "answer_agreement", "failed")
-        print(json.dumps({k: gate[k] for k in keys if k in gate}, indent=2))
-        if gate.get("passed") is False:
-            # Exit 0: the result is written; `expert bundle --quality-gate` refuses a failed
-            # gate with the fix (a better int4 algorithm, or --accept-quality-loss).
-            print(f"quality gate FAILED; the result is in {args.out}", file=sys.stderr)
+        print(json.dumps(summary(gate), indent=2, ensure_ascii=False))
+        if gate.get("passed") is not True:
+            # Exit 1, so a script or make stops here; the result is written, and
+            # `expert bundle` refuses it unless --accept-quality-loss (recorded).
+            print(
+                f"quality gate FAILED ({'; '.join(gate.get('failed') or [])}); the result is in "
+                f"{args.out}. Export with a better int4 setting, or bundle with "
+                "--accept-quality-loss",
+                file=sys.stderr,
+            )
+            return 1
         return 0
 
     if args.submode == "retrieval":

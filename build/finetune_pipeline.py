@@ -13,8 +13,14 @@ from the plant's training data and the same base checkpoint the bundle was expor
 2. the adapter merged into the base and exported to int4 with the base bundle's quantization
    settings (build.export_llm, whose `adapter_dir` merges before export), so the two int4
    models differ only by the fine-tuning;
-3. a bundle `bundle-<name>-finetuned-<version>` beside the base bundle: same embedder and
-   index, the fine-tuned model, the training record in its manifest (`finetune`).
+3. the quality gate on that int4 model (build.quality_gate), against the base checkpoint with
+   the adapter merged in fp32, on the plant's documents and questions, like the base model's
+   gate in `make bundle`: the result is `<key>/quality-gate.json`;
+4. a bundle `bundle-<name>-finetuned-<version>` beside the base bundle: same embedder and
+   index, the fine-tuned model, its gate, the training record in its manifest (`finetune`).
+   A fine-tuned model that fails its gate is still bundled for the evaluation, with
+   `--accept-quality-loss` recorded in the manifest and a warning: the report compares it
+   anyway, and its gate figures go into the report's build record.
 
 Each output lives under `<work>/finetune/<key>/`, where the key hashes every input (training
 data, base checkpoint, index, settings). Finished outputs with the same key are reused, and a
@@ -43,6 +49,7 @@ FINETUNE_DIR = "finetune"
 STAMP = "stamp.json"
 TRAIN_SUMMARY = "training_summary.json"  # trainer.train writes it last: the run finished
 EXPORT_RECORD = "export.json"  # build.export_llm writes it last: the export finished
+GATE_RESULT = "quality-gate.json"  # build.quality_gate's result for the fine-tuned int4 model
 
 
 @dataclass(frozen=True)
@@ -122,6 +129,7 @@ class FinetuneResult:
     reused: dict[str, bool] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
+    quality_gate: dict[str, Any] = field(default_factory=dict)  # build.quality_gate.summary
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -279,6 +287,51 @@ def export_model(
     )
 
 
+def gate_model(
+    base_hf: Path, adapter_dir: Path, int4_dir: Path, plant: Path, out: Path, index_dir: Path
+) -> tuple[dict, bool]:
+    """The quality gate of the fine-tuned int4 model (reference: base + adapter merged, fp32);
+    a finished result for these very model files is reused. Returns (gate dict, reused).
+
+    Domain text: the plant's Markdown/text documents, as `make bundle`'s gate uses; a plant
+    folder without docs/ falls back to the text of the base bundle's index."""
+    from appliance.quality_gate import digest_of, model_file_hashes
+    from build.quality_gate import run_quality_gate, write_result
+
+    old = _read_json(out)
+    if old.get("passed") is not None and (old.get("model") or {}).get("sha256") == digest_of(
+        model_file_hashes(int4_dir)
+    ):
+        return old, True
+    docs = Path(plant) / "docs"
+    questions = Path(plant) / "qa" / "eval.jsonl"
+    result = run_quality_gate(
+        base_hf,
+        int4_dir,
+        texts=None if docs.is_dir() else index_texts(index_dir),
+        docs_dir=docs if docs.is_dir() else None,
+        questions=questions if questions.is_file() else None,
+        adapter_dir=adapter_dir,
+    )
+    return write_result(result, out), False
+
+
+def index_texts(index_dir: Path) -> list[str]:
+    """Each document's chunk texts from an index's current version (read-only)."""
+    from appliance.retrieval import versions
+    from appliance.retrieval.store import Store
+
+    vdir = versions.version_dir(index_dir, versions.read_pointer(index_dir))
+    store = Store(vdir / versions.STORE_FILE, writable=False)
+    try:
+        return [
+            "\n\n".join(chunk.text for chunk, _ in store.iter_chunks(doc_id))
+            for doc_id in sorted(store.documents())
+        ]
+    finally:
+        store.close()
+
+
 def _writable_copy(src: Path, dest: Path) -> Path:
     """A bundle's index is read-only; the retriever gets a private copy."""
     if dest.exists():
@@ -289,8 +342,19 @@ def _writable_copy(src: Path, dest: Path) -> Path:
     return dest
 
 
-def finetuned_bundle(base_bundle, *, llm_dir: Path, key: str, record: Mapping[str, Any]) -> Path:
-    """`bundle-<name>-finetuned-<version>` beside the base bundle, rebuilt when its key differs."""
+def finetuned_bundle(
+    base_bundle,
+    *,
+    llm_dir: Path,
+    key: str,
+    record: Mapping[str, Any],
+    quality_gate: dict | None = None,
+) -> Path:
+    """`bundle-<name>-finetuned-<version>` beside the base bundle, rebuilt when its key differs
+    (or when it carries no gate: built before the fine-tuned model was gated).
+
+    `quality_gate`: the gate result of `llm_dir`. A failed or absent gate is bundled with
+    `accept_quality_loss` (recorded in the manifest): this bundle exists for the evaluation."""
     from appliance.bundle import load_bundle, read_manifest
     from build.bundle import build_bundle
 
@@ -300,10 +364,12 @@ def finetuned_bundle(base_bundle, *, llm_dir: Path, key: str, record: Mapping[st
     final = out_root / f"bundle-{name}-{version}"
     if final.is_dir():
         try:
-            old_key = (read_manifest(final).get("finetune") or {}).get("key")
+            old = read_manifest(final)
         except UserFacingError:
-            old_key = None
-        if old_key == key:
+            old = {}
+        old_key = (old.get("finetune") or {}).get("key")
+        gated = old.get("quality_gate") is not None or old.get("quality_loss_accepted") is not None
+        if old_key == key and gated:
             load_bundle(final)
             return final
         log.warning(
@@ -315,6 +381,14 @@ def finetuned_bundle(base_bundle, *, llm_dir: Path, key: str, record: Mapping[st
     extra: dict[str, Any] = {"finetune": {"key": key, **record}}
     if base_bundle.manifest.get("retrieval"):
         extra["retrieval"] = base_bundle.manifest["retrieval"]
+    passed = bool(quality_gate and quality_gate.get("passed") is True)
+    if not passed:
+        log.warning(
+            "the fine-tuned model %s its quality gate; bundling it for the evaluation with "
+            "--accept-quality-loss (recorded in %s's manifest)",
+            "failed" if quality_gate else "has no result for",
+            final.name,
+        )
     return build_bundle(
         out_root,
         name=name,
@@ -322,6 +396,12 @@ def finetuned_bundle(base_bundle, *, llm_dir: Path, key: str, record: Mapping[st
         llm_dir=llm_dir,
         embedder_dir=base_bundle.embedder_dir,
         index_dir=base_bundle.index_dir,
+        quality_gate=quality_gate,
+        accept_quality_loss=not passed,
+        quality_loss_reason=None
+        if passed
+        else "evaluation bundle: `expert eval modes` compares the fine-tuned model whatever its "
+        "gate says, and reports the gate figures",
         extra=extra,
     )
 
@@ -415,6 +495,20 @@ def ensure_finetuned(
         export_model(base_hf, result.fp32_dir, adapter_dir=result.adapter_dir, precision="fp32")
         result.seconds["export_fp32"] = round(time.perf_counter() - t0, 1)
 
+    from build.quality_gate import summary as gate_summary
+
+    t0 = time.perf_counter()
+    gate, result.reused["quality_gate"] = gate_model(
+        base_hf,
+        result.adapter_dir,
+        result.int4_dir,
+        Path(plant),
+        ft_dir / GATE_RESULT,
+        base_bundle.index_dir,
+    )
+    result.quality_gate = gate_summary(gate)
+    result.seconds["quality_gate"] = round(time.perf_counter() - t0, 1)
+
     t0 = time.perf_counter()
     record = {
         "base_bundle": base_bundle.id,
@@ -434,9 +528,10 @@ def ensure_finetuned(
             )
             if k in result.training
         },
-        "quality_gate": "not run: a bundle built for the evaluation",
     }
-    result.bundle = finetuned_bundle(base_bundle, llm_dir=result.int4_dir, key=key, record=record)
+    result.bundle = finetuned_bundle(
+        base_bundle, llm_dir=result.int4_dir, key=key, record=record, quality_gate=gate
+    )
     result.seconds["bundle"] = round(time.perf_counter() - t0, 1)
     return result
 

@@ -6,7 +6,7 @@ Tests: `.venv/bin/pytest tests/build/test_quality_gate.py` (SmolLM2 runs: add `-
 
 int4 costs a 135M model a lot (tens of percent perplexity), so the bundle step does not take an
 export on trust. The exported folder is run through onnxruntime-genai, the runtime the device
-uses, and compared with the full-precision HF checkpoint (transformers) on:
+uses, and compared with the HF checkpoint it was exported from (transformers, fp32) on:
 
 - held-out domain text (the plant's Markdown documents), teacher-forced in fixed windows:
   perplexity of each model, the relative change, and top-1 next-token agreement (the share of
@@ -17,9 +17,18 @@ uses, and compared with the full-precision HF checkpoint (transformers) on:
   because a small wording drift late in an answer is not a quality loss, while a different
   value, tag or unit is.
 
+The reference is named from the checkpoint's import record (build/import_model.py writes
+import.json; `expert merge` carries it over and adds merge.json): for the embedded SmolLM2 it is
+the *dequantized source GGUF (Q4_1)*, the best there is but not the original full-precision
+weights; for an imported HF checkpoint it is full precision. A fine-tuned model is measured
+against its base with the LoRA adapter merged in fp32 (`adapter_dir`).
+
 Both models see the same token ids (the HF tokenizer's; the import checks that
-onnxruntime-genai's tokenizer agrees). `GateResult.to_dict()` goes into the bundle manifest;
-the bundle refuses a failed gate unless `--accept-quality-loss`.
+onnxruntime-genai's tokenizer agrees). `GateResult.to_dict()` is the gate file: it records
+`passed`, the thresholds, the reference and the sha256 *model digest* of the exported files it
+measured (appliance/quality_gate.py defines it). `expert bundle` refuses a missing, malformed,
+failed or foreign gate (digest of another model) unless `--accept-quality-loss`, which the
+manifest records; the device logs and serves the gate's figures.
 """
 
 from __future__ import annotations
@@ -39,6 +48,12 @@ from pathlib import Path
 import numpy as np
 
 from appliance.errors import UserFacingError
+from appliance.quality_gate import (
+    DIGEST_ALGORITHM,
+    GATE_FORMAT_VERSION,
+    digest_of,
+    model_file_hashes,
+)
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +113,8 @@ class GateSettings:
 @dataclass
 class GateResult:
     passed: bool
+    reference: dict  # describe_reference(): what the export was compared with
+    model: dict  # the exported model measured: path, sha256 (model digest), file hashes
     perplexity_reference: float
     perplexity_exported: float
     perplexity_change_pct: float
@@ -114,7 +131,7 @@ class GateResult:
     duration_s: float = 0.0
 
     def to_dict(self) -> dict:
-        d = asdict(self)
+        d = {"format_version": GATE_FORMAT_VERSION, **asdict(self)}
         for key in (
             "perplexity_reference",
             "perplexity_exported",
@@ -187,6 +204,82 @@ def _question_of(row) -> str | None:
         if isinstance(m, dict) and m.get("role") == "user":
             return m.get("content")
     return None
+
+
+def _gguf_type(file_type) -> str | None:
+    """GGUF `general.file_type` (an int) as llama.cpp names it, e.g. 3 -> "Q4_1"."""
+    try:
+        from gguf import LlamaFileType
+
+        return LlamaFileType(int(file_type)).name.removeprefix("MOSTLY_").removeprefix("ALL_")
+    except (ImportError, TypeError, ValueError):
+        return None
+
+
+_FULL_PRECISION_GGUF = ("F32", "F16", "BF16")
+
+
+def describe_reference(hf_dir: Path, adapter_dir: Path | None = None) -> dict:
+    """What the gate's reference model is, from the checkpoint's own records.
+
+    `description` is the phrase shown everywhere (gate output, manifest, service):
+    "dequantized source GGUF (Q4_1)" for a checkpoint imported from a quantized GGUF,
+    "full precision (HF checkpoint)" for one imported from an HF folder, with
+    " + merged LoRA adapter" when an adapter is merged (`expert merge`'s merge.json, or
+    `adapter_dir`). A checkpoint without an import record says so instead of guessing.
+    """
+    hf_dir = Path(hf_dir)
+    record = _read_json_object(hf_dir / "import.json")
+    source = record.get("source") if isinstance(record.get("source"), dict) else {}
+    kind = source.get("kind")
+    config = _read_json_object(hf_dir / "config.json")
+    stored = config.get("torch_dtype") or config.get("dtype")
+    out: dict = {"path": str(hf_dir), "source_kind": kind, "run_dtype": "float32"}
+    if kind == "gguf":
+        qtype = _gguf_type(source.get("file_type")) or f"file_type {source.get('file_type')}"
+        out["gguf_type"] = qtype
+        out["source_sha256"] = source.get("sha256")
+        if qtype in _FULL_PRECISION_GGUF:
+            text = f"full precision (source GGUF, {qtype})"
+        else:
+            text = f"dequantized source GGUF ({qtype})"
+    elif kind == "hf":
+        text = "full precision (HF checkpoint" + (
+            f", stored as {stored})" if stored and stored != "float32" else ")"
+        )
+    elif kind:
+        text = f"HF checkpoint from {kind}, run in fp32"
+    else:
+        text = "HF checkpoint without an import record (provenance not recorded), run in fp32"
+    merged = _read_json_object(hf_dir / "merge.json")
+    if merged or adapter_dir is not None:
+        text += " + merged LoRA adapter"
+        out["adapter"] = (
+            str(adapter_dir)
+            if adapter_dir is not None
+            else ((merged.get("adapter") or {}).get("path"))
+        )
+    out["description"] = text
+    return out
+
+
+def _read_json_object(path: Path) -> dict:
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def describe_model(onnx_dir: Path) -> dict:
+    """The exported model the gate measures: its model digest and the file hashes behind it."""
+    hashes = model_file_hashes(Path(onnx_dir))
+    return {
+        "path": str(onnx_dir),
+        "sha256": digest_of(hashes),
+        "digest": DIGEST_ALGORITHM,
+        "files": hashes,
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -301,8 +394,9 @@ def _until_eos(tokens: list[int], eos: set[int]) -> list[int]:
 
 @dataclass
 class Reference:
-    """What the full-precision model did on the gate's inputs. Computed once, compared with
-    any number of exports (the quantization benchmark compares several)."""
+    """What the reference model did on the gate's inputs. Computed once, compared with any
+    number of exports (the quantization benchmark compares several). `description` names the
+    reference truthfully (describe_reference)."""
 
     hf_dir: Path
     windows: list[list[int]]
@@ -313,6 +407,7 @@ class Reference:
     answers: list[list[int]]
     tokenizer: object = field(repr=False)
     seconds: float = 0.0
+    description: dict = field(default_factory=dict)
 
     @classmethod
     def compute(
@@ -323,15 +418,34 @@ class Reference:
         *,
         docs_dir: Path | None = None,
         settings: GateSettings | None = None,
+        adapter_dir: Path | None = None,
     ) -> Reference:
-        started = time.monotonic()
-        settings = settings or GateSettings()
+        """`adapter_dir`: a LoRA adapter of `hf_dir`, merged in fp32 by the trainer's merge
+        (`expert merge`) into a temporary checkpoint that is the reference."""
         hf_dir = Path(hf_dir)
         if not (hf_dir / "config.json").is_file():
             raise UserFacingError(
                 f"{hf_dir} is not an HF checkpoint (no config.json); pass the "
-                "full-precision model the export was made from."
+                "checkpoint the export was made from."
             )
+        if adapter_dir is None:
+            return cls._compute(hf_dir, texts, questions, docs_dir, settings, hf_dir)
+        import tempfile
+
+        from trainer.merge import merge_adapter
+
+        with tempfile.TemporaryDirectory(prefix="quality-gate-merged-") as scratch:
+            merged = Path(scratch) / "merged"
+            merge_adapter(hf_dir, Path(adapter_dir), merged, dtype="fp32")
+            ref = cls._compute(merged, texts, questions, docs_dir, settings, hf_dir)
+        ref.hf_dir = hf_dir
+        ref.description = describe_reference(hf_dir, adapter_dir=Path(adapter_dir))
+        return ref
+
+    @classmethod
+    def _compute(cls, hf_dir, texts, questions, docs_dir, settings, named) -> Reference:
+        started = time.monotonic()
+        settings = settings or GateSettings()
         texts = load_texts(docs_dir or DEFAULT_DOCS) if texts is None else list(texts)
         texts = [t for t in texts if t and t.strip()]
         if not texts:
@@ -364,6 +478,7 @@ class Reference:
             answers=answers,
             tokenizer=tok,
             seconds=time.monotonic() - started,
+            description=describe_reference(named),
         )
 
 
@@ -443,6 +558,7 @@ def compare_with_reference(
             f"{onnx_dir} is not an onnxruntime-genai folder (no "
             "genai_config.json); pass the output of `expert export`."
         )
+    model = describe_model(onnx_dir)  # hashed before it is loaded: the files measured
     exp = _GenaiModel(onnx_dir)
     tok = reference.tokenizer
     nll_exp, agree, n = 0.0, 0, 0
@@ -501,6 +617,8 @@ def compare_with_reference(
         }
     result = GateResult(
         passed=not failed,
+        reference=reference.description or describe_reference(reference.hf_dir),
+        model=model,
         perplexity_reference=ppl_ref,
         perplexity_exported=ppl_exp,
         perplexity_change_pct=change,
@@ -517,8 +635,11 @@ def compare_with_reference(
         duration_s=reference.seconds + time.monotonic() - started,
     )
     log.info(
-        "quality gate %s: ppl %.2f -> %.2f (%+.1f%%), top-1 %.3f, answers F1 %.3f%s",
+        "quality gate %s (against %s; model sha256 %s): ppl %.2f -> %.2f (%+.1f%%), "
+        "top-1 %.3f, answers F1 %.3f%s",
         "passed" if result.passed else "FAILED",
+        result.reference["description"],
+        model["sha256"][:12],
         ppl_ref,
         ppl_exp,
         change,
@@ -538,20 +659,53 @@ def run_quality_gate(
     *,
     docs_dir: Path | None = None,
     settings: GateSettings | None = None,
+    adapter_dir: Path | None = None,
 ) -> GateResult:
     """Compare `onnx_dir` (onnxruntime-genai) with `hf_dir` (transformers, fp32).
 
     `texts`: held-out domain text (default: the Markdown/text files of `docs_dir`, else of
     examples/plant/docs). `questions`: strings, eval rows, or a JSONL path (default:
     examples/plant/qa/eval.jsonl); the first `settings.max_questions` are used.
+    `adapter_dir`: the LoRA adapter merged into the export (the reference merges it too).
     """
     if not (Path(onnx_dir) / "genai_config.json").is_file():
         raise UserFacingError(
             f"{onnx_dir} is not an onnxruntime-genai folder (no "
             "genai_config.json); pass the output of `expert export`."
         )
-    reference = Reference.compute(hf_dir, texts, questions, docs_dir=docs_dir, settings=settings)
+    reference = Reference.compute(
+        hf_dir, texts, questions, docs_dir=docs_dir, settings=settings, adapter_dir=adapter_dir
+    )
     return compare_with_reference(reference, onnx_dir, thresholds, settings=settings)
+
+
+SUMMARY_KEYS = (
+    "passed",
+    "perplexity_change_pct",
+    "top1_agreement",
+    "answer_agreement",
+    "failed",
+)
+
+
+def write_result(result: GateResult | dict, out: Path) -> dict:
+    """Write the gate file (JSON, written aside then renamed); returns the dict written."""
+    d = result.to_dict() if isinstance(result, GateResult) else dict(result)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.partial")
+    tmp.write_text(json.dumps(d, indent=2, ensure_ascii=False, default=str) + "\n", "utf-8")
+    tmp.replace(out)
+    return d
+
+
+def summary(d: dict) -> dict:
+    """The part of a gate file a person reads first (printed by the commands)."""
+    out = {k: d.get(k) for k in SUMMARY_KEYS}
+    out["reference"] = (d.get("reference") or {}).get("description")
+    out["model_sha256"] = (d.get("model") or {}).get("sha256")
+    out["thresholds"] = d.get("thresholds")
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -563,11 +717,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m build.quality_gate", description=__doc__.split("\n")[0]
     )
-    parser.add_argument("--hf", required=True, type=Path, help="full-precision HF checkpoint")
+    parser.add_argument(
+        "--hf", required=True, type=Path, help="HF checkpoint the export was made from"
+    )
     parser.add_argument("--onnx", required=True, type=Path, help="exported model folder")
     parser.add_argument("--docs", type=Path, default=DEFAULT_DOCS, help="held-out domain text")
     parser.add_argument("--questions", type=Path, default=DEFAULT_QUESTIONS, help="eval JSONL")
     parser.add_argument("--out", type=Path, help="write the result JSON here")
+    parser.add_argument(
+        "--adapter", type=Path, help="LoRA adapter merged into the export (reference merges it)"
+    )
     parser.add_argument(
         "--max-ppl-increase", type=float, default=GateThresholds.max_perplexity_increase_pct
     )
@@ -582,30 +741,20 @@ def main(argv: list[str] | None = None) -> int:
     try:
         thresholds = GateThresholds(args.max_ppl_increase, args.min_top1, args.min_answer_agreement)
         result = run_quality_gate(
-            args.hf, args.onnx, questions=args.questions, thresholds=thresholds, docs_dir=args.docs
+            args.hf,
+            args.onnx,
+            questions=args.questions,
+            thresholds=thresholds,
+            docs_dir=args.docs,
+            adapter_dir=args.adapter,
         )
     except (UserFacingError, ValueError) as exc:
         print(f"quality gate: error: {exc}", file=sys.stderr)
         return 2
-    d = result.to_dict()
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(d, indent=2, ensure_ascii=False) + "\n")
-    print(
-        json.dumps(
-            {
-                k: d[k]
-                for k in (
-                    "passed",
-                    "perplexity_change_pct",
-                    "top1_agreement",
-                    "answer_agreement",
-                    "failed",
-                )
-            },
-            indent=2,
-        )
-    )
+    d = write_result(result, args.out) if args.out else result.to_dict()
+    print(json.dumps(summary(d), indent=2, ensure_ascii=False))
+    if not result.passed:
+        print("quality gate FAILED: " + "; ".join(result.failed), file=sys.stderr)
     return 0 if result.passed else 1
 
 

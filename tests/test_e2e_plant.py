@@ -33,6 +33,7 @@ def served_plant(tmp_path_factory, smollm2_onnx_int4: Path, embedder_onnx: Path,
     bundle = build_bundle(
         root / "bundles", name="plant", version="0.0.1", llm_dir=smollm2_onnx_int4,
         embedder_dir=embedder_onnx, index_dir=plant_index,
+        accept_quality_loss=True,  # the gate on this model is tests/build/test_quality_gate.py
     )  # fmt: skip
     port = free_port()
     log = root / "serve.log"

@@ -34,6 +34,7 @@ def readyz():
             "slots_busy": svc.slots.busy,
             "queue_depth": svc.slots.waiting,
             "queue_limit": svc.slots.max_queue,
+            "quality_gate": rt.quality_gate,
         }
     )
 

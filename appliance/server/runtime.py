@@ -14,10 +14,13 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from functools import cached_property
 
 from appliance.answering import DEFAULT_ABSTAIN_THRESHOLD, AnswerPolicy
 from appliance.errors import UserFacingError
 from appliance.generation.base import Generator
+from appliance.quality_gate import describe as describe_gate
+from appliance.quality_gate import gate_summary
 from appliance.server.auth import KeyStore
 from appliance.server.config import ServeConfig
 from appliance.server.metrics import ServiceMetrics
@@ -41,6 +44,12 @@ class Runtime:
 
     def __post_init__(self) -> None:
         self.created = self.created or int(time.time())
+
+    @cached_property
+    def quality_gate(self) -> dict | None:
+        """The bundle's quality-gate figures (appliance.quality_gate), None without a bundle."""
+        manifest = getattr(self.bundle, "manifest", None)
+        return gate_summary(manifest) if isinstance(manifest, dict) else None
 
     @property
     def model_ids(self) -> list[str]:
@@ -149,6 +158,10 @@ class Service:
         if bundle is not None:
             info["version"] = str(getattr(bundle, "version", ""))
         self.metrics.info = info
+        gate = rt.quality_gate
+        if gate is not None:  # at load and at every reload
+            level = logging.INFO if gate["status"] == "passed" else logging.WARNING
+            log.log(level, "bundle %s: %s", rt.name, describe_gate(gate))
 
     def reload(self) -> bool:
         """Load the configured bundle again and switch to it; keep the old one on failure.
@@ -200,6 +213,8 @@ class Service:
                     "owned_by": "industry-expert",
                     "context_length": rt.generator.context_length,
                     "adapter": mid.partition(ADAPTER_SEPARATOR)[2] or None,
+                    # The gate measured the bundle's model, without runtime adapters.
+                    "quality_gate": None if mid != rt.name else rt.quality_gate,
                 }
             )
         return out

@@ -67,6 +67,7 @@ def tiny_bundle(tmp_path_factory, tiny_int4: Path, embedder_onnx: Path, plant_in
         llm_dir=tiny_int4,
         embedder_dir=embedder_onnx,
         index_dir=plant_index,
+        accept_quality_loss=True,  # a random tiny model: the evaluation's plumbing is tested
     )
 
 
@@ -272,6 +273,15 @@ def test_expert_eval_builds_the_finetuned_bundle(
     assert manifest["export"]["adapter"]["mode"] == "merged"
     assert json.loads((Path(ft["fp32_dir"]) / "export.json").read_text())["precision"] == "fp32"
     assert ft["training"]["global_step"] == 2
+    # The fine-tuned int4 model went through the quality gate; the bundle carries its result.
+    from appliance.quality_gate import digest_of, model_file_hashes
+
+    gate = ft["quality_gate"]
+    assert isinstance(gate["passed"], bool) and gate["reference"].endswith("+ merged LoRA adapter")
+    assert gate["model_sha256"] == digest_of(model_file_hashes(Path(ft["int4_dir"])))
+    assert manifest["quality_gate"]["model"]["sha256"] == gate["model_sha256"]
+    if not gate["passed"]:  # a random tiny model may fail it: bundled anyway, and recorded
+        assert manifest["quality_loss_accepted"]["problem"] == "failed"
     assert not any(ft["reused"].values())
     assert data["run"]["finetuned_bundle"] == str(bundle)
 

@@ -76,6 +76,7 @@ def bundles(tmp_path_factory, smollm2_onnx_int4, embedder_onnx, plant_dir) -> di
         "llm_dir": smollm2_onnx_int4,
         "embedder_dir": embedder_onnx,
         "index_dir": root / "index",
+        "accept_quality_loss": True,  # the package is tested here, not the gate
     }
     private, public = generate_signing_key(root / "keys" / "signing.key")
     out = root / "out"

@@ -7,7 +7,9 @@ import json
 
 import pytest
 
+from appliance.cli import main as expert
 from appliance.errors import UserFacingError
+from appliance.quality_gate import GATE_FORMAT_VERSION, digest_of, model_file_hashes
 from build.export_llm import export_llm
 from build.quality_gate import (
     GateSettings,
@@ -15,6 +17,7 @@ from build.quality_gate import (
     Reference,
     answer_f1,
     compare_with_reference,
+    describe_reference,
     load_questions,
     load_texts,
     run_quality_gate,
@@ -44,6 +47,10 @@ def test_fp32_export_passes_with_no_loss(tiny_phi3_hf, tiny_reference, tmp_path)
     assert result.answer_agreement == 1.0 and result.answer_exact == 1.0
     assert result.tokens_scored == 384 - len(tiny_reference.windows)
     assert result.export["precision"] == "fp32"
+    # The result names the files it measured: the model digest of this export.
+    assert result.model["sha256"] == digest_of(model_file_hashes(onnx))
+    assert set(result.model["files"]) == {"genai_config.json", "model.onnx", "model.onnx.data"}
+    assert result.reference["description"] == "HF checkpoint from tiny-random-phi3, run in fp32"
 
 
 def test_int4_export_fails_strict_thresholds_with_reasons(tiny_phi3_hf, tiny_reference, tmp_path):
@@ -58,7 +65,9 @@ def test_int4_export_fails_strict_thresholds_with_reasons(tiny_phi3_hf, tiny_ref
     if result.perplexity_change_pct > 0:
         assert any("perplexity" in f for f in result.failed)
     d = json.loads(json.dumps(result.to_dict()))  # goes into the manifest as JSON
+    assert d["format_version"] == GATE_FORMAT_VERSION
     assert d["passed"] is False and d["failed"] == result.failed
+    assert d["model"]["sha256"] == digest_of(model_file_hashes(onnx))
     assert d["thresholds"]["min_top1_agreement"] == 1.0
     assert d["export"]["quantization"]["bits"] == 4
     assert len(d["answers"]) == 2 and {"question", "reference", "exported", "f1"} <= set(
@@ -113,6 +122,71 @@ def test_thresholds_and_settings_are_validated(tmp_path):
         run_quality_gate(tmp_path, tmp_path)
 
 
+def _import_record(folder, record=None, merge=None, dtype="float32"):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps({"torch_dtype": dtype}))
+    if record is not None:
+        (folder / "import.json").write_text(json.dumps(record))
+    if merge is not None:
+        (folder / "merge.json").write_text(json.dumps(merge))
+    return folder
+
+
+def test_the_reference_is_named_from_the_import_record(tmp_path):
+    gguf = {"source": {"kind": "gguf", "file_type": 3, "sha256": "ab" * 32}}
+    d = describe_reference(_import_record(tmp_path / "gguf", gguf))
+    assert d["description"] == "dequantized source GGUF (Q4_1)" and d["gguf_type"] == "Q4_1"
+    f16 = {"source": {"kind": "gguf", "file_type": 1}}
+    assert describe_reference(_import_record(tmp_path / "f16", f16))["description"] == (
+        "full precision (source GGUF, F16)"
+    )
+    hf = {"source": {"kind": "hf", "path": "/models/phi-3"}}
+    assert describe_reference(_import_record(tmp_path / "hf", hf))["description"] == (
+        "full precision (HF checkpoint)"
+    )
+    bf16 = describe_reference(_import_record(tmp_path / "bf16", hf, dtype="bfloat16"))
+    assert bf16["description"] == "full precision (HF checkpoint, stored as bfloat16)"
+    merged = _import_record(tmp_path / "merged", gguf, merge={"adapter": {"path": "/a"}})
+    assert describe_reference(merged)["description"] == (
+        "dequantized source GGUF (Q4_1) + merged LoRA adapter"
+    )
+    assert describe_reference(_import_record(tmp_path / "bare"))["description"].startswith(
+        "HF checkpoint without an import record"
+    )
+
+
+def test_expert_eval_quality_gate_exits_1_on_a_failing_gate(
+    tiny_phi3_hf, plant_dir, tmp_path, monkeypatch, capsys
+):
+    """The command a Makefile or script runs must stop it on a failed gate, file written."""
+    import build.quality_gate as qg
+
+    onnx = export_llm(tiny_phi3_hf, tmp_path / "int4", verify=False)
+    strict = GateThresholds(
+        max_perplexity_increase_pct=0.0, min_top1_agreement=1.0, min_answer_agreement=1.0
+    )
+    real = qg.run_quality_gate
+    monkeypatch.setattr(  # the command's defaults, but strict marks and the FAST sizes
+        qg,
+        "run_quality_gate",
+        lambda **kw: real(**kw, thresholds=strict, settings=FAST),
+    )
+    out = tmp_path / "gate.json"
+    args = ["eval", "quality-gate", "--hf", str(tiny_phi3_hf), "--onnx", str(onnx)]
+    args += ["--docs", str(plant_dir / "docs"), "--questions", str(plant_dir / "qa/eval.jsonl")]
+    assert expert([*args, "--out", str(out)]) == 1
+    captured = capsys.readouterr()
+    assert "quality gate FAILED" in captured.err and "--accept-quality-loss" in captured.err
+    gate = json.loads(out.read_text())
+    assert gate["passed"] is False and gate["model"]["sha256"] in captured.out
+    lenient = GateThresholds(1e6, 0.0, 0.0)
+    monkeypatch.setattr(
+        qg, "run_quality_gate", lambda **kw: real(**kw, thresholds=lenient, settings=FAST)
+    )
+    assert expert([*args, "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["passed"] is True
+
+
 @pytest.mark.slow
 def test_smollm2_default_int4_passes_the_default_gate(smollm2_hf, smollm2_onnx_int4, plant_dir):
     result = run_quality_gate(
@@ -123,3 +197,4 @@ def test_smollm2_default_int4_passes_the_default_gate(smollm2_hf, smollm2_onnx_i
     )
     assert result.passed, result.to_dict()
     assert result.tokens_scored > 2000 and result.questions == 8
+    assert result.reference["description"] == "dequantized source GGUF (Q4_1)"
