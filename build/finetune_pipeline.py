@@ -65,6 +65,9 @@ class FinetuneOptions:
     steps. A fixed step count, not a time limit, keeps the run reproducible. On a bigger
     machine ask for full epochs: `--train-epochs 3` (max_steps is then unset). No gradient
     checkpointing: memory is not the limit on a 135M model and recomputation only costs time.
+    How these values were chosen: from the time budget alone, not from any evaluation score;
+    a setting tuned on scores must be chosen on the dev split of the eval questions only
+    (`build.evaluation.load_questions(path, split="dev")`), never on test.
     """
 
     method: str = "lora"

@@ -270,3 +270,41 @@ def test_every_reference_answer_scores_correct_under_the_strict_rules(corpus):
         if s.verdict != "correct":
             bad.append((q.id, s.verdict, s.facts_missing, s.conflicting))
     assert not bad, bad
+
+
+def test_results_folder_and_rescoring_stored_answers(tmp_path):
+    import json
+
+    from build.eval_report import main, rebuild_report, write_results
+
+    modes = standard_modes("base-llm", None, only=["base+rag"])
+    answers = {
+        "d1": ("24 N·m [1].", ()),
+        "d2": (NOT_IN_DOCUMENTS, ()),
+        "t1": ("24 N·m [1].", ()),
+        "t2": ("The documents do not give the price, but it is 450 EUR.", ()),
+    }
+    records = [_record(q, "base+rag", *answers[q.id]) for q in QS]
+    # a stored score from lenient rules: t2's hedge was once counted as an abstention
+    records[3].abstained = True
+    records[3].score = {**records[3].score, "verdict": "correct"}
+    report = build_report(QS, modes, records)
+    assert report["summary"]["base+rag"]["abstention_accuracy"] == 1.0
+    path = tmp_path / "plant" / "report.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps(report), encoding="utf-8")
+
+    again = rebuild_report(json.loads(path.read_text(encoding="utf-8")), rescore=True)
+    t2 = next(q for q in again["questions"] if q["id"] == "t2")["results"]["base+rag"]
+    assert t2["score"]["verdict"] == "hallucinated" and not t2["abstained"]
+    assert again["summary"]["base+rag"]["abstention_accuracy"] == 0.0
+
+    paths = write_results({"plant": path}, tmp_path / "results")
+    summary = paths["summary"].read_text(encoding="utf-8")
+    assert "## plant" in summary and "### Test split (2 questions" in summary
+    assert "### Dev split (2 questions" in summary and "| Base + RAG |" in summary
+    assert json.loads(paths["plant"].read_text(encoding="utf-8"))["questions"][0]["results"]
+    with pytest.raises(SystemExit):
+        main(["results", "plant", "--out", str(tmp_path / "r2")])  # NAME=PATH required
+    assert main(["rescore", str(path), "--out", str(tmp_path / "re")]) == 0
+    assert (tmp_path / "re" / "report.json").is_file()
