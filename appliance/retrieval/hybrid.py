@@ -179,7 +179,7 @@ class Retriever:
             raise UserFacingError('filters must be an object such as {"line": "A"}')
         self.refresh()
         snap = self._snap  # the whole query uses this one version
-        qvec = self.embedder.embed([query])[0]
+        qvec = self.embedder.embed([query], kind="query")[0]
         return self._search(snap, query, qvec, k, filters or None, mode)
 
     def _search(
