@@ -13,6 +13,7 @@ Test: .venv/bin/pytest tests/appliance/test_retrieval_keywords.py
 from __future__ import annotations
 
 import re
+import unicodedata
 
 # A code: alphanumeric parts joined by - _ . with at least one letter and one digit overall,
 # or a single mixed token such as E47 or 6310C3. Not part of a longer word.
@@ -26,6 +27,19 @@ STOPWORDS = frozenset(
     these they this to was we were what when where which who whom why will with would you your
     about after before during tell give show explain please there's what's""".split()
 )
+# Spanish question words and function words, written without accents: the FTS5 tokenizer
+# (unicode61 remove_diacritics 2) folds "qué" to "que", and so does `_fold` below.
+STOPWORDS_ES = frozenset(
+    """a al ante con como cual cuales cuando cuanto cuanta cuantos cuantas de del desde donde
+    el ella ellos en entre es esta estas este estos esa ese hay la las le les lo los mas me mi
+    muy no nos o para pero por que quien se segun ser si sin sobre son su sus tiene un una unas
+    uno unos y ya hace debe puede decir dime explica explique indique""".split()
+)
+
+
+def _fold(word: str) -> str:
+    """'Qué' -> 'que', 'año' -> 'ano': the folding of FTS5's remove_diacritics 2."""
+    return "".join(c for c in unicodedata.normalize("NFD", word) if not unicodedata.combining(c))
 
 
 def _is_code(token: str) -> bool:
@@ -60,14 +74,17 @@ def codes_column(text: str) -> str:
 def fts_query(text: str, max_terms: int = 32) -> str | None:
     """An FTS5 MATCH expression for a free-text question, or None if nothing is searchable.
 
-    Terms are quoted (so FTS5 operators in user text are inert) and OR-ed; BM25 ranks chunks
-    that hold more and rarer terms higher. Stop words are dropped.
+        Terms are quoted (so FTS5 operators in user text are inert) and OR-ed; BM25 ranks chunks
+        that hold more and rarer terms higher. English and Spanish stop words are dropped (Spanish
+    compared without accents, as FTS5 folds them).
     """
     terms: dict[str, None] = {}
     for code in code_terms(text):
         terms[code] = None
     for word in _WORD_RE.findall(text.lower()):
-        if word in STOPWORDS or (len(word) < 2 and not word.isdigit()):
+        if word in STOPWORDS or _fold(word) in STOPWORDS_ES:
+            continue
+        if len(word) < 2 and not word.isdigit():
             continue
         terms[word] = None
     if not terms:

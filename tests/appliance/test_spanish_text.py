@@ -1,0 +1,129 @@
+# Run: .venv/bin/pytest tests/appliance/test_spanish_text.py
+"""Spanish text through the keyword side, the chunker and the embedder's role prefixes.
+
+Accents, ñ, ¿ ¡ and Spanish stop words must not cost the keyword search anything; token-sized
+chunks must be sized in the embedder's own tokens for Spanish text too; an embedder whose
+embedder.json carries E5-style prefixes applies them by role.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from appliance.documents import ChunkingConfig, chunk_document, tokenizer_offsets
+from appliance.documents.loaders import load_bytes
+from appliance.embedding import OnnxEmbedder
+from appliance.retrieval.keywords import codes_column, fts_query
+
+DOCS = {
+    1: "El archivo «/etc/shadow» guarda la contraseña cifrada; sus permisos son -rw-r-----.",
+    2: "La señal de año nuevo: el pingüino dispara la alarma E-47 en la línea B.",
+    3: "¿Qué hace la tecla «q»? Sale de la pantalla actual y guarda los cambios.",
+    4: "El servicio IPP de CUPS escucha en el puerto 631; ¡compruebe el cortafuegos!",
+}
+
+
+@pytest.fixture
+def fts() -> sqlite3.Connection:
+    db = sqlite3.connect(":memory:")
+    db.execute(
+        "CREATE VIRTUAL TABLE t USING fts5(body, codes, tokenize='unicode61 remove_diacritics 2')"
+    )
+    for rowid, text in DOCS.items():
+        db.execute(
+            "INSERT INTO t(rowid, body, codes) VALUES (?,?,?)", (rowid, text, codes_column(text))
+        )
+    return db
+
+
+def hits(db: sqlite3.Connection, query: str) -> list[int]:
+    q = fts_query(query)
+    assert q is not None, query
+    rows = db.execute("SELECT rowid FROM t WHERE t MATCH ? ORDER BY bm25(t, 1.0, 2.0)", (q,))
+    return [r[0] for r in rows]
+
+
+def test_accents_and_enye_match_with_or_without_them(fts) -> None:
+    for spelling in ("contraseña", "contrasena", "CONTRASEÑA", "contraséña"):
+        assert hits(fts, spelling) == [1], spelling
+    for spelling in ("pingüino", "pinguino", "año", "ano"):
+        assert hits(fts, spelling)[0] == 2, spelling
+    assert hits(fts, "línea")[0] == hits(fts, "linea")[0] == 2
+
+
+def test_inverted_punctuation_is_not_part_of_a_term(fts) -> None:
+    assert hits(fts, "¿Qué puerto usa CUPS?")[0] == 4
+    assert hits(fts, "¡cortafuegos!") == [4]
+    assert hits(fts, "«tecla»") == [3]
+    assert hits(fts, "¿E-47?") == [2]
+
+
+def test_spanish_stop_words_are_dropped_accented_or_not() -> None:
+    q = fts_query("¿Cuál es el puerto de CUPS y qué hace la tecla?")
+    assert q == '"puerto" OR "cups" OR "tecla"'
+    assert fts_query("¿Qué es lo que hay?") is None
+    assert fts_query("que es lo que hay") is None
+    # English questions keep their behaviour.
+    assert fts_query("What does alarm E-47 mean?") == '"e47" OR "alarm" OR "47" OR "mean"'
+
+
+def test_stop_words_do_not_drown_the_content_word(fts) -> None:
+    # Without stop words removed, "la", "de", "el" would rank every document; the answer wins.
+    assert hits(fts, "¿Dónde está la contraseña de la cuenta?")[0] == 1
+    assert len(hits(fts, "¿Dónde está la contraseña de la cuenta?")) == 1
+
+
+SPANISH = (
+    "# Gestión de paquetes\n\n"
+    + "La orden «apt-get update» actualiza la información de los paquetes; después, "
+    "«apt-get upgrade» instala las versiones nuevas sin eliminar ningún paquete. "
+    * 12
+    + "\n\n## Señales y años\n\n"
+    + "¿Cuántos días? Más de 10 días de antigüedad, según el equipo de publicación. " * 9
+)
+
+
+def test_chunks_are_sized_in_the_embedders_tokens_for_spanish(embedder_onnx: Path) -> None:
+    emb = OnnxEmbedder(embedder_onnx, threads=1)
+    doc = load_bytes(SPANISH.encode("utf-8"), "paquetes.md")
+    cfg = ChunkingConfig(max_tokens=48, overlap_tokens=8)
+    chunks = chunk_document(doc, tokenizer_offsets(emb.tokenizer), cfg)
+    assert len(chunks) > 4
+    full, _ = doc.full_text()
+    for c in chunks:
+        # Offsets are character offsets: a chunk never cuts a multi-byte letter (ñ, á, ¿) in two.
+        assert full[c.char_start : c.char_end].strip() == c.text
+        assert c.text.encode("utf-8").decode("utf-8") == c.text
+        assert emb.count_tokens(c.text) <= cfg.max_tokens, c.text
+    # Every sentence is covered by some chunk.
+    joined = " ".join(c.text for c in chunks)
+    for word in ("antigüedad", "ningún", "¿Cuántos"):
+        assert word in joined
+    assert any("Señales y años" in c.section_path for c in chunks)
+
+
+def test_role_prefixes_come_from_embedder_json(embedder_onnx: Path, tmp_path: Path) -> None:
+    plain = OnnxEmbedder(embedder_onnx, threads=1)
+    folder = tmp_path / "prefixed"
+    shutil.copytree(embedder_onnx, folder)
+    meta = json.loads((folder / "embedder.json").read_text())
+    meta |= {"query_prefix": "query: ", "passage_prefix": "passage: "}
+    (folder / "embedder.json").write_text(json.dumps(meta))
+    prefixed = OnnxEmbedder(folder, threads=1)
+    text = "¿Qué puerto usa CUPS?"
+    np.testing.assert_allclose(
+        prefixed.embed([text], kind="query"), plain.embed(["query: " + text]), atol=1e-5
+    )
+    np.testing.assert_allclose(prefixed.embed([text]), plain.embed(["passage: " + text]), atol=1e-5)
+    # No prefixes (MiniLM): both roles embed the text as it is.
+    np.testing.assert_allclose(
+        plain.embed([text], kind="query"), plain.embed([text], kind="passage"), atol=1e-6
+    )
+    with pytest.raises(ValueError, match="kind"):
+        prefixed.embed([text], kind="question")
