@@ -64,6 +64,7 @@ class ServeConfig:
     abstain_message: str = ""  # "": appliance.prompting.NOT_IN_DOCUMENTS
     api_keys_file: Path | None = None  # None: <state_dir>/api_keys.json
     threads: int | None = None  # intra-op threads per generation; None: onnxruntime decides
+    ui_language: str = ""  # terminal page language (en, es); "": the browser's Accept-Language
     debug: bool = False
     production: bool = False
 
@@ -108,6 +109,14 @@ class ServeConfig:
             raise bad("abstain_threshold", f"must be a cosine score in [-1, 1], got {t}")
         if self.threads is not None and self.threads < 1:
             raise bad("threads", f"must be >= 1, got {self.threads}")
+        from appliance.i18n import LANGUAGES
+
+        if self.ui_language and self.ui_language not in LANGUAGES:
+            raise bad(
+                "ui_language",
+                f"must be one of {', '.join(LANGUAGES)} or empty (browser's choice), got "
+                f"{self.ui_language!r}",
+            )
         if self.debug and (self.production or not is_loopback(self.host)):
             raise bad(
                 "debug",

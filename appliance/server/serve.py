@@ -53,6 +53,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--abstain-message", help="what to answer then")
     parser.add_argument("--api-keys-file", type=Path, help="default <state-dir>/api_keys.json")
     parser.add_argument("--threads", type=int, help="onnxruntime threads per generation")
+    parser.add_argument(
+        "--ui-language",
+        choices=("en", "es"),
+        help="terminal page language (default: from the browser's Accept-Language)",
+    )
     parser.add_argument("--drain-timeout-s", type=float, default=30.0, help="SIGTERM grace (s)")
     parser.add_argument(
         "--debug", action="store_true", default=None, help="development only; refused in production"
@@ -67,7 +72,7 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
     names = (
         "bundle state_dir host port slots max_queue queue_timeout_s request_timeout_s "
         "max_body_bytes max_document_bytes max_tokens_limit top_k abstain_threshold abstain_message api_keys_file "
-        "threads debug"
+        "threads ui_language debug"
     ).split()
     return ServeConfig.load({n: getattr(args, n, None) for n in names})
 

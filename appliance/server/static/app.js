@@ -13,6 +13,13 @@
   const status = $("status");
   const keyForm = $("keyform");
   const keyInput = $("apikey");
+  // The page's message catalogue (appliance/i18n.py), in the language the server chose.
+  const messages = JSON.parse($("messages").textContent);
+  function t(key, vars) {
+    let text = messages[key] || key;
+    for (const [k, v] of Object.entries(vars || {})) text = text.replace("{" + k + "}", v);
+    return text;
+  }
 
   let apiKey = sessionStorage.getItem("expert-api-key") || "";
   let model = null;
@@ -39,16 +46,16 @@
   async function connect() {
     try {
       const r = await fetch("/v1/models", { headers: headers() });
-      if (r.status === 401) { askForKey("An API key is needed."); return; }
-      if (!r.ok) { setStatus("Service not ready (" + r.status + "). Retrying…"); setTimeout(connect, 3000); return; }
+      if (r.status === 401) { askForKey(t("need_key")); return; }
+      if (!r.ok) { setStatus(t("not_ready", { status: r.status })); setTimeout(connect, 3000); return; }
       const body = await r.json();
       model = body.data.length ? body.data[0].id : null;
       keyForm.hidden = true;
       form.hidden = false;
-      setStatus("Ready · " + (model || "model"));
+      setStatus(t("ready") + " · " + (model || "model"));
       question.focus();
     } catch (e) {
-      setStatus("Cannot reach the service. Retrying…");
+      setStatus(t("unreachable"));
       setTimeout(connect, 3000);
     }
   }
@@ -62,7 +69,7 @@
 
   function addTurn(role, text) {
     const turn = el("article", "turn " + role);
-    turn.appendChild(el("div", "who", role === "user" ? "You" : "Expert"));
+    turn.appendChild(el("div", "who", role === "user" ? t("you") : t("expert")));
     const body = el("div", "text", text);
     turn.appendChild(body);
     conversation.appendChild(turn);
@@ -73,8 +80,8 @@
   function where(s) {
     const parts = [s.title || s.document, s.section].filter(Boolean);
     let w = parts.join(" › ");
-    if (s.page !== null && s.page !== undefined) w += (w ? ", " : "") + "page " + s.page;
-    return w || "passage";
+    if (s.page !== null && s.page !== undefined) w += (w ? ", " : "") + t("page") + " " + s.page;
+    return w || t("passage");
   }
 
   function renderSources(turn, sources) {
@@ -82,17 +89,18 @@
     if (old) old.remove();
     if (!sources || !sources.length) return null;
     const box = el("section", "sources");
-    box.setAttribute("aria-label", "Sources");
-    box.appendChild(el("h2", null, "Sources"));
+    box.setAttribute("aria-label", t("sources"));
+    box.appendChild(el("h2", null, t("sources")));
     const cited = sources.filter((s) => s.cited);
     const shown = cited.length ? cited.concat(sources.filter((s) => !s.cited)) : sources;
     for (const s of shown) {
       const d = el("details", "source");
       d.dataset.n = String(s.n);
-      const summary = el("summary", null, "[" + s.n + "] " + where(s) + (s.cited ? " (cited)" : ""));
+      const summary = el("summary", null, "[" + s.n + "] " + where(s) + (s.cited ? " (" + t("cited") + ")" : ""));
       d.appendChild(summary);
       d.appendChild(el("div", "passage", s.text));
-      const meta = "document " + s.document + " · chunk " + s.chunk_id + " · score " +
+      const meta = t("document") + " " + s.document + " · " + t("chunk") + " " + s.chunk_id +
+        " · " + t("score") + " " +
         (typeof s.score === "number" ? s.score.toFixed(3) : s.score);
       d.appendChild(el("div", "meta", meta));
       box.appendChild(d);
@@ -124,9 +132,9 @@
         body: JSON.stringify({ model: model || undefined, messages, stream: true }),
         signal: controller.signal,
       });
-      if (r.status === 401) { turn.remove(); askForKey("The API key was not accepted."); return; }
+      if (r.status === 401) { turn.remove(); askForKey(t("key_rejected")); return; }
       if (!r.ok) {
-        let msg = "Error " + r.status;
+        let msg = t("error_status", { status: r.status });
         try { msg = (await r.json()).error.message; } catch (e) { /* keep the status */ }
         throw new Error(msg);
       }
@@ -158,18 +166,18 @@
           }
         }
       }
-      if (!finished) throw new Error("the answer was cut off");
+      if (!finished) throw new Error(t("cut_off"));
       history.push({ role: "user", content: text }, { role: "assistant", content: answer });
       lastSources = turn.querySelector(".sources");
       turn.dataset.state = "done";
     } catch (e) {
       if (e.name === "AbortError") {
         turn.dataset.state = "stopped";
-        body.textContent = answer + (answer ? " " : "") + "[stopped]";
+        body.textContent = answer + (answer ? " " : "") + t("stopped");
       } else {
         turn.classList.add("error");
         turn.dataset.state = "error";
-        body.textContent = "Could not answer: " + e.message;
+        body.textContent = t("could_not_answer", { message: e.message });
       }
     } finally {
       controller = null;
@@ -209,7 +217,7 @@
     conversation.textContent = "";
     question.value = "";
     question.focus();
-    setStatus("New conversation · " + (model || "model"));
+    setStatus(t("new_conversation_status") + " · " + (model || "model"));
   }
   $("new").addEventListener("click", newConversation);
 
