@@ -6,7 +6,8 @@
   the expected keys and a split ("dev" | "test")
 - every expected fact occurs in its source page, read by the appliance's own loaders (the text
   that is indexed): as a substring (case and whitespace aside) and as the strict scorer matches
-  it (build.eval_metrics.fact_present)
+  it (build.eval_metrics.fact_present); the plant-derived file's facts are the English plant
+  set's own, so there only the substring check applies (the scorer form is that set's business)
 - unanswerable questions have no facts and source null, and the near-miss words they hinge on
   (tools/questions.py TRAPS) occur nowhere in the corpus
 - both splits of every file hold answerable and unanswerable questions
@@ -53,7 +54,9 @@ def page_texts(base: Path) -> dict[str, str]:
     return texts
 
 
-def check_file(path: Path, pages: dict[str, str], raw: str) -> tuple[list[str], int]:
+def check_file(
+    path: Path, pages: dict[str, str], raw: str, scorer_form: bool = True
+) -> tuple[list[str], int]:
     errors: list[str] = []
     rows = []
     for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
@@ -89,7 +92,7 @@ def check_file(path: Path, pages: dict[str, str], raw: str) -> tuple[list[str], 
             n_facts += 1
             if norm(fact) not in norm(text):
                 errors.append(f"{rid}: fact {fact!r} not in {r['source']}")
-            elif not fact_present(fact, text):
+            elif scorer_form and not fact_present(fact, text):
                 errors.append(
                     f"{rid}: fact {fact!r} in {r['source']} but not as the scorer reads it"
                 )
@@ -107,7 +110,7 @@ def main() -> int:
     raw = " ".join(p.read_text(encoding="utf-8").lower() for p in (CORPUS / "docs").glob("*"))
     total = 0
     for path, base in SETS:
-        errs, n = check_file(path, page_texts(base), raw)
+        errs, n = check_file(path, page_texts(base), raw, scorer_form=base == CORPUS)
         errors += errs
         total += n
     print(f"{total} facts checked")
