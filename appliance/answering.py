@@ -23,13 +23,14 @@ import math
 import re
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Protocol
 
 from appliance.errors import UserFacingError
 from appliance.generation.base import GenerationParams, Generator
 from appliance.grounding import Evidence, best_sentence, occurs, value_spans
 from appliance.grounding import check as check_grounding
+from appliance.i18n import detect_language
 from appliance.prompting import (
     NOT_IN_DOCUMENTS,
     PLANT_WORDING,
@@ -138,6 +139,14 @@ class AnswerPolicy:
     @property
     def abstain_text(self) -> str:
         return self.abstain_message or self.wording.abstain
+
+    def for_question(self, question: str) -> AnswerPolicy:
+        """This policy with its wording in the question's language (appliance.i18n), so a
+        Spanish question gets the Spanish prompt and abstention whatever the documents' language.
+        An operator's own system prompt or abstention message is kept as given."""
+        language = detect_language(question, default=self.wording.language)
+        words = self.wording.in_language(language)
+        return self if words is self.wording else replace(self, wording=words)
 
     @classmethod
     def from_manifest(cls, manifest: Mapping | None, **overrides) -> AnswerPolicy:
@@ -273,6 +282,7 @@ def prepare(
     policy = policy or AnswerPolicy()
     if not question or not question.strip():
         raise UserFacingError("the question is empty; ask something")
+    policy = policy.for_question(question)
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     passages: list[PassageLike] | None = None
