@@ -290,7 +290,14 @@ def load_bundle(
     signed = False
     if sig_path.is_symlink() or (sig_path.exists() and not sig_path.is_file()):
         raise BundleError(f"{sig_path}: must be a regular file")
-    if sig_path.is_file() and public_key is not None:
+    if public_key is not None:
+        # A configured key means every bundle must carry a valid signature: deleting
+        # manifest.sig must not turn a tampered bundle into an accepted unsigned one.
+        if not sig_path.is_file():
+            raise BundleError(
+                f"{sig_path}: missing, and a bundle public key is configured ({public_key}), so "
+                "only signed bundles are accepted: build it with `expert bundle --sign-key KEY`"
+            )
         verify_signature(root, Path(public_key))
         signed = True
     elif require_signature:

@@ -51,6 +51,9 @@ METADATA_FILE = "metadata.json"
 DOC_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 REBUILD_DELETED_FRACTION = 0.3  # rebuild the graph when this share of its slots is deleted
 SOURCES = ("folder", "api")
+# How long a live update (the service's POST/DELETE /v1/documents) waits for another writer,
+# such as `expert ingest`, before it is answered 409 (try again).
+API_LOCK_TIMEOUT_S = 10.0
 
 
 def _now() -> str:
@@ -592,7 +595,7 @@ class AddReport:
 def add_documents(index_dir: Path, embedder, inputs: Sequence[DocumentInput]) -> AddReport:
     """Add or replace documents (source 'api') and publish a new version."""
     report = AddReport()
-    with IndexWriter(index_dir, embedder) as writer:
+    with IndexWriter(index_dir, embedder, lock_timeout_s=API_LOCK_TIMEOUT_S) as writer:
         for item in inputs:
             try:
                 doc = item.load()
@@ -609,7 +612,7 @@ def add_documents(index_dir: Path, embedder, inputs: Sequence[DocumentInput]) ->
 
 def delete_document(index_dir: Path, embedder, doc_id: str) -> bool:
     """Delete a document (any source); True if it existed. Publishes a new version."""
-    with IndexWriter(index_dir, embedder) as writer:
+    with IndexWriter(index_dir, embedder, lock_timeout_s=API_LOCK_TIMEOUT_S) as writer:
         existed = writer.delete(doc_id)
         writer.commit()
     return existed

@@ -22,6 +22,7 @@ from flask import Blueprint, Response, g, jsonify, request
 from appliance.answering import AnswerStream, ContextOverflowError, prepare
 from appliance.errors import UserFacingError
 from appliance.generation.base import GenerationParams
+from appliance.retrieval.versions import IndexLockedError
 from appliance.server.app import RequestInfo, record_request, service
 from appliance.server.slots import Overloaded
 from appliance.server.validation import (
@@ -245,8 +246,10 @@ def chat_completions():
     )
 
 
-def _acquire_slot(svc):
-    """A generation slot, or a 503 with Retry-After (draining, queue full, wait timed out)."""
+def _acquire_slot(svc, pool=None, what: str = "generation"):
+    """A slot of `pool` (default: generation), or a 503 with Retry-After (draining, queue
+    full, wait timed out)."""
+    pool = svc.slots if pool is None else pool
     if svc.draining:
         raise ApiError(
             503,
@@ -256,13 +259,13 @@ def _acquire_slot(svc):
             headers={"Retry-After": "5"},
         )
     try:
-        return svc.slots.acquire(timeout=svc.config.queue_timeout_s)
+        return pool.acquire(timeout=svc.config.queue_timeout_s)
     except Overloaded as exc:
         svc.metrics.rejected.inc(exc.reason)
         why = (
-            "all generation slots are busy and the queue is full"
+            f"all {what} slots are busy and the queue is full"
             if exc.reason == "queue_full"
-            else f"no generation slot became free within {svc.config.queue_timeout_s:g} s"
+            else f"no {what} slot became free within {svc.config.queue_timeout_s:g} s"
         )
         raise ApiError(
             503,
@@ -305,8 +308,9 @@ def embeddings():
             param="model",
             code="model_not_found",
         )
-    vectors = np.asarray(rt.embedder.embed(req.inputs), dtype=np.float32)
-    tokens = sum(rt.embedder.count_tokens(t) for t in req.inputs)
+    with _acquire_slot(svc, svc.cpu_slots, "embedding/retrieval"):
+        vectors = np.asarray(rt.embedder.embed(req.inputs), dtype=np.float32)
+        tokens = sum(rt.embedder.count_tokens(t) for t in req.inputs)
     data = []
     for i, v in enumerate(vectors):
         value = (
@@ -334,7 +338,8 @@ def retrieve():
         raise ApiError(404, "this service has no document index", code="unsupported")
     t0 = time.perf_counter()
     try:
-        passages = rt.retriever.search(req.query, k=req.k, filters=req.filters, mode=req.mode)
+        with _acquire_slot(svc, svc.cpu_slots, "embedding/retrieval"):
+            passages = rt.retriever.search(req.query, k=req.k, filters=req.filters, mode=req.mode)
     except (UserFacingError, ValueError) as exc:
         raise ApiError(422, scrub(f"filters: {exc}"), param="filters") from None
     svc.metrics.retrieval.observe(time.perf_counter() - t0)
@@ -389,6 +394,8 @@ def add_documents():
     slot = _acquire_slot(svc)
     try:
         report = retriever.add_documents(inputs)
+    except IndexLockedError as exc:
+        raise _locked(exc) from None
     except UserFacingError as exc:
         raise ApiError(422, scrub(f"documents: {exc}"), param="documents") from None
     finally:
@@ -407,6 +414,17 @@ def add_documents():
     return resp
 
 
+def _locked(exc: Exception) -> ApiError:
+    """Another writer holds the index: a conflict to retry, not a bad request."""
+    return ApiError(
+        409,
+        scrub(f"documents: {exc}"),
+        type="conflict_error",
+        code="index_locked",
+        headers={"Retry-After": "5"},
+    )
+
+
 @bp.delete("/v1/documents/<doc_id>")
 def delete_document(doc_id: str):
     svc = service()
@@ -414,7 +432,10 @@ def delete_document(doc_id: str):
     if not DOC_ID.match(doc_id):
         raise ApiError(422, "doc_id: use 1-128 letters, digits, '.', '_' or '-'", param="doc_id")
     try:
-        existed = retriever.delete_document(doc_id)
+        with _acquire_slot(svc, svc.cpu_slots, "embedding/retrieval"):
+            existed = retriever.delete_document(doc_id)
+    except IndexLockedError as exc:
+        raise _locked(exc) from None
     except UserFacingError as exc:
         raise ApiError(422, scrub(f"doc_id: {exc}"), param="doc_id") from None
     if not existed:

@@ -17,10 +17,9 @@ from dataclasses import dataclass
 from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from appliance.errors import UserFacingError
 from appliance.generation.base import Generator
-from appliance.server.auth import KeyStore
-from appliance.server.config import ServeConfig, is_loopback
+from appliance.server.auth import KeyStore, require_keys_for_bind
+from appliance.server.config import ServeConfig, host_allowed, is_loopback
 from appliance.server.runtime import Runtime, Service, answer_policy, load_runtime
 from appliance.server.validation import ApiError
 
@@ -72,11 +71,58 @@ def error_response(err: ApiError) -> Response:
 
 
 def check_bind_security(config: ServeConfig, keys: KeyStore) -> None:
-    if not is_loopback(config.host) and not keys.enabled:
-        raise UserFacingError(
-            f"refusing to listen on {config.host} without API keys: anyone on the network "
-            "could use the service. Add a key with `expert serve --add-key NAME` (keys file "
-            f"{config.keys_path}), or bind 127.0.0.1"
+    require_keys_for_bind(config.host, keys, config.keys_path)
+
+
+JSON_METHODS = frozenset({"POST", "PUT", "PATCH"})
+
+
+def check_host_and_origin(config: ServeConfig) -> None:
+    """403 for a Host that does not name this service (DNS rebinding) and for an Origin that
+    is neither the service's own nor configured (a page elsewhere, in the terminal's browser).
+    Clients that are not browsers send no Origin and are unaffected."""
+    host = request.host or ""
+    if host.startswith("["):  # [v6]:port
+        hostname = host.partition("]")[0] + "]"
+    elif host.count(":") == 1:  # name:port, v4:port
+        hostname = host.partition(":")[0]
+    else:
+        hostname = host
+    if not host_allowed(config, hostname):
+        raise ApiError(
+            403,
+            f"Host {escape_for_log(host, 200)!r} does not name this service; use its address, "
+            "or add the name to allowed_hosts (EXPERT_ALLOWED_HOSTS)",
+            type="permission_error",
+            code="host_not_allowed",
+        )
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return
+    own = f"{request.scheme}://{host}".lower()
+    if origin.lower().rstrip("/") in (own, *config.origins):
+        return
+    raise ApiError(
+        403,
+        f"Origin {escape_for_log(origin, 200)!r} may not call this service from a browser; "
+        "add it to allowed_origins (EXPERT_ALLOWED_ORIGINS) if it should",
+        type="permission_error",
+        code="origin_not_allowed",
+    )
+
+
+def check_json_content_type() -> None:
+    """A body sent to the JSON API must say it is JSON: a browser sends text/plain, form and
+    multipart bodies across sites without asking the server first (no CORS preflight)."""
+    if request.method not in JSON_METHODS or not (request.endpoint or "").startswith("api."):
+        return
+    if request.mimetype != "application/json":
+        raise ApiError(
+            415,
+            f"Content-Type {escape_for_log(request.content_type or '(none)', 200)!r} is not "
+            "accepted: send the body as JSON with `Content-Type: application/json`",
+            param="Content-Type",
+            code="unsupported_media_type",
         )
 
 
@@ -131,10 +177,12 @@ def create_app(
         g.t_start = time.perf_counter()
         g.streaming = False
         g.key_name = None
+        check_host_and_origin(config)
         if request.endpoint in PUBLIC_ENDPOINTS:
             return
         keys = svc.keys
-        if not keys.enabled:
+        if not keys.enabled and is_loopback(config.host):
+            check_json_content_type()
             return
         header = request.headers.get("Authorization", "")
         presented = header[7:].strip() if header[:7].lower() == "bearer " else None
@@ -149,6 +197,7 @@ def create_app(
                 headers={"WWW-Authenticate": 'Bearer realm="industry-expert"'},
             )
         g.key_name = name
+        check_json_content_type()
 
     @app.after_request
     def _finish(resp: Response) -> Response:

@@ -89,6 +89,18 @@ class KeyStore:
         return found
 
 
+def require_keys_for_bind(host: str, keys: KeyStore, keys_path: Path) -> None:
+    """A service bound beyond loopback never serves without keys: at start, and on reload."""
+    from appliance.server.config import is_loopback
+
+    if not is_loopback(host) and not keys.enabled:
+        raise UserFacingError(
+            f"refusing to listen on {host} without API keys: anyone on the network "
+            "could use the service. Add a key with `expert serve --add-key NAME` (keys file "
+            f"{keys_path}), or bind 127.0.0.1"
+        )
+
+
 def _write(path: Path, keys: list[StoredKey]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     data = {

@@ -55,7 +55,16 @@ class ServeConfig:
     max_queue: int = 0  # 0: 4 x slots
     queue_timeout_s: float = 30.0
     request_timeout_s: float = 300.0
-    max_body_bytes: int = 1 << 20
+    max_body_bytes: int = 1 << 20  # every route but POST /v1/documents
+    # A connection must deliver the request line and headers within header_timeout_s of
+    # starting to wait for a request, and the whole request within read_timeout_s, however
+    # slowly it trickles bytes; at most max_connections are open at once.
+    header_timeout_s: float = 10.0
+    read_timeout_s: float = 120.0
+    max_connections: int = 500
+    # Concurrent CPU-heavy non-generation requests (/v1/embeddings, /v1/retrieve, DELETE
+    # /v1/documents); as many more may wait, the rest get 503. 0: as many as `slots`.
+    cpu_slots: int = 0
     max_document_bytes: int = 32 << 20  # POST /v1/documents (a manual as base64 JSON)
     max_tokens_default: int = 256
     max_tokens_limit: int = 2048
@@ -63,6 +72,13 @@ class ServeConfig:
     abstain_threshold: float | None = None  # None: the bundle's value, else the default
     abstain_message: str = ""  # "": appliance.prompting.NOT_IN_DOCUMENTS
     api_keys_file: Path | None = None  # None: <state_dir>/api_keys.json
+    # Host names (comma-separated) a request's Host may carry besides the bound address and
+    # loopback names: the names terminals use for this box. Anything else is a DNS-rebinding
+    # page and gets 403.
+    allowed_hosts: str = ""
+    # Origins (scheme://host[:port], comma-separated) of other web pages allowed to call the
+    # API from a browser; the service's own origin always is. Any other Origin gets 403.
+    allowed_origins: str = ""
     threads: int | None = None  # intra-op threads per generation; None: onnxruntime decides
     ui_language: str = ""  # terminal page language (en, es); "": the browser's Accept-Language
     debug: bool = False
@@ -87,6 +103,14 @@ class ServeConfig:
             v = getattr(self, name)
             if not (math.isfinite(v) and v > 0):
                 raise bad(name, f"must be a positive number of seconds, got {v}")
+        for name in ("header_timeout_s", "read_timeout_s"):
+            v = getattr(self, name)
+            if not (math.isfinite(v) and v > 0):
+                raise bad(name, f"must be a positive number of seconds, got {v}")
+        if not (16 <= self.max_connections <= 10_000):
+            raise bad("max_connections", f"must be 16-10000, got {self.max_connections}")
+        if not (0 <= self.cpu_slots <= MAX_SLOTS):
+            raise bad("cpu_slots", f"must be 0-{MAX_SLOTS} (0 = slots), got {self.cpu_slots}")
         if not (1024 <= self.max_body_bytes <= 64 << 20):
             raise bad("max_body_bytes", f"must be 1 KiB-64 MiB, got {self.max_body_bytes}")
         if not (self.max_body_bytes <= self.max_document_bytes <= 512 << 20):
@@ -117,6 +141,16 @@ class ServeConfig:
                 f"must be one of {', '.join(LANGUAGES)} or empty (browser's choice), got "
                 f"{self.ui_language!r}",
             )
+        for name in ("allowed_hosts", "allowed_origins"):
+            for item in _split_list(getattr(self, name)):
+                if any(c.isspace() for c in item) or "/" in item.partition("://")[2]:
+                    raise bad(name, f"{item!r} is not valid; give comma-separated entries")
+        for origin in _split_list(self.allowed_origins):
+            if not origin.startswith(("http://", "https://")):
+                raise bad(
+                    "allowed_origins",
+                    f"{origin!r} is not an origin; write it as http(s)://host[:port]",
+                )
         if self.debug and (self.production or not is_loopback(self.host)):
             raise bad(
                 "debug",
@@ -127,6 +161,18 @@ class ServeConfig:
     @property
     def queue_limit(self) -> int:
         return self.max_queue or 4 * self.slots
+
+    @property
+    def cpu_slot_count(self) -> int:
+        return self.cpu_slots or self.slots
+
+    @property
+    def host_names(self) -> frozenset[str]:
+        return frozenset(h.lower().rstrip(".") for h in _split_list(self.allowed_hosts))
+
+    @property
+    def origins(self) -> frozenset[str]:
+        return frozenset(o.lower().rstrip("/") for o in _split_list(self.allowed_origins))
 
     @property
     def keys_path(self) -> Path:
@@ -153,6 +199,44 @@ class ServeConfig:
             # systemd's StateDirectory= sets STATE_DIRECTORY.
             values["state_dir"] = Path(env["STATE_DIRECTORY"].split(":")[0])
         return cls(**values)
+
+
+def _split_list(raw: str) -> list[str]:
+    return [x.strip() for x in (raw or "").split(",") if x.strip()]
+
+
+def host_allowed(config: ServeConfig, hostname: str) -> bool:
+    """Whether a request's Host (without port) names this service.
+
+    A DNS-rebinding page reaches the bound address under the attacker's own name, so a
+    name is accepted only when it is configured (`allowed_hosts`), the bound name, or
+    `localhost` on a loopback or wildcard bind. An address literal is accepted when it is the
+    bound address (any address on a wildcard bind, any loopback one on a loopback bind).
+    """
+    name = hostname.strip().lower().rstrip(".")
+    if name.startswith("[") and name.endswith("]"):
+        name = name[1:-1]
+    if not name:
+        return False
+    bound = config.host.lower()
+    if name == bound or name in config.host_names:
+        return True
+    try:
+        bound_ip = ipaddress.ip_address(bound)
+    except ValueError:
+        bound_ip = None
+    wildcard = bound_ip is not None and bound_ip.is_unspecified
+    if name == "localhost":
+        return wildcard or is_loopback(bound)
+    try:
+        ip = ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    if wildcard:
+        return True
+    if is_loopback(bound):
+        return ip.is_loopback
+    return ip == bound_ip
 
 
 def _parse(name: str, type_name: object, raw: str) -> object:

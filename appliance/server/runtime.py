@@ -21,7 +21,7 @@ from appliance.errors import UserFacingError
 from appliance.generation.base import Generator
 from appliance.quality_gate import describe as describe_gate
 from appliance.quality_gate import gate_summary
-from appliance.server.auth import KeyStore
+from appliance.server.auth import KeyStore, require_keys_for_bind
 from appliance.server.config import ServeConfig
 from appliance.server.metrics import ServiceMetrics
 from appliance.server.slots import SlotPool
@@ -127,6 +127,8 @@ class Service:
         self.loader = loader
         self.keys = keys
         self.slots = SlotPool(config.slots, config.queue_limit)
+        # Embedding, retrieval and deletes: CPU work outside generation, with its own slots.
+        self.cpu_slots = SlotPool(config.cpu_slot_count, config.cpu_slot_count)
         self.metrics = ServiceMetrics(lambda: self.slots.waiting, lambda: self.slots.busy)
         self._runtime = runtime
         self._reload_lock = threading.Lock()
@@ -177,8 +179,10 @@ class Service:
         try:
             t0 = time.perf_counter()
             try:
-                new = self.loader(self.config)
                 keys = KeyStore.load(self.config.keys_path)
+                # Revoking the last key (or losing the key file) must not open the service.
+                require_keys_for_bind(self.config.host, keys, self.config.keys_path)
+                new = self.loader(self.config)
             except (UserFacingError, OSError, ValueError) as exc:
                 self.metrics.reloads.inc("failed")
                 log.error("reload failed, still serving the previous bundle: %s", exc)

@@ -43,6 +43,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--request-timeout-s", type=float, help="longest generation (s)")
     parser.add_argument("--max-body-bytes", type=int, help="largest request body (bytes)")
     parser.add_argument("--max-document-bytes", type=int, help="largest POST /v1/documents body")
+    parser.add_argument("--header-timeout-s", type=float, help="time to send request headers")
+    parser.add_argument("--read-timeout-s", type=float, help="time to send a whole request")
+    parser.add_argument("--max-connections", type=int, help="open connections at most")
+    parser.add_argument("--cpu-slots", type=int, help="concurrent embedding/retrieval requests")
+    parser.add_argument("--allowed-hosts", help="extra Host names (comma-separated)")
+    parser.add_argument("--allowed-origins", help="extra browser origins (comma-separated)")
     parser.add_argument("--max-tokens-limit", type=int, help="largest max_tokens accepted")
     parser.add_argument("--top-k", type=int, help="passages retrieved per question (default 5)")
     parser.add_argument(
@@ -72,7 +78,8 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
     names = (
         "bundle state_dir host port slots max_queue queue_timeout_s request_timeout_s "
         "max_body_bytes max_document_bytes max_tokens_limit top_k abstain_threshold abstain_message api_keys_file "
-        "threads ui_language debug"
+        "threads ui_language debug header_timeout_s read_timeout_s max_connections cpu_slots "
+        "allowed_hosts allowed_origins"
     ).split()
     return ServeConfig.load({n: getattr(args, n, None) for n in names})
 
@@ -102,21 +109,31 @@ def build_server(app, config: ServeConfig):
     """A waitress server for the app, sized so probes are never starved."""
     from waitress import create_server
 
-    threads = config.slots + config.queue_limit + SPARE_THREADS
-    return create_server(
+    from appliance.server.app import EXTENSION
+    from appliance.server.guard import enforce_deadlines, make_channel_class
+
+    # Every request that may wait for a slot holds a thread while it waits; the spare ones
+    # stay free for the probes.
+    threads = config.slots + config.queue_limit + 2 * config.cpu_slot_count + SPARE_THREADS
+    server = create_server(
         app,
         host=config.host,
         port=config.port,
         threads=threads,
         ident="industry-expert",
-        # Flask checks the exact limit and answers with a JSON 413; waitress's own limit
-        # only stops a body from being buffered without bound.
-        max_request_body_size=config.max_document_bytes + (1 << 20),
+        # The guard refuses a body over its route's limit from the headers; this only caps
+        # what any request can make waitress buffer.
+        max_request_body_size=config.max_document_bytes + 1,
         channel_timeout=max(120, int(config.request_timeout_s) + 30),
-        connection_limit=max(100, threads * 4),
+        connection_limit=config.max_connections,
         expose_tracebacks=False,
         clear_untrusted_proxy_headers=True,
     )
+    # Keys and body limits checked on the request line and headers, before any body is read;
+    # per-request read deadlines.
+    server.channel_class = make_channel_class(app.extensions[EXTENSION], config)
+    enforce_deadlines(server)
+    return server
 
 
 def install_signal_handlers(svc, drain_timeout_s: float) -> None:

@@ -23,6 +23,7 @@ from appliance.bundle import (
     install_bundle,
     list_installed,
     load_bundle,
+    load_bundle_with_policy,
     resolve_current,
     rollback,
 )
@@ -233,7 +234,7 @@ def test_garbled_signature_file_is_refused(tmp_path: Path, keys):
 
 def test_unsigned_when_required_is_refused(bundle: Path, keys):
     _, public = keys
-    with pytest.raises(BundleError, match=r"manifest\.sig: missing; this device requires signed"):
+    with pytest.raises(BundleError, match=r"manifest\.sig: missing.*only signed bundles"):
         load_bundle(bundle, require_signature=True, public_key=public)
     with pytest.raises(BundleError, match=r"no public key was given"):
         load_bundle(bundle, require_signature=True)
@@ -356,3 +357,24 @@ def test_device_cli(bundle: Path, tmp_path: Path):
     )
     assert bad.returncode == 2 and "index/chunks.sqlite: sha256 does not match" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# Review findings (issue 12)
+
+
+def test_a_configured_public_key_always_requires_a_signature(tmp_path: Path, keys):
+    """Deleting manifest.sig must not turn a tampered bundle into an accepted unsigned one."""
+    private, public = keys
+    path = make_bundle(tmp_path, signing_key=private)
+    writable(path / "manifest.sig")
+    (path / "manifest.sig").unlink()
+    with pytest.raises(BundleError, match=r"manifest\.sig: missing.*public key is configured"):
+        load_bundle(path, public_key=public)
+    with pytest.raises(BundleError, match=r"manifest\.sig: missing"):
+        load_bundle_with_policy(
+            path, SignaturePolicy.from_env({"EXPERT_BUNDLE_PUBLIC_KEY": str(public)})
+        )
+    with pytest.raises(BundleError, match=r"manifest\.sig: missing"):
+        install_bundle(path, tmp_path / "state", public_key=public)
+    assert list_installed(tmp_path / "state") == []

@@ -235,7 +235,11 @@ def test_health_ready_and_metrics(server):
     chat(server, ANSWERABLE)
     chat(server, OFF_TOPIC)
     chat(server, ANSWERABLE, stream=True)
-    requests.post(f"{server.url}/v1/chat/completions", data=b"{")
+    requests.post(
+        f"{server.url}/v1/chat/completions",
+        data=b"{",
+        headers={"Content-Type": "application/json"},
+    )
     text = requests.get(f"{server.url}/metrics").text
     for name in (
         'expert_requests_total{route="/v1/chat/completions",status="200"} 3',

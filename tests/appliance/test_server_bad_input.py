@@ -235,7 +235,7 @@ def test_log_lines_escape_control_characters(server, caplog):
     caplog.set_level(logging.INFO, logger="appliance.server")
     status, _, _ = raw_request(
         server.port,
-        b"GET /v1/evil%0Aforged%20line%1B[31m HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        b"GET /v1/evil%0Aforged%20line%1B[31m HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
     )
     assert status == 404
     lines = [r.getMessage() for r in caplog.records if "evil" in r.getMessage()]

@@ -82,7 +82,7 @@ def test_client_disconnect_mid_stream_frees_the_slot(serve):
     body = b'{"messages": [{"role": "user", "content": "hi"}], "retrieval": false, "stream": true}'
     sock = socket.create_connection(("127.0.0.1", server.port))
     sock.sendall(
-        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
         + f"Content-Length: {len(body)}\r\n\r\n".encode()
         + body
     )

@@ -23,6 +23,8 @@ from tests.appliance.server_harness import offline_env
 
 # Shared fixtures (tests/appliance/server_harness.py), bound here so pytest finds them.
 serve = server_harness.serve
+small_index = server_harness.small_index
+embedder = server_harness.embedder
 
 
 PROTECTED = [
@@ -35,6 +37,8 @@ PROTECTED = [
     ("POST", "/v1/embeddings", {"input": "x"}),
     ("POST", "/v1/retrieve", {"query": "x"}),
     ("GET", "/v1/documents", None),
+    ("POST", "/v1/documents", {"name": "a.md", "text": "x"}),
+    ("DELETE", "/v1/documents/some-doc", None),
     ("GET", "/metrics", None),
 ]
 
@@ -199,3 +203,134 @@ def test_a_corrupt_key_file_is_a_clear_error(tmp_path: Path):
     path.write_text("{")
     with pytest.raises(UserFacingError, match="unreadable"):
         KeyStore.load(path)
+
+
+# --- review findings (issue 12) ------------------------------------------------------------
+
+
+def test_routes_that_write_documents_need_a_key(serve, small_index, embedder, tmp_path: Path):
+    from tests.appliance.server_harness import writable_retriever
+
+    key = add_key(tmp_path / "state" / "api_keys.json", "t1")
+    retr = writable_retriever(small_index, embedder, tmp_path)
+    server = serve(generator=FakeGenerator(), retriever=retr, embedder=embedder)
+    doc = {"name": "intruder.md", "text": "Planted text about pump P-999."}
+    r = requests.post(server.url + "/v1/documents", json=doc, timeout=30)
+    assert r.status_code == 401
+    r = requests.delete(server.url + "/v1/documents/anything", timeout=30)
+    assert r.status_code == 401
+    auth = {"Authorization": f"Bearer {key}"}
+    listed = requests.get(server.url + "/v1/documents", headers=auth, timeout=30).json()["data"]
+    assert all(d["path"] != "intruder.md" for d in listed)
+    r = requests.post(server.url + "/v1/documents", json=doc, headers=auth, timeout=60)
+    assert r.status_code == 201, r.text
+    doc_id = r.json()["added"][0]
+    r = requests.delete(server.url + f"/v1/documents/{doc_id}", headers=auth, timeout=30)
+    assert r.status_code == 200
+
+
+def test_reload_never_leaves_a_public_bind_without_keys(tmp_path: Path):
+    """Revoking the last key (or deleting the key file) and reloading must not open a service
+    bound beyond loopback: the reload is refused and the old keys stay in force."""
+    config = ServeConfig(host="0.0.0.0", state_dir=tmp_path / "state")
+    key = add_key(config.keys_path, "only")
+    gen = FakeGenerator()
+
+    def loader(cfg):
+        return Runtime(gen, None, None, gen.model_id, answer_policy(cfg, None))
+
+    app = create_app(config, generator=gen, loader=loader)  # no socket: the test client
+    client = app.test_client()
+    svc = app.extensions["expert"]
+    auth = {"Authorization": f"Bearer {key}"}
+    assert client.get("/v1/models", headers=auth).status_code == 200
+    revoke_key(config.keys_path, "only")
+    assert svc.reload() is False
+    assert client.get("/v1/models").status_code == 401
+    assert client.get("/v1/models", headers=auth).status_code == 200  # old keys kept
+    config.keys_path.unlink()
+    assert svc.reload() is False
+    assert client.get("/v1/models").status_code == 401
+    assert 'expert_reloads_total{result="failed"} 2' in svc.metrics.render()
+
+
+def test_json_routes_require_a_json_content_type(serve, small_index, embedder, tmp_path: Path):
+    from tests.appliance.server_harness import post_raw, writable_retriever
+
+    retr = writable_retriever(small_index, embedder, tmp_path)
+    server = serve(generator=FakeGenerator(), retriever=retr, embedder=embedder)
+    body = json.dumps({"name": "planted.md", "text": "Planted text about pump P-999."}).encode()
+    for ctype in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data"):
+        status, _, raw = post_raw(server.port, "/v1/documents", body, {"Content-Type": ctype})
+        assert status == 415, (ctype, raw)
+        err = json.loads(raw)["error"]
+        assert "application/json" in err["message"] and err["code"] == "unsupported_media_type"
+    chat = json.dumps({"messages": [{"role": "user", "content": "x"}], "retrieval": False})
+    status, _, _ = post_raw(
+        server.port, "/v1/chat/completions", chat.encode(), {"Content-Type": "text/plain"}
+    )
+    assert status == 415
+    assert all(d["path"] != "planted.md" for d in retr.documents())
+    status, _, _ = post_raw(
+        server.port,
+        "/v1/chat/completions",
+        chat.encode(),
+        {"Content-Type": "application/json; charset=utf-8"},
+    )
+    assert status == 200
+
+
+def test_cross_site_origin_and_rebinding_host_are_refused(serve, tmp_path: Path):
+    server = serve(generator=FakeGenerator())
+    body = {"messages": [{"role": "user", "content": "x"}], "retrieval": False}
+    url = server.url + "/v1/chat/completions"
+    r = requests.post(url, json=body, headers={"Origin": "http://evil.example"}, timeout=10)
+    assert r.status_code == 403 and "Origin" in r.json()["error"]["message"]
+    r = requests.post(url, json=body, headers={"Origin": "null"}, timeout=10)
+    assert r.status_code == 403
+    # A DNS-rebinding page: the browser sends the attacker's name as Host.
+    r = requests.get(
+        server.url + "/v1/models", headers={"Host": f"evil.example:{server.port}"}, timeout=10
+    )
+    assert r.status_code == 403 and "Host" in r.json()["error"]["message"]
+    # The UI's own requests (same origin) and clients that send no Origin still work.
+    own = f"http://127.0.0.1:{server.port}"
+    assert requests.post(url, json=body, headers={"Origin": own}, timeout=10).status_code == 200
+    assert requests.get(server.url + "/", headers={"Origin": own}, timeout=10).status_code == 200
+    r = requests.get(server.url + "/v1/models", headers={"Host": f"localhost:{server.port}"})
+    assert r.status_code == 200
+    assert requests.post(url, json=body, timeout=10).status_code == 200
+
+
+def test_configured_names_and_origins_are_accepted(serve, tmp_path: Path):
+    server = serve(
+        generator=FakeGenerator(),
+        allowed_hosts="expert.plant.local",
+        allowed_origins="https://portal.plant.local",
+    )
+    headers = {"Host": "expert.plant.local", "Origin": "https://portal.plant.local"}
+    assert requests.get(server.url + "/v1/models", headers=headers).status_code == 200
+    headers["Origin"] = "https://other.plant.local"
+    assert requests.get(server.url + "/v1/models", headers=headers).status_code == 403
+    with pytest.raises(UserFacingError, match="allowed_origins"):
+        ServeConfig(allowed_origins="portal.plant.local")
+
+
+def test_a_concurrent_ingest_is_a_conflict_not_a_bad_request(
+    serve, small_index, embedder, tmp_path: Path, monkeypatch
+):
+    from appliance.retrieval import ingest
+    from appliance.retrieval import versions as V
+    from tests.appliance.server_harness import writable_retriever
+
+    monkeypatch.setattr(ingest, "API_LOCK_TIMEOUT_S", 0.3, raising=False)
+    retr = writable_retriever(small_index, embedder, tmp_path)
+    server = serve(generator=FakeGenerator(), retriever=retr, embedder=embedder)
+    doc = {"name": "note.md", "text": "Valve V-12 is closed before the pump P-101 is opened."}
+    with V.write_lock(retr.index_dir):  # another writer (e.g. `expert ingest`) is busy
+        r = requests.post(server.url + "/v1/documents", json=doc, timeout=30)
+        assert r.status_code == 409, r.text
+        assert r.json()["error"]["code"] == "index_locked" and "Retry-After" in r.headers
+        r = requests.delete(server.url + "/v1/documents/anything", timeout=30)
+        assert r.status_code == 409
+    assert requests.post(server.url + "/v1/documents", json=doc, timeout=60).status_code == 201

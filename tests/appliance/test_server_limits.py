@@ -1,0 +1,178 @@
+# Run: .venv/bin/pytest tests/appliance/test_server_limits.py
+"""Resource use before and around authentication (issue 12): idle and slow connections,
+unauthenticated bodies, CPU-heavy endpoints. All against a real waitress on 127.0.0.1, with
+bounded loops; every timing is checked against a generous bound and printed."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from pathlib import Path
+
+import requests
+
+from appliance.generation.fake import FakeGenerator
+from appliance.server.auth import add_key
+from tests.appliance import server_harness
+
+# Shared fixtures (tests/appliance/server_harness.py), bound here so pytest finds them.
+serve = server_harness.serve
+embedder = server_harness.embedder
+
+
+def _healthz_s(url: str) -> float:
+    t0 = time.perf_counter()
+    r = requests.get(url + "/healthz", timeout=10)
+    assert r.status_code == 200
+    return time.perf_counter() - t0
+
+
+def _read_response(sock: socket.socket, timeout: float) -> bytes:
+    sock.settimeout(timeout)
+    data = b""
+    try:
+        while b"\r\n\r\n" not in data:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    except (TimeoutError, ConnectionResetError):
+        pass
+    return data
+
+
+def test_100_idle_sockets_do_not_block_health(serve):
+    server = serve(generator=FakeGenerator())
+    socks = []
+    try:
+        for i in range(100):
+            s = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+            if i % 2:  # half of them start a request and stop mid-header
+                s.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+            socks.append(s)
+        time.sleep(0.5)
+        worst = max(_healthz_s(server.url) for _ in range(5))
+        print(f"\n/healthz with 100 idle sockets: worst of 5 = {worst * 1000:.0f} ms")
+        assert worst < 2.0
+    finally:
+        for s in socks:
+            s.close()
+
+
+def test_a_request_must_arrive_within_the_read_deadline(serve):
+    """Slowloris: one byte per 0.2 s keeps waitress's idle timer happy; the per-request
+    deadline closes the connection anyway."""
+    server = serve(generator=FakeGenerator(), header_timeout_s=1.0)
+    head = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: " + b"a" * 200
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
+        t0 = time.monotonic()
+        closed_after = None
+        for byte in head:
+            try:
+                s.sendall(bytes([byte]))
+            except OSError:
+                closed_after = time.monotonic() - t0
+                break
+            s.settimeout(0.2)
+            try:
+                if s.recv(1024) == b"":
+                    closed_after = time.monotonic() - t0
+                    break
+            except TimeoutError:
+                pass
+            assert time.monotonic() - t0 < 10, "connection kept open past the deadline"
+    print(f"\nslow request closed after {closed_after:.1f} s (header deadline 1 s)")
+    assert closed_after is not None and closed_after < 4.0
+    assert _healthz_s(server.url) < 2.0
+
+
+def test_unauthenticated_bodies_are_refused_before_they_are_read(serve, tmp_path: Path):
+    add_key(tmp_path / "state" / "api_keys.json", "t1")
+    server = serve(generator=FakeGenerator())
+    size = 30 << 20
+    for path in ("/v1/documents", "/v1/chat/completions"):
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
+            s.sendall(
+                f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {size}\r\n\r\n".encode()
+            )
+            t0 = time.monotonic()
+            head = _read_response(s, timeout=3.0)  # no body byte sent yet
+            elapsed = time.monotonic() - t0
+        assert head.startswith(b"HTTP/1.1 401"), (path, head[:200])
+        assert b"Connection: close" in head
+        print(
+            f"\nunauthenticated 30 MiB POST {path}: 401 after {elapsed * 1000:.0f} ms, body unread"
+        )
+    # Chunked: no length to check, the key is still checked on the headers alone.
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
+        s.sendall(
+            b"POST /v1/documents HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n100000\r\n" + b"x" * 4096
+        )
+        assert _read_response(s, timeout=3.0).startswith(b"HTTP/1.1 401")
+
+
+def test_only_documents_take_large_bodies(serve, tmp_path: Path):
+    key = add_key(tmp_path / "state" / "api_keys.json", "t1")
+    server = serve(generator=FakeGenerator(), max_body_bytes=64 << 10)
+    auth = f"Authorization: Bearer {key}\r\n"
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
+        s.sendall(
+            (
+                "POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n" + auth
+                + "Content-Type: application/json\r\nContent-Length: 2000000\r\n\r\n"
+            ).encode()
+        )  # fmt: skip
+        head = _read_response(s, timeout=3.0)
+    assert head.startswith(b"HTTP/1.1 413"), head[:300]
+    body = head.partition(b"\r\n\r\n")[2]
+    if body:
+        assert b"max_body_bytes" in body or b"larger than" in body
+    # /v1/documents accepts a body over max_body_bytes (it has its own, larger limit).
+    doc = json.dumps({"name": "big.md", "text": "word " * 40_000}).encode()
+    r = requests.post(
+        server.url + "/v1/documents",
+        data=doc,
+        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+        timeout=30,
+    )
+    assert r.status_code == 404 and r.json()["error"]["code"] == "unsupported"  # no index here
+
+
+def test_cpu_heavy_endpoints_take_a_slot_and_health_stays_quick(serve, embedder):
+    server = serve(generator=FakeGenerator(), embedder=embedder, slots=1)
+    text = ("The pump P-101 impeller nut is torqued to 95 Nm after the seal is seated. " * 110)[
+        :8000
+    ]
+    body = {"input": [text] * 64}
+    statuses: list[int] = []
+
+    def embed():
+        r = requests.post(server.url + "/v1/embeddings", json=body, timeout=300)
+        statuses.append(r.status_code)
+
+    threads = [threading.Thread(target=embed) for _ in range(10)]
+    for t in threads:
+        t.start()
+    time.sleep(0.3)
+    latencies = []
+    deadline = time.monotonic() + 60
+    while any(t.is_alive() for t in threads) and time.monotonic() < deadline:
+        latencies.append(_healthz_s(server.url))
+        time.sleep(0.1)
+    for t in threads:
+        t.join(timeout=300)
+    print(
+        f"\n10 concurrent 64 x 8000-char embedding requests: statuses {sorted(statuses)}, "
+        f"/healthz worst {max(latencies) * 1000:.0f} ms over {len(latencies)} probes"
+    )
+    # The bound is < 1 s; on a shared 2-core box under heavy load (other jobs), a single probe
+    # can lose the CPU for longer, so the worst probe gets 2 s and 95% of them must meet 1 s.
+    # Without the slots, the probes time out (10 s) while the 10 requests hold every thread.
+    p95 = sorted(latencies)[int(0.95 * (len(latencies) - 1))]
+    print(f"/healthz p95 {p95 * 1000:.0f} ms; load {open('/proc/loadavg').read().split()[0]}")
+    assert latencies and p95 < 1.0 and max(latencies) < 2.0
+    assert statuses.count(200) >= 1 and set(statuses) <= {200, 503}
