@@ -1,8 +1,18 @@
 """The device's text generator: an int4 ONNX model run by onnxruntime-genai.
 
-One `og.Model` is loaded per bundle and shared by every request; each request gets its own
-`og.Generator` (its own KV cache), created when iteration starts and dropped as soon as the
+One `og.Model` is loaded per bundle and shared by every request. A greedy request without a
+runtime adapter runs on the model's prefix cache (`appliance.generation.tuning.PrefixCache`):
+one generator whose KV cache is kept after the request, so the next request processes only
+the tokens after the start it shares with the previous one (the system prompt; in a follow-up
+turn, the earlier conversation). The cache is bounded (`prefix_cache_tokens` of KV) and held by
+one request at a time; any other request (sampling, an adapter, a second concurrent one, too
+long) gets its own `og.Generator`, created when iteration starts and dropped as soon as the
 caller stops iterating, so a client that disconnects frees its memory at once.
+
+The decoder session takes its threads and spinning from `GenaiTuning.for_this_machine` (the
+settings benchmarks/OPTIMISATION.md measured). Prompts are processed in chunks of
+`prefill_chunk` tokens: the model returns logits for every prompt position, so one 800-token
+pass holds an 800 x 49,152 float buffer (157 MB for SmolLM2); chunks bound it.
 
 The chat template is the Hugging Face one that was exported with the model (chat_template.jinja
 or tokenizer_config.json), rendered with a sandboxed Jinja2 environment configured as
@@ -22,10 +32,20 @@ from pathlib import Path
 
 from appliance.errors import BundleError
 from appliance.generation.base import GenerationParams
+from appliance.generation.tuning import GenaiTuning, PrefixCache, apply_tuning
 
 log = logging.getLogger(__name__)
 
 ADAPTER_SUFFIX = ".onnx_adapter"
+
+# KV tokens the prefix cache may hold: a grounded prompt (5 passages of <= 160 tokens, system
+# prompt, question: ~1,000 tokens) plus the default 256 new tokens and a few follow-up turns.
+# Bounds its memory (SmolLM2: 46 KB of fp32 KV per token, 94 MB at 2,048); 0 turns it off.
+DEFAULT_PREFIX_CACHE_TOKENS = 2048
+# Prompt tokens per forward pass. Chosen from benchmarks/results/latest.md (memory breakdown):
+# 256 cuts the 800-token request's peak RSS by ~125 MB (the all-position logits buffer) for a
+# small time-to-first-token cost; None processes the prompt in one pass.
+DEFAULT_PREFILL_CHUNK = 256
 
 
 class StopScanner:
@@ -84,6 +104,7 @@ class GenerationStream:
     def __init__(self, prompt_tokens: int = 0) -> None:
         self.prompt_tokens = prompt_tokens
         self.completion_tokens = 0
+        self.reused_tokens = 0  # prompt tokens whose KV came from the prefix cache
         self.finish_reason: str | None = None
         self._inner: Iterator[str] = iter(())
 
@@ -171,6 +192,9 @@ class GenaiGenerator:
         adapters_dir: Path | None = None,
         threads: int | None = None,
         model_id: str | None = None,
+        tuning: GenaiTuning | None = None,
+        prefix_cache_tokens: int = DEFAULT_PREFIX_CACHE_TOKENS,
+        prefill_chunk: int | None = DEFAULT_PREFILL_CHUNK,
     ) -> None:
         import onnxruntime_genai as og
 
@@ -183,6 +207,12 @@ class GenaiGenerator:
             )
         if threads is not None and threads < 1:
             raise ValueError(f"threads must be >= 1 or None, got {threads}")
+        if prefix_cache_tokens < 0:
+            raise ValueError(f"prefix_cache_tokens must be >= 0, got {prefix_cache_tokens}")
+        if prefill_chunk is not None and prefill_chunk < 1:
+            raise ValueError(f"prefill_chunk must be >= 1 or None, got {prefill_chunk}")
+        self.tuning = tuning or GenaiTuning.for_this_machine(threads)
+        self.prefill_chunk = prefill_chunk
         try:
             genai_config = json.loads(config_path.read_text(encoding="utf-8"))
             self.context_length = int(genai_config["model"]["context_length"])
@@ -192,9 +222,7 @@ class GenaiGenerator:
             ) from None
         try:
             config = og.Config(str(self.llm_dir))
-            if threads:
-                options = {"intra_op_num_threads": threads, "inter_op_num_threads": 1}
-                config.overlay(json.dumps({"model": {"decoder": {"session_options": options}}}))
+            apply_tuning(config, self.tuning)
             self._model = og.Model(config)
             self._tokenizer = og.Tokenizer(self._model)
         except Exception as exc:  # onnxruntime-genai raises plain RuntimeError/OgaError
@@ -211,6 +239,18 @@ class GenaiGenerator:
             self._load_adapters(og, Path(adapters_dir))
         self._lock = threading.Lock()
         self.active = 0
+        cache_tokens = min(prefix_cache_tokens, self.context_length)
+        self._prefix = PrefixCache(self._model, cache_tokens) if cache_tokens >= 2 else None
+
+    def prefix_stats(self) -> dict | None:
+        """Hits, misses and reused tokens of the prefix cache (None when it is off)."""
+        return self._prefix.stats() if self._prefix is not None else None
+
+    def drop_cache(self) -> None:
+        """Free the prefix cache's KV now (the service calls this when a reload replaces the
+        model; a request holding it keeps it until it ends)."""
+        if self._prefix is not None:
+            self._prefix.clear()
 
     def _load_adapters(self, og, adapters_dir: Path) -> None:
         files = sorted(adapters_dir.glob(f"*{ADAPTER_SUFFIX}"))
@@ -287,29 +327,32 @@ class GenaiGenerator:
         return stream
 
     def _run(self, ids, params: GenerationParams, stream: GenerationStream) -> Iterator[str]:
-        import onnxruntime_genai as og
-
-        options: dict = {"max_length": int(len(ids) + params.max_new_tokens)}
-        if params.temperature > 0:
-            options.update(
-                do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=0
+        greedy = not params.temperature > 0
+        lease = None
+        if self._prefix is not None:
+            lease = self._prefix.lease(
+                ids, params.max_new_tokens, greedy=greedy, adapter=params.adapter
             )
+        if lease is not None:
+            generator, start = lease.generator, lease.reused
         else:
-            options["do_sample"] = False
-        if params.seed is not None:
-            options["random_seed"] = int(params.seed)
-        gen_params = og.GeneratorParams(self._model)
-        gen_params.set_search_options(**options)
-        generator = og.Generator(self._model, gen_params)
+            generator, start = self._fresh_generator(ids, params, greedy), 0
+        stream.reused_tokens = start
         with self._lock:
             self.active += 1
+        failed = False
         try:
             if params.adapter:
                 generator.set_active_adapter(self._adapters, params.adapter)
-            generator.append_tokens(ids)
+            chunk = self.prefill_chunk or len(ids)
+            for i in range(start, len(ids), chunk):
+                generator.append_tokens(ids[i : i + chunk])
             decoder = self._tokenizer.create_stream()
             scanner = StopScanner(params.stop)
-            while not generator.is_done():
+            # A cached generator's buffer may be longer than this request: stop at
+            # max_new_tokens here; is_done() covers the end-of-sequence token (and a fresh
+            # generator's buffer end).
+            while stream.completion_tokens < params.max_new_tokens and not generator.is_done():
                 generator.generate_next_token()
                 token = int(generator.get_next_tokens()[0])
                 stream.completion_tokens += 1
@@ -324,7 +367,29 @@ class GenaiGenerator:
                 yield tail
             hit_length = stream.completion_tokens >= params.max_new_tokens
             stream.finish_reason = "length" if hit_length else "stop"
+        except Exception:
+            failed = True
+            raise
         finally:
-            del generator  # frees the KV cache now, not at the next garbage collection
+            if lease is not None:
+                # A cancelled stream (GeneratorExit) leaves a valid cache; an error may not.
+                lease.release(keep=not failed)
+            del generator  # a fresh generator's KV is freed now, not at the next collection
             with self._lock:
                 self.active -= 1
+
+    def _fresh_generator(self, ids, params: GenerationParams, greedy: bool):
+        import onnxruntime_genai as og
+
+        options: dict = {"max_length": int(len(ids) + params.max_new_tokens)}
+        if greedy:
+            options["do_sample"] = False
+        else:
+            options.update(
+                do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=0
+            )
+        if params.seed is not None:
+            options["random_seed"] = int(params.seed)
+        gen_params = og.GeneratorParams(self._model)
+        gen_params.set_search_options(**options)
+        return og.Generator(self._model, gen_params)

@@ -99,21 +99,35 @@ def common_prefix_length(a, b) -> int:
     return i
 
 
+KV_ROUND = 256  # cached KV buffers are sized in steps of this many tokens
+
+
+def _round_up(n: int, step: int) -> int:
+    return -(-n // step) * step
+
+
 class PrefixCache:
     """Reuses the KV cache of the previous request's tokens for the next request's shared start.
 
-    Every grounded request begins with the same system prompt and passage header (~90 tokens
-    of SmolLM2's ~800-token RAG prompt), and a follow-up question re-sends the whole earlier
-    conversation. One onnxruntime-genai generator is kept alive with its KV cache; a new
-    request rewinds it to the longest common prefix of its token ids and the tokens the cache
-    holds, and only the rest of the prompt is processed. llama.cpp's server does the same
-    (`cache_prompt`). The output is the same as a fresh generator's: rewinding drops the cache
-    past that point and greedy decoding continues from identical state.
+    Every grounded request begins with the same system prompt (~70 tokens of SmolLM2's RAG
+    prompt), and a follow-up turn re-sends the earlier conversation, so the tokens the previous
+    request processed (its prompt and its answer) are usually the start of the next prompt. One
+    onnxruntime-genai generator is kept alive with its KV cache; a new request rewinds it to the
+    longest common prefix of its token ids and the tokens the cache holds, and only the rest of
+    the prompt is processed. llama.cpp's server does the same (`cache_prompt`). The output is
+    the same as a fresh generator's: rewinding drops the cache past that point and greedy
+    decoding continues from identical state.
+
+    Memory is bounded: the cached generator's KV buffer is sized to the request that created
+    it (prompt + max_new_tokens + `headroom` for a follow-up turn, rounded up to 256 tokens) and
+    never beyond `max_length` tokens. A request that does not fit the held buffer but fits
+    `max_length` replaces it (a miss); one beyond `max_length` is declined.
 
     Limits, by design: greedy requests only (sampling state and seeds would carry over), no
-    runtime adapter, and prompt + max_new_tokens within `max_length` (the cached generator's
-    fixed KV buffer). One request at a time holds the cache; `lease` returns None for a request
-    it cannot serve, and the caller then uses a fresh generator as before.
+    runtime adapter. One request at a time holds the cache; `lease` returns None for a request
+    it cannot serve, and the caller then uses a fresh generator as before. The cache belongs to
+    one loaded model: a reload loads a new model with a new, empty cache (`clear()` frees the
+    old one at once).
 
     Use:
         lease = cache.lease(ids, max_new_tokens)
@@ -121,37 +135,53 @@ class PrefixCache:
         else:
             with lease:                      # releases the cache when the request ends
                 lease.generator.append_tokens(ids[lease.reused:])
-                ...generate_next_token() until max_new_tokens (is_done() only says the buffer
-                   is full)...
+                ...generate_next_token() until max_new_tokens or end of sequence (the buffer
+                   may be longer than this request needs)...
     """
 
-    def __init__(self, model, max_length: int, *, min_reuse: int = 16) -> None:
+    def __init__(
+        self, model, max_length: int, *, min_reuse: int = 16, headroom: int = KV_ROUND
+    ) -> None:
         if max_length < 2:
             raise ValueError(f"max_length must be >= 2, got {max_length}")
         if min_reuse < 1:
             raise ValueError(f"min_reuse must be >= 1, got {min_reuse}")
+        if headroom < 0:
+            raise ValueError(f"headroom must be >= 0, got {headroom}")
         import threading
 
         self._model = model
         self.max_length = int(max_length)
         self.min_reuse = int(min_reuse)
+        self.headroom = int(headroom)
         self._lock = threading.Lock()
         self._busy = False
         self._generator = None
+        self.length = 0  # KV buffer length of the held generator (0: none held)
         self.hits = 0
         self.misses = 0
         self.reused_tokens = 0
 
-    def _new_generator(self):
+    def _new_generator(self, length: int):
         import onnxruntime_genai as og
 
         params = og.GeneratorParams(self._model)
-        params.set_search_options(do_sample=False, max_length=self.max_length)
+        params.set_search_options(do_sample=False, max_length=length)
         return og.Generator(self._model, params)
+
+    def stats(self) -> dict:
+        return {
+            "hits": self.hits,
+            "misses": self.misses,
+            "reused_tokens": self.reused_tokens,
+            "kv_length": self.length,
+            "max_length": self.max_length,
+        }
 
     def lease(self, ids, max_new_tokens: int, *, greedy: bool = True, adapter: str | None = None):
         """A `PrefixLease` on the cached generator, or None (busy, sampling, adapter, too long)."""
-        if not greedy or adapter or len(ids) < 1 or len(ids) + max_new_tokens > self.max_length:
+        need = len(ids) + max_new_tokens
+        if not greedy or adapter or len(ids) < 1 or need > self.max_length:
             return None
         with self._lock:
             if self._busy:
@@ -159,7 +189,7 @@ class PrefixCache:
             self._busy = True
         try:
             reused = 0
-            if self._generator is not None:
+            if self._generator is not None and need <= self.length:
                 # The last token of the sequence may be a sampled token the model has not run on
                 # yet (its KV is not in the cache), so it is never reused.
                 held = self._generator.get_sequence(0)[:-1]
@@ -174,11 +204,15 @@ class PrefixCache:
             else:
                 # Nothing worth keeping: a fresh generator costs less than rewinding to zero.
                 self._generator = None
-                self._generator = self._new_generator()
+                self.length = 0
+                length = min(self.max_length, _round_up(need + self.headroom, KV_ROUND))
+                self._generator = self._new_generator(length)
+                self.length = length
                 self.misses += 1
             return PrefixLease(self, self._generator, reused)
         except BaseException:
             self._generator = None
+            self.length = 0
             self._release()
             raise
 
@@ -187,10 +221,11 @@ class PrefixCache:
             self._busy = False
 
     def clear(self) -> None:
-        """Drop the cached KV (e.g. before the model is unloaded)."""
+        """Drop the cached KV (e.g. when the model is replaced by a reload)."""
         with self._lock:
             if not self._busy:
                 self._generator = None
+                self.length = 0
 
 
 class PrefixLease:
@@ -209,6 +244,7 @@ class PrefixLease:
         self._done = True
         if not keep:
             self._cache._generator = None
+            self._cache.length = 0
         self._cache._release()
 
     def __enter__(self) -> PrefixLease:

@@ -193,6 +193,10 @@ class Service:
                 return False
             old, self._runtime = self._runtime, new
             self.keys = keys
+            # The old model's prefix cache (its kept KV) must not outlive the swap.
+            drop = getattr(old.generator, "drop_cache", None) if old else None
+            if drop is not None:
+                drop()
             self._describe(new)
             self.metrics.reloads.inc("ok")
             log.info(

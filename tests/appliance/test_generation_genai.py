@@ -126,3 +126,59 @@ def test_templates_that_refuse_messages(gen: GenaiGenerator):
             gen.chat_prompt([{"role": "user", "content": "Q"}])
     finally:
         gen._template = saved
+
+
+@pytest.fixture(scope="module")
+def uncached(smollm2_onnx_int4: Path) -> GenaiGenerator:
+    return GenaiGenerator(smollm2_onnx_int4, threads=2, prefix_cache_tokens=0, prefill_chunk=None)
+
+
+def _turns(gen: GenaiGenerator, first_answer: str) -> tuple[str, str]:
+    system = {"role": "system", "content": "You are the plant's maintenance expert. Be brief."}
+    q1 = {"role": "user", "content": "What does a mechanical seal do in a pump?"}
+    q2 = {"role": "user", "content": "And how often is it replaced?"}
+    follow_up = [system, q1, {"role": "assistant", "content": first_answer}, q2]
+    return gen.chat_prompt([system, q1]), gen.chat_prompt(follow_up)
+
+
+def test_prefix_cache_reuses_earlier_turns_and_changes_no_output(
+    gen: GenaiGenerator, uncached: GenaiGenerator
+):
+    params = GenerationParams(max_new_tokens=24)
+    gen.drop_cache()
+    first, _ = _turns(gen, "")
+    s1 = gen.generate(first, params)
+    a1 = "".join(s1)
+    assert a1 == "".join(uncached.generate(first, params))  # one pass vs chunks + cache
+    _, follow_up = _turns(gen, a1)
+    s2 = gen.generate(follow_up, params)
+    a2 = "".join(s2)
+    # The system prompt, the first question and the answer's tokens come from the cache.
+    assert s2.reused_tokens >= gen.count_tokens(first)
+    assert a2 == "".join(uncached.generate(follow_up, params))
+    stats = gen.prefix_stats()
+    assert stats["hits"] >= 1 and stats["kv_length"] <= stats["max_length"]
+    assert uncached.prefix_stats() is None
+
+
+def test_prefix_cache_is_bounded_and_dropped(smollm2_onnx_int4: Path):
+    small = GenaiGenerator(smollm2_onnx_int4, threads=2, prefix_cache_tokens=64, prefill_chunk=7)
+    prompt = small.chat_prompt([{"role": "user", "content": "Name three kinds of pump. " * 8}])
+    params = GenerationParams(max_new_tokens=8)
+    text = "".join(small.generate(prompt, params))  # beyond the cache: a fresh generator
+    assert text and small.prefix_stats()["misses"] == 0 and small.prefix_stats()["kv_length"] == 0
+    short = small.chat_prompt([{"role": "user", "content": "Name a pump."}])
+    "".join(small.generate(short, params))
+    assert 0 < small.prefix_stats()["kv_length"] <= 64
+    small.drop_cache()
+    assert small.prefix_stats()["kv_length"] == 0
+    # Sampling never touches the cache.
+    "".join(small.generate(short, GenerationParams(max_new_tokens=4, temperature=1.0, seed=3)))
+    assert small.prefix_stats()["kv_length"] == 0
+
+
+def test_bad_cache_settings_are_refused(smollm2_onnx_int4: Path):
+    with pytest.raises(ValueError, match="prefix_cache_tokens"):
+        GenaiGenerator(smollm2_onnx_int4, prefix_cache_tokens=-1)
+    with pytest.raises(ValueError, match="prefill_chunk"):
+        GenaiGenerator(smollm2_onnx_int4, prefill_chunk=0)
