@@ -225,6 +225,7 @@ class Answer:
     # Markers the appliance added itself: after an answer that cited nothing (cite_fallback),
     # or with a quote it made; `cited` minus these is what the model cited on its own.
     appended_citations: list[int] = field(default_factory=list)
+    cached_tokens: int = 0  # prompt tokens whose KV the generator's prefix cache supplied
 
     @property
     def cited(self) -> list[int]:
@@ -618,6 +619,7 @@ class AnswerStream:
             unsupported=unsupported,
             model_text=model_text,
             appended_citations=appended,
+            cached_tokens=int(getattr(stream, "reused_tokens", 0) or 0),
         )
 
 

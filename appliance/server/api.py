@@ -168,7 +168,9 @@ def chat_completions():
                         "logprobs": None,
                     }
                 ],
-                "usage": _usage(result.prompt_tokens, result.completion_tokens),
+                "usage": _usage(
+                    result.prompt_tokens, result.completion_tokens, result.cached_tokens
+                ),
                 "sources": [s.to_dict() for s in result.sources],
                 "abstained": result.abstained,
                 "abstain_reason": result.abstain_reason,
@@ -218,7 +220,7 @@ def chat_completions():
                 )
             )
             if req.include_usage:
-                usage = _usage(result.prompt_tokens, result.completion_tokens)
+                usage = _usage(result.prompt_tokens, result.completion_tokens, result.cached_tokens)
                 yield _sse({**chunk({}), "choices": [], "usage": usage})
             yield _sse("[DONE]")
         except GeneratorExit:
@@ -285,11 +287,13 @@ def _grounding(result) -> dict:
     }
 
 
-def _usage(prompt: int, completion: int) -> dict:
+def _usage(prompt: int, completion: int, cached: int = 0) -> dict:
     return {
         "prompt_tokens": prompt,
         "completion_tokens": completion,
         "total_tokens": prompt + completion,
+        # OpenAI's field: prompt tokens served from the prefix cache, not processed again
+        "prompt_tokens_details": {"cached_tokens": cached},
     }
 
 

@@ -79,8 +79,10 @@ class ServeConfig:
     # Origins (scheme://host[:port], comma-separated) of other web pages allowed to call the
     # API from a browser; the service's own origin always is. Any other Origin gets 403.
     allowed_origins: str = ""
-    threads: int | None = None  # intra-op threads per generation; None: onnxruntime decides
     ui_language: str = ""  # terminal page language (en, es); "": the browser's Accept-Language
+    threads: int | None = None  # intra-op threads per generation; None: one per usable core
+    # KV tokens kept for the next request's shared start (appliance.generation.genai); 0: off
+    prefix_cache_tokens: int = 2048
     debug: bool = False
     production: bool = False
 
@@ -151,6 +153,10 @@ class ServeConfig:
                     "allowed_origins",
                     f"{origin!r} is not an origin; write it as http(s)://host[:port]",
                 )
+        if not (0 <= self.prefix_cache_tokens <= 1 << 20):
+            raise bad(
+                "prefix_cache_tokens", f"must be 0 (off) to 1048576, got {self.prefix_cache_tokens}"
+            )
         if self.debug and (self.production or not is_loopback(self.host)):
             raise bad(
                 "debug",

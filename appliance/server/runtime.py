@@ -95,7 +95,11 @@ def load_runtime(config: ServeConfig) -> Runtime:
     t0 = time.perf_counter()
     bundle = load_bundle_with_policy(path)
     generator = GenaiGenerator(
-        bundle.llm_dir, adapters_dir=bundle.adapters_dir, threads=config.threads, model_id=bundle.id
+        bundle.llm_dir,
+        adapters_dir=bundle.adapters_dir,
+        threads=config.threads,
+        model_id=bundle.id,
+        prefix_cache_tokens=config.prefix_cache_tokens,
     )
     embedder = OnnxEmbedder(bundle.embedder_dir)
     # The bundle's index is immutable; documents posted to the service go into a copy in

@@ -64,6 +64,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=("en", "es"),
         help="terminal page language (default: from the browser's Accept-Language)",
     )
+    parser.add_argument(
+        "--prefix-cache-tokens",
+        type=int,
+        help="KV tokens kept for reuse by the next request (default 2048; 0: off)",
+    )
     parser.add_argument("--drain-timeout-s", type=float, default=30.0, help="SIGTERM grace (s)")
     parser.add_argument(
         "--debug", action="store_true", default=None, help="development only; refused in production"
@@ -78,8 +83,8 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
     names = (
         "bundle state_dir host port slots max_queue queue_timeout_s request_timeout_s "
         "max_body_bytes max_document_bytes max_tokens_limit top_k abstain_threshold abstain_message api_keys_file "
-        "threads ui_language debug header_timeout_s read_timeout_s max_connections cpu_slots "
-        "allowed_hosts allowed_origins"
+        "threads ui_language prefix_cache_tokens debug header_timeout_s read_timeout_s "
+        "max_connections cpu_slots allowed_hosts allowed_origins"
     ).split()
     return ServeConfig.load({n: getattr(args, n, None) for n in names})
 

@@ -13,6 +13,7 @@ from appliance.errors import BundleError
 from appliance.generation.base import GenerationParams, Generator
 from appliance.generation.genai import GenaiGenerator, compile_chat_template, load_chat_template
 from appliance.prompting import PromptPassage, build_messages
+from tests.appliance import server_harness
 
 QUESTION = "What is the capital of France? Answer in one word."
 
@@ -182,3 +183,45 @@ def test_bad_cache_settings_are_refused(smollm2_onnx_int4: Path):
         GenaiGenerator(smollm2_onnx_int4, prefix_cache_tokens=-1)
     with pytest.raises(ValueError, match="prefill_chunk"):
         GenaiGenerator(smollm2_onnx_int4, prefill_chunk=0)
+
+
+serve = server_harness.serve  # the live-service fixture
+
+
+def test_follow_up_turn_through_http_reuses_the_earlier_turns(
+    serve, smollm2_onnx_int4: Path, tmp_path: Path
+):
+    """The real generator behind the real service: the second turn's usage says how many
+    prompt tokens came from the cache (OpenAI's usage.prompt_tokens_details.cached_tokens)."""
+    import openai
+
+    from appliance.server.auth import add_key
+
+    key = add_key(tmp_path / "state" / "api_keys.json", "client")
+    generator = GenaiGenerator(smollm2_onnx_int4, threads=2, model_id="bundle-genai")
+    server = serve(generator=generator, retriever=None, embedder=None)
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=key, max_retries=0, timeout=60)
+
+    def turn(messages):
+        stream = client.chat.completions.create(
+            model="bundle-genai",
+            messages=messages,
+            max_tokens=16,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+            extra_body={"retrieval": False},
+        )
+        text, usage = "", None
+        for chunk in stream:
+            if chunk.choices:
+                text += chunk.choices[0].delta.content or ""
+            usage = chunk.usage or usage
+        return text, usage
+
+    q1 = {"role": "user", "content": "What does a mechanical seal do in a pump?"}
+    a1, u1 = turn([q1])
+    a2, u2 = turn([q1, {"role": "assistant", "content": a1}, {"role": "user", "content": "Why?"}])
+    assert a1 and a2
+    assert u2.prompt_tokens_details.cached_tokens >= u1.prompt_tokens
+    assert u2.prompt_tokens_details.cached_tokens < u2.prompt_tokens
