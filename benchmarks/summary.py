@@ -33,17 +33,30 @@ VERDICT_MARK = {
 }
 
 
-def results_document(machine: dict, records: list[dict], *, meta: dict | None = None) -> dict:
-    """The JSON document of a run; every record is validated."""
+def results_document(
+    machine: dict,
+    records: list[dict],
+    *,
+    meta: dict | None = None,
+    sections: list[dict] | None = None,
+) -> dict:
+    """The JSON document of a run; every record is validated. `sections` are Markdown blocks a
+    suite adds under its table ({"suite", "title", "markdown"}: tables, figures, verdicts)."""
     for record in records:
         validate_record(record)
-    return {
+    document = {
         "format_version": RESULTS_FORMAT_VERSION,
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "machine": machine,
         "run": meta or {},
         "results": records,
     }
+    if sections:
+        for section in sections:
+            if not isinstance(section, dict) or not {"title", "markdown"} <= set(section):
+                raise ValueError(f"a section needs a title and markdown, got {section!r}")
+        document["sections"] = list(sections)
+    return document
 
 
 def _safe_host(host: str) -> str:
@@ -197,4 +210,7 @@ def render_markdown(document: dict) -> str:
                 peer = f" (vs {r['peer_name']})" if r.get("peer_name") else ""
                 lines.append(f"- {_cell(r['metric'])}{peer}: skipped: {_cell(r['skipped'])}")
             lines.append("")
+        for section in document.get("sections") or []:
+            if section.get("suite", suite) == suite:
+                lines += [f"### {section['title']}", "", section["markdown"].rstrip(), ""]
     return "\n".join(lines).rstrip() + "\n"

@@ -198,3 +198,13 @@ def test_generation_tuning_settings_are_validated():
         GenaiTuning(intra_op_threads=0)
     with pytest.raises(ValueError, match="allow_spinning"):
         GenaiTuning(allow_spinning="yes")
+
+
+def test_sections_appear_under_their_suite_and_bad_ones_are_refused(tmp_path):
+    section = {"suite": "generation", "title": "Peers at equal quality", "markdown": "| a |\n|---|"}
+    doc = results_document({"host": "h"}, _records(), sections=[section])
+    text = render_markdown(doc)
+    assert "### Peers at equal quality" in text
+    assert text.index("## generation") < text.index("### Peers at equal quality")
+    with pytest.raises(ValueError, match="title and markdown"):
+        results_document({"host": "h"}, _records(), sections=[{"markdown": "x"}])
