@@ -1213,14 +1213,16 @@ def gguf_peers(source: Path | None, out_dir: Path, threads: int) -> tuple[dict, 
     return {f"{LLAMA_CPP} {k}": v for k, v in made.items()}, None
 
 
-def measure_quality(config: GenerationBenchConfig, threads: int) -> dict:
+def measure_quality(
+    config: GenerationBenchConfig, threads: int, cache_dir: Path | None = None
+) -> dict:
     """Perplexity of ours and of every GGUF (F16 = reference) on the gate's held-out text."""
     from benchmarks.gguf_peers import quality_table
 
     tokenizer = Path(config.variants[0].model_dir) / "tokenizer.json"
     ggufs = {k.removeprefix(f"{LLAMA_CPP} "): v for k, v in config.ggufs.items()}
     ours = {v.name: v.model_dir for v in config.variants}
-    return quality_table(ggufs, ours, tokenizer, threads=threads)
+    return quality_table(ggufs, ours, tokenizer, threads=threads, cache_dir=cache_dir)
 
 
 def plot_scaling(raw: dict, names: Sequence[str], out: Path) -> Path | None:
@@ -1386,7 +1388,7 @@ def run(
         plant_dir=plant,
         prompt_tokens=(100, 800) if quick else DEFAULT_PROMPT_TOKENS,
     )
-    quality = measure_quality(config, threads)
+    quality = measure_quality(config, threads, peers_dir)
     raw = measure(config)
     raw["quality"] = quality
     raw["verdict"] = equal_quality_verdict(config, raw, OURS)
@@ -1560,7 +1562,7 @@ def main(argv: list[str] | None = None) -> int:
         quiet_wait_s=args.quiet_wait,
         prefix_reuse=args.prefix_reuse,
     )
-    quality = measure_quality(config, threads) if args.quality else {}
+    quality = measure_quality(config, threads, args.peers_dir) if args.quality else {}
     raw = measure(config)
     raw["quality"] = quality
     print(comparison_table(config, raw))

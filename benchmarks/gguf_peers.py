@@ -27,6 +27,7 @@ import argparse
 import json
 import logging
 import math
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -208,6 +209,9 @@ def onnx_logits(model_dir: Path, threads: int):
 
 
 def _quality_worker(conn, kind: str, path: str, threads: int, windows) -> None:
+    # Scoring is not timed: llama.cpp's OpenMP threads sleep instead of spinning, so a busy
+    # shared box does not stall them (it changes no logits).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
         if kind == "gguf":
             fn = gguf_logits(Path(path), threads, max(len(w) for w in windows))
@@ -254,19 +258,35 @@ def quality_table(
     threads: int = 2,
     docs_dir: Path | None = None,
     timeout_s: float = 900.0,
+    cache_dir: Path | None = None,
 ) -> dict[str, dict]:
     """{name: {perplexity, change_pct vs F16, top1 vs F16, tokens, engine}}; failures carry
-    `error`. GGUF names are prefixed "llama.cpp "; ours keep their names."""
+    `error`. GGUF names are prefixed "llama.cpp "; ours keep their names.
+
+    Scores are deterministic for a given model file and text, so with `cache_dir` each one is
+    kept under a key of the model files' sizes and modification times and the text's tokens,
+    and reused while none of them changes (`cached: true` in the row)."""
     windows = heldout_windows(tokenizer_json, docs_dir)
     jobs = [(f"llama.cpp {k}", "gguf", p) for k, p in ggufs.items()]
     jobs += [(k, "onnx", p) for k, p in ours.items()]
     scored: dict[str, dict] = {}
     for name, kind, path in jobs:
+        cache = _cache_file(cache_dir, kind, Path(path), windows) if cache_dir else None
+        if cache is not None and cache.is_file():
+            hit = json.loads(cache.read_text())
+            hit["argmax"] = [np.asarray(a) for a in hit["argmax"]]
+            scored[name] = {**hit, "cached": True}
+            continue
         try:
             scored[name] = _score_in_child(kind, path, threads, windows, timeout_s)
         except (RuntimeError, TimeoutError) as exc:
             scored[name] = {"error": str(exc)}
             log.warning("quality of %s: %s", name, exc)
+            continue
+        if cache is not None:
+            keep = {**scored[name], "argmax": [a.tolist() for a in scored[name]["argmax"]]}
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            cache.write_text(json.dumps(keep))
     ref = scored.get(f"llama.cpp {F16}")
     out: dict[str, dict] = {}
     for name, r in scored.items():
@@ -278,6 +298,7 @@ def quality_table(
             "tokens": r["tokens"],
             "engine": "llama.cpp" if name.startswith("llama.cpp") else "onnxruntime-genai",
             "seconds": round(r["seconds"], 1),
+            "cached": bool(r.get("cached")),
         }
         if ref and "error" not in ref:
             row["change_pct"] = 100 * (r["perplexity"] / ref["perplexity"] - 1)
@@ -285,6 +306,15 @@ def quality_table(
             row["top1_vs_f16"] = same / sum(len(a) for a in ref["argmax"])
         out[name] = row
     return out
+
+
+def _cache_file(cache_dir: Path, kind: str, path: Path, windows) -> Path:
+    import hashlib
+
+    files = [path] if kind == "gguf" else sorted(p for p in path.iterdir() if p.is_file())
+    facts = [[str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns] for f in files]
+    key = hashlib.sha256(json.dumps([kind, facts, windows]).encode()).hexdigest()[:20]
+    return Path(cache_dir) / f"quality-{key}.json"
 
 
 def equal_quality_peers(quality: dict[str, dict], ours: str, peers: Sequence[str]) -> list[str]:

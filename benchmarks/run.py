@@ -197,6 +197,36 @@ def run_all(
     return records, info
 
 
+def carry_over(records: list[dict], path: Path, modules: list[str]) -> list[dict]:
+    """This run's records plus the records of every other module (by `source`, else by suite)
+    from the earlier results file at `path`, marked with the date they were measured."""
+    if not path.is_file():
+        raise UserFacingError(f"--carry-over {path}: no such results file")
+    try:
+        old = json.loads(path.read_text())
+    except ValueError as exc:
+        raise UserFacingError(f"--carry-over {path} is not a results JSON: {exc}") from None
+    ran_suites = {SUITE_MODULES.get(m, m) for m in modules}
+    when = str(old.get("created", "?"))[:10]
+    carried = [
+        r
+        for r in old.get("results") or []
+        if (r.get("source") not in modules if r.get("source") else r.get("suite") not in ran_suites)
+    ]
+    carried_suites = {r.get("suite") for r in carried}
+    # Drop this run's "did not run" placeholders for suites the old file fills.
+    kept = [
+        r
+        for r in records
+        if not (r.get("skipped") and r["suite"] in carried_suites and r.get("source") is None)
+    ]
+    for r in carried:
+        r = dict(r)
+        r["params"] = {**(r.get("params") or {}), "carried_over_from": when}
+        kept.append(r)
+    return kept
+
+
 def _resolve_suites(text: str | None) -> list[str]:
     if not text:
         return list(SUITE_MODULES)
@@ -254,6 +284,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--out", type=Path, default=RESULTS_DIR, help=f"results folder (default {RESULTS_DIR})"
     )
     parser.add_argument(
+        "--carry-over",
+        type=Path,
+        default=None,
+        help="a previous results JSON: the records of suites this run does not run are copied "
+        "from it, each marked carried_over_from=<its date> (a partial re-run keeps one report)",
+    )
+    parser.add_argument(
         "--timeout",
         type=float,
         default=DEFAULT_TIMEOUT_S,
@@ -295,6 +332,8 @@ def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     records, info = run_all(suites=suites, quick=args.quick, kwargs=kwargs, timeout_s=args.timeout)
     sections = info.pop("sections", [])
+    if getattr(args, "carry_over", None):
+        records = carry_over(records, Path(args.carry_over), suites)
     meta = {
         "quick": args.quick,
         "threads": threads,

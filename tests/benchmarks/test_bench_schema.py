@@ -208,3 +208,24 @@ def test_sections_appear_under_their_suite_and_bad_ones_are_refused(tmp_path):
     assert text.index("## generation") < text.index("### Peers at equal quality")
     with pytest.raises(ValueError, match="title and markdown"):
         results_document({"host": "h"}, _records(), sections=[{"markdown": "x"}])
+
+
+def test_carry_over_keeps_other_modules_records_marked_with_their_date(tmp_path):
+    from benchmarks.run import carry_over
+
+    old = results_document({"host": "h"}, _records())
+    for r in old["results"]:
+        r["source"] = "generation_bench" if r["suite"] == "generation" else "retrieval_bench"
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(old))
+    new = [
+        make_record(
+            "service", "ttft", "s", 1.0, 1.0, "in-process", "lower", source="service_bench"
+        ),
+        skipped_record("retrieval", "retrieval", "no benchmark module produced results"),
+    ]
+    merged = carry_over(new, path, ["service_bench"])
+    carried = [r for r in merged if (r.get("params") or {}).get("carried_over_from")]
+    assert carried and all(r["source"] != "service_bench" for r in carried)
+    assert not any(r.get("skipped") and r["suite"] == "retrieval" for r in merged)
+    assert sum(r["suite"] == "service" for r in merged) == 1
