@@ -122,8 +122,13 @@ class GenerationBenchConfig:
     quiet_wait_s: float = 3.0
     quiet_share: float = 0.25
     # Also measure a follow-up request that shares the system prompt and passage header with
-    # the previous one, each engine reusing that prefix's KV cache (largest prompt size only).
+    # the previous one, each engine reusing that prefix's KV cache (the ~800-token size).
     prefix_reuse: bool = True
+    # Wall-time bound of the timed runs (None: none). Each prompt size and the follow-up phase
+    # get an equal share; once a share is spent, that phase stops after the round in progress
+    # (at least one measured round always runs). On a contended box llama.cpp can slow down
+    # ~50x, and the suite must still end; the records say how many repetitions ran.
+    budget_s: float | None = None
 
     def __post_init__(self) -> None:
         if not self.variants:
@@ -560,6 +565,8 @@ class EngineProcess:
 
     def _recv(self):
         if not self.conn.poll(self.timeout_s):
+            # Stop it: a run still going would take the CPU from every later measurement.
+            self.process.terminate()
             raise TimeoutError(f"{self.name} did not answer within {self.timeout_s:.0f} s")
         try:
             return self.conn.recv()
@@ -817,10 +824,18 @@ def measure(config: GenerationBenchConfig, progress: bool = True) -> dict:
     try:
         total = len(prompts) * (config.warmups + config.repeats) * len(engines)
         bar = tqdm(total=total, desc="generation", unit="run", disable=not progress)
+        share = (
+            config.budget_s / (len(prompts) + int(config.prefix_reuse)) if config.budget_s else None
+        )
+        cut: dict[int, int] = {}
         for size, (text, ids) in sorted(prompts.items()):
+            size_t0 = time.monotonic()
             for round_ in range(config.warmups + config.repeats):
                 live = [e for e in engines if e.name not in failures]
                 if not live:
+                    break
+                if share and round_ > config.warmups and time.monotonic() - size_t0 > share:
+                    cut[size] = round_ - config.warmups  # measured rounds that fit the budget
                     break
                 shift = round_ % len(live)
                 for engine in live[shift:] + live[:shift]:
@@ -849,7 +864,9 @@ def measure(config: GenerationBenchConfig, progress: bool = True) -> dict:
             if engine.name in memory and memory[engine.name]:
                 engine.info.update(memory[engine.name][max(memory[engine.name])])
         reuse = (
-            _measure_prefix_reuse(config, engines, failures, prompts) if config.prefix_reuse else {}
+            _measure_prefix_reuse(config, engines, failures, prompts, share)
+            if config.prefix_reuse
+            else {}
         )
     finally:
         for engine in engines:
@@ -866,6 +883,7 @@ def measure(config: GenerationBenchConfig, progress: bool = True) -> dict:
         "copy_bandwidth_bytes_s": bandwidth,
         "reuse": reuse,
         "load_average": load,
+        "rounds_cut_by_budget": cut,
     }
 
 
@@ -877,6 +895,7 @@ def _measure_prefix_reuse(
     engines: list[EngineProcess],
     failures: dict[str, str],
     prompts: dict[int, tuple[str, list[int]]],
+    budget_s: float | None = None,
 ) -> dict:
     """Request A then request B, both with the same system prompt and passage header but other
     passages; each engine keeps the KV of what they share. B's timings are recorded. The size
@@ -891,7 +910,10 @@ def _measure_prefix_reuse(
     live = [e for e in engines if e.kind in REUSE_KINDS and e.name not in failures]
     runs: dict[str, list[dict]] = {e.name: [] for e in live}
     errors: dict[str, str] = {}
+    t0 = time.monotonic()
     for round_ in range(config.warmups + config.repeats):
+        if budget_s and round_ > config.warmups and time.monotonic() - t0 > budget_s:
+            break
         shift = round_ % max(len(live), 1)
         for engine in live[shift:] + live[:shift]:
             if engine.name in errors:
@@ -1384,9 +1406,14 @@ def run(
         ggufs=ggufs,
         threads=threads,
         warmups=1,
-        repeats=3 if quick else 4,
+        repeats=2 if quick else 3,
         plant_dir=plant,
         prompt_tokens=(100, 800) if quick else DEFAULT_PROMPT_TOKENS,
+        # Bounded for a shared box (see GenerationBenchConfig.budget_s): 64 new tokens, one
+        # run may take 5 minutes, all timed runs 15.
+        new_tokens=64,
+        budget_s=900.0,
+        worker_timeout_s=300.0,
     )
     quality = measure_quality(config, threads, peers_dir)
     raw = measure(config)

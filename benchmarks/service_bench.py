@@ -205,8 +205,9 @@ def run(
     from appliance.server.config import default_slots
 
     slots = default_slots()
-    max_tokens = 32 if quick else 64
-    n_questions = {c: (3 if quick else 8) + (c if quick else 2 * c) for c in CONCURRENCY}
+    # Bounded for a shared 2-core box: 32-token answers, 2 questions per client (at least 4).
+    max_tokens = 32
+    n_questions = {c: max(4, (1 if quick else 2) * c) for c in CONCURRENCY}
     questions = _questions(plant, max(n_questions.values()))
     params = {"bundle": bundle.name, "slots": slots, "max_tokens": max_tokens, "threads": threads,
               "questions": "examples/plant/qa/eval.jsonl (answerable)", "k": 5,

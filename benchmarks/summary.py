@@ -145,6 +145,12 @@ def render_markdown(document: dict) -> str:
     if packages:
         shown = ", ".join(f"{k} {v}" for k, v in packages.items() if v)
         lines.append(f"Packages: {shown}.")
+    if machine.get("load_average") or machine.get("load_average_after"):
+        lines.append(
+            f"Load average (1, 5, 15 min) at the start: {machine.get('load_average')}, at the end: "
+            f"{machine.get('load_average_after')} on {machine.get('cores', '?')} usable cores "
+            "(other people's jobs share this box; records measured under contention say so)."
+        )
     run = document.get("run") or {}
     if run:
         lines.append(
