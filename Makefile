@@ -88,7 +88,7 @@ browser: ## install headless Chromium (Debian package) for the terminal-UI brows
 	      || echo "chromium could not be installed; the browser test will be skipped"; \
 	  else echo "chromium missing and not root: the browser test will be skipped"; fi; }
 
-test: $(STAMP) browser ## run the default (fast) test suite
+test: $(STAMP) browser ## run the default test suite (fast tests + the README claim checks)
 	$(PY) -m pytest -q
 
 test-all: $(STAMP) browser ## run every test, slow ones included

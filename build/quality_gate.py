@@ -2,7 +2,7 @@
 
 Run: `expert eval quality-gate --hf DIR --onnx DIR --docs DIR --questions FILE --out FILE`
      or `.venv/bin/python -m build.quality_gate --hf DIR --onnx DIR [--docs DIR] [--questions FILE]`
-Tests: `.venv/bin/pytest tests/build/test_quality_gate.py` (SmolLM2 runs: add `-m slow`).
+Tests: `.venv/bin/pytest tests/build/test_quality_gate.py` (the SmolLM2 gate is part of make test).
 
 int4 costs a 135M model a lot (tens of percent perplexity), so the bundle step does not take an
 export on trust. The exported folder is run through onnxruntime-genai, the runtime the device

@@ -1,4 +1,4 @@
-# Run: .venv/bin/pytest tests/build/test_quality_gate.py        (SmolLM2 run: add -m slow)
+# Run: .venv/bin/pytest tests/build/test_quality_gate.py    (SmolLM2 gate alone: -m claim)
 """The quality gate: exported model (onnxruntime-genai) against the HF checkpoint."""
 
 from __future__ import annotations
@@ -187,7 +187,7 @@ def test_expert_eval_quality_gate_exits_1_on_a_failing_gate(
     assert json.loads(out.read_text())["passed"] is True
 
 
-@pytest.mark.slow
+@pytest.mark.claim  # the README's "the embedded model passes the gate", in every make test
 def test_smollm2_default_int4_passes_the_default_gate(smollm2_hf, smollm2_onnx_int4, plant_dir):
     result = run_quality_gate(
         smollm2_hf,
