@@ -26,6 +26,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "appliance.retrieval.ingest_cli",
         "Ingest a folder of documents into a retrieval index.",
     ),
+    "synth": (
+        "build.synth",
+        "Synthesize verified question/answer training pairs from an ingested index.",
+    ),
     "train": ("trainer.train", "Fine-tune with LoRA or QLoRA on chat-format JSONL."),
     "merge": ("trainer.merge", "Merge a LoRA/QLoRA adapter into its full-precision base."),
     "export": (

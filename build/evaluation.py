@@ -641,6 +641,7 @@ def evaluate_modes(
     only: Sequence[str] | None = None,
     settings: EvalSettings | None = None,
     finetune_options: Mapping[str, Any] | None = None,
+    train_data: Path | None = None,
 ) -> dict[str, Path]:
     """Build what is missing, run the modes, write report.{html,json,md}; return their paths."""
     from appliance.bundle import load_bundle
@@ -664,7 +665,7 @@ def evaluate_modes(
     if needs_ft and finetuned_bundle is not None:
         ft = load_bundle(finetuned_bundle)
     elif needs_ft:
-        if plant is None or work is None:
+        if (plant is None and train_data is None) or work is None:
             raise UserFacingError(
                 "the fine-tuned modes need a fine-tuned bundle: pass a second --bundle, or "
                 "--plant DIR and --work DIR to build one (or --modes base,base+rag to skip them)"
@@ -673,11 +674,12 @@ def evaluate_modes(
 
         built = finetune_pipeline.ensure_finetuned(
             base_bundle=base,
-            plant=Path(plant),
+            plant=Path(plant) if plant is not None else None,
             work=Path(work),
             base_hf=base_hf,
             full_precision=full_precision,
             options=finetune_options,
+            train_data=train_data,
         )
         ft = load_bundle(built.bundle)
         build_info["finetune"] = built.to_dict()
@@ -861,6 +863,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="cap on training steps when the fine-tuned model is built",
     )
     modes.add_argument(
+        "--train-data",
+        type=Path,
+        metavar="FILE",
+        help="chat JSONL the fine-tuned model trains on (default PLANT/qa/train.jsonl), e.g. "
+        "the pairs.jsonl of `expert synth`",
+    )
+    modes.add_argument(
+        "--train-mix",
+        action="append",
+        default=[],
+        metavar="FILE[:WEIGHT]",
+        help="more training pairs mixed in and weighted (e.g. hand-written); repeatable",
+    )
+    modes.add_argument(
+        "--train-max-examples",
+        type=int,
+        default=None,
+        metavar="N",
+        help="train on a seeded sample of at most N pairs of --train-data",
+    )
+    modes.add_argument(
         "--no-rag-training",
         action="store_true",
         help="train on plain Q&A instead of retrieval-augmented prompts",
@@ -894,6 +917,9 @@ def run(args: argparse.Namespace) -> int:
         "--train-epochs",
         "--train-max-steps",
         "--no-rag-training",
+        "--train-data",
+        "--train-mix",
+        "--train-max-examples",
     )
     gate_only = ("--hf", "--onnx", "--docs")
 
@@ -961,6 +987,10 @@ def run(args: argparse.Namespace) -> int:
         options["max_steps"] = args.train_max_steps
     if args.no_rag_training:
         options["with_retrieval"] = False
+    if args.train_mix:
+        options["mix"] = tuple(args.train_mix)
+    if args.train_max_examples is not None:
+        options["max_examples"] = args.train_max_examples
     paths = evaluate_modes(
         questions_file=questions,
         out_dir=args.out,
@@ -973,6 +1003,7 @@ def run(args: argparse.Namespace) -> int:
         only=only,
         settings=settings,
         finetune_options=options,
+        train_data=args.train_data,
     )
     summary = json.loads(paths["json"].read_text(encoding="utf-8"))
     print(paths["md"].read_text(encoding="utf-8").split("\n## Per question")[0].rstrip())

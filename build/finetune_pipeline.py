@@ -83,6 +83,11 @@ class FinetuneOptions:
     eval_fraction: float = 0.05
     seed: int = 42
     gradient_checkpointing: bool = False
+    # Synthesized data (expert synth): the bundle's RAG wording, hand-written pairs mixed in
+    # ("FILE[:WEIGHT]"), and a seeded sample of at most this many pairs (None: all).
+    domain: str | None = None
+    mix: tuple[str, ...] = ()
+    max_examples: int | None = None
 
     def __post_init__(self) -> None:
         if self.method not in ("lora", "qlora"):
@@ -103,6 +108,12 @@ class FinetuneOptions:
             raise UserFacingError(
                 f"finetune eval_fraction must be in (0, 1), got {self.eval_fraction!r}"
             )
+        if self.max_examples is not None and (
+            not isinstance(self.max_examples, int) or self.max_examples < 1
+        ):
+            raise UserFacingError(
+                f"finetune max_examples must be an integer >= 1, got {self.max_examples!r}"
+            )
         if not isinstance(self.distractors, int) or self.distractors < 0:
             raise UserFacingError(
                 f"finetune distractors must be an integer >= 0, got {self.distractors!r}"
@@ -111,6 +122,8 @@ class FinetuneOptions:
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any] | None) -> FinetuneOptions:
         values = dict(values or {})
+        if "mix" in values:
+            values["mix"] = tuple(values["mix"] or ())
         unknown = sorted(set(values) - {f.name for f in dataclasses.fields(cls)})
         if unknown:
             raise UserFacingError(f"unknown fine-tuning option(s) {unknown}")
@@ -224,12 +237,30 @@ def input_key(
         "options": dataclasses.asdict(options),
         "int4": dataclasses.asdict(int4),
     }
+    if options.mix:
+        from trainer.config import parse_mix
+
+        payload["mix"] = [_sha256(parse_mix(m)[0]) for m in options.mix]
     blob = json.dumps(payload, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:12]
 
 
 # --------------------------------------------------------------------------------------------
 # Steps
+
+
+def _sample_lines(path: Path, n: int, seed: int, folder: Path) -> Path:
+    """A seeded sample of at most `n` lines of a JSONL file (the file itself if it is short)."""
+    import random
+
+    lines = [x for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
+    if len(lines) <= n:
+        return path
+    picked = sorted(random.Random(seed).sample(range(len(lines)), n))
+    out = folder / f"sample-{n}-{path.name}"
+    out.write_text("".join(lines[i] + "\n" for i in picked), encoding="utf-8")
+    log.info("training on a seeded sample of %d of the %d pairs in %s", n, len(lines), path)
+    return out
 
 
 def train_adapter(
@@ -265,6 +296,8 @@ def train_adapter(
         embedder=embedder_dir,
         retrieval_k=options.retrieval_k,
         distractors=options.distractors,
+        domain=options.domain,
+        mix=list(options.mix),
     )
     result = train(config)
     summary = _read_json(out / TRAIN_SUMMARY)
@@ -412,17 +445,30 @@ def finetuned_bundle(
 def ensure_finetuned(
     *,
     base_bundle,
-    plant: Path,
+    plant: Path | None,
     work: Path,
     base_hf: Path | None = None,
     full_precision: bool = False,
     options: FinetuneOptions | Mapping[str, Any] | None = None,
+    train_data: Path | None = None,
 ) -> FinetuneResult:
-    """Build (or reuse) adapter, int4 export, optional fp32 export and fine-tuned bundle."""
+    """Build (or reuse) adapter, int4 export, optional fp32 export and fine-tuned bundle.
+
+    `train_data` (default PLANT/qa/train.jsonl) is the chat JSONL trained on, e.g. the
+    pairs.jsonl of `expert synth`.
+    """
     options = (
         options if isinstance(options, FinetuneOptions) else FinetuneOptions.from_mapping(options)
     )
-    train_data = Path(plant) / "qa" / "train.jsonl"
+    prompting = (getattr(base_bundle, "manifest", None) or {}).get("prompting") or {}
+    if options.domain is None and prompting.get("domain"):
+        # train on the wording the bundle will serve with
+        options = dataclasses.replace(options, domain=str(prompting["domain"]))
+    if train_data is None:
+        if plant is None:
+            raise UserFacingError("fine-tuning needs --plant DIR or --train-data FILE")
+        train_data = Path(plant) / "qa" / "train.jsonl"
+    train_data = Path(train_data)
     if not train_data.is_file():
         raise UserFacingError(
             f"{train_data}: missing; the fine-tuned modes train on the plant's Q&A (chat JSONL, "
@@ -440,6 +486,8 @@ def ensure_finetuned(
         if stale.is_dir() and stale.name != key:
             log.info("removing fine-tuning outputs of other inputs: %s", stale)
             shutil.rmtree(stale, ignore_errors=True)
+    if options.max_examples is not None:
+        train_data = _sample_lines(train_data, options.max_examples, options.seed, ft_dir)
     stamp = {
         "key": key,
         "train_data": str(train_data),

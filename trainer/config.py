@@ -81,6 +81,13 @@ class TrainConfig:
     retrieval_k: int = 3
     distractors: int = 1
     unanswerable_fraction: float = 0.1  # share of examples trained to answer NOT_IN_DOCUMENTS
+    # RAG prompt wording: the domain phrase of the bundle the adapter will serve in (its
+    # manifest's prompting.domain); None: the plant's wording. Must match that bundle's.
+    domain: str | None = None
+    # More training data mixed into `data`'s training split: "FILE" or "FILE:WEIGHT", each
+    # example repeated WEIGHT times (a fraction is drawn with the seed), e.g. hand-written pairs
+    # beside synthesized ones: mix = ["examples/plant/qa/train.jsonl:2"].
+    mix: list[str] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes carried into metadata
 
     def __post_init__(self) -> None:
@@ -150,6 +157,10 @@ class TrainConfig:
         )
         _check(self.retrieval_k >= 1, "retrieval_k", self.retrieval_k, "an integer >= 1")
         _check(self.distractors >= 0, "distractors", self.distractors, "an integer >= 0")
+        if isinstance(self.mix, str):
+            self.mix = [m for m in self.mix.split(",") if m.strip()]
+        for spec in self.mix:
+            parse_mix(spec)  # raises ConfigError naming the bad entry
         _check(
             0 <= self.unanswerable_fraction < 1,
             "unanswerable_fraction",
@@ -174,6 +185,24 @@ class ConfigError(UserFacingError):
     """A training setting is invalid; the message names the field."""
 
 
+def parse_mix(spec: str) -> tuple[Path, float]:
+    """'FILE' or 'FILE:WEIGHT' (weight > 0, default 1) -> (path, weight)."""
+    text = str(spec).strip()
+    path, weight = text, 1.0
+    head, sep, tail = text.rpartition(":")
+    if sep and head:
+        try:
+            path, weight = head, float(tail)
+        except ValueError:
+            path, weight = text, 1.0  # a colon that is part of the path
+    if not path or not (weight > 0 and weight <= 100):
+        raise ConfigError(
+            f"mix: {spec!r} is not FILE or FILE:WEIGHT with 0 < WEIGHT <= 100 "
+            "(e.g. examples/plant/qa/train.jsonl:2)"
+        )
+    return Path(path), weight
+
+
 # Fields that change what is learned: a run may only resume from checkpoints with equal values.
 RESUME_SENSITIVE = (
     "base",
@@ -195,6 +224,8 @@ RESUME_SENSITIVE = (
     "double_quant",
     "quantize_embeddings",
     "with_retrieval",
+    "domain",
+    "mix",
 )
 
 

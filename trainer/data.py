@@ -446,6 +446,34 @@ def load_and_split(
     return train, evaluation, report
 
 
+def load_mix(
+    specs: Sequence[str], evaluation: Sequence[ChatExample], seed: int, report: DataReport
+) -> list[ChatExample]:
+    """Extra training files ("FILE[:WEIGHT]"), weighted by repetition, never overlapping eval.
+
+    Each example is repeated int(WEIGHT) times, plus once more with probability equal to the
+    fraction (seeded). Exact repeats inside a file are dropped first; questions of the eval
+    split are removed, as for the main file.
+    """
+    import random
+
+    from trainer.config import parse_mix
+
+    rng = random.Random(seed)
+    out: list[ChatExample] = []
+    for spec in specs:
+        path, weight = parse_mix(spec)
+        report.files.append(str(spec))
+        examples = drop_duplicates(load_chat_jsonl(path), report)
+        report.loaded += len(examples)
+        examples = remove_overlap(examples, evaluation, report)
+        whole, frac = int(weight), weight - int(weight)
+        for ex in examples:
+            out.extend([ex] * (whole + (1 if rng.random() < frac else 0)))
+        log.info("mixed in %s: %d examples x %.2f -> %d", path, len(examples), weight, len(out))
+    return out
+
+
 class ChatDataCollator:
     """Pads a batch on the right; padded label positions are ignored by the loss."""
 

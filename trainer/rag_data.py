@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.errors import UserFacingError
-from appliance.prompting import NOT_IN_DOCUMENTS, PromptPassage, build_messages
+from appliance.prompting import PLANT_WORDING, PromptPassage, Wording, build_messages
 from trainer.data import ChatExample
 
 log = logging.getLogger(__name__)
@@ -134,6 +134,7 @@ def build_rag_examples(
     unanswerable_fraction: float = 0.1,
     seed: int = 42,
     stats: RagStats | None = None,
+    words: Wording = PLANT_WORDING,
 ) -> list[ChatExample]:
     """Rewrite chat examples into the serve-time grounded format (see the module docstring)."""
     stats = stats if stats is not None else RagStats()
@@ -179,7 +180,9 @@ def build_rag_examples(
                 n for n, p in enumerate(passages, 1) if _same_document(p.source, gold_source)
             )
             target = _cite(answer, first_gold)
-        messages = build_messages(question, [p.prompt for p in passages], history=history)
+        messages = build_messages(
+            question, [p.prompt for p in passages], history=history, words=words
+        )
         messages.append({"role": "assistant", "content": target})
         out.append(replace(ex, messages=tuple(messages), extra={**ex.extra, "rag": "grounded"}))
         stats.examples += 1
@@ -192,8 +195,10 @@ def build_rag_examples(
         unrelated = _unrelated_top(prepared, i, own, source, rng, k)
         if not unrelated:
             continue
-        messages = build_messages(question, [p.prompt for p in unrelated], history=history)
-        messages.append({"role": "assistant", "content": NOT_IN_DOCUMENTS})
+        messages = build_messages(
+            question, [p.prompt for p in unrelated], history=history, words=words
+        )
+        messages.append({"role": "assistant", "content": words.abstain})
         out.append(replace(ex, messages=tuple(messages), extra={**ex.extra, "rag": "unanswerable"}))
         stats.unanswerable += 1
     return out

@@ -250,16 +250,24 @@ def train(config: TrainConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
     train_ex, eval_ex, report = chat_data.load_and_split(
         config.data, config.eval_data, config.eval_fraction, config.seed
     )
+    if config.mix:
+        train_ex = train_ex + chat_data.load_mix(config.mix, eval_ex, config.seed, report)
     resume_from = _check_out(config)
     tokenizer = load_tokenizer(config.base)
     chat_data.check_tokenizer(tokenizer, config.base)
     rag_stats = None
     if config.with_retrieval is not None:
+        from appliance.prompting import wording
         from trainer.rag_data import RagStats, build_rag_examples, log_stats, open_index_search
 
         search = open_index_search(config.with_retrieval, config.embedder)
         rag_stats = RagStats()
-        kwargs = {"k": config.retrieval_k, "distractors": config.distractors, "seed": config.seed}
+        kwargs = {
+            "k": config.retrieval_k,
+            "distractors": config.distractors,
+            "seed": config.seed,
+            "words": wording(config.domain),
+        }
         train_ex = build_rag_examples(
             train_ex,
             search,
@@ -510,6 +518,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="embedder folder for --with-retrieval (default: INDEX/../embedder)",
     )
     p("--retrieval-k", type=int, help="passages retrieved per question (default 3)")
+    p(
+        "--domain",
+        help="RAG prompt wording: the domain phrase of the bundle that will serve the adapter "
+        "(its manifest's prompting.domain); default: the plant's wording",
+    )
+    p(
+        "--mix",
+        action="append",
+        metavar="FILE[:WEIGHT]",
+        help="more chat JSONL mixed into the training split, each example repeated WEIGHT "
+        "times (e.g. hand-written pairs beside synthesized ones); repeatable",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
