@@ -699,6 +699,9 @@ def synthesize(
     corpus_folded = _fold("\n".join(c.text + "\n" + c.section for c in chunks))
 
     candidates = structured_pairs(chunks, langs_of, rng)
+    rng.shuffle(candidates)  # no file order bias in the cap or in which phrasing survives
+    if max_pairs is not None and len(candidates) > max_pairs:
+        candidates = candidates[:max_pairs]
     timings["structured_s"] = round(time.perf_counter() - t0, 1)
     teacher_stats = None
     if generative > 0:
@@ -707,9 +710,6 @@ def synthesize(
         gen, teacher_stats = generative_pairs(chunks, generator, generative, retries, rng, progress)
         candidates += gen
         timings["generative_s"] = teacher_stats["seconds"]
-    rng.shuffle(candidates)  # no file order bias in which phrasing survives deduplication
-    if max_pairs is not None and len(candidates) > max_pairs:
-        candidates = candidates[:max_pairs]
 
     # Holdout questions: the chunks each retrieves, for the "same fact" check.
     rt = RoundTrip(retriever, k)
@@ -925,7 +925,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p("--k", type=int, default=ROUND_TRIP_K, help="round trip: evidence chunk in the top k")
     p("--languages", default="auto", help="auto (es+en for Spanish documents) or e.g. en,es")
     p("--domain", help="abstention wording for this domain (default: the bundle's)")
-    p("--max-pairs", type=int, help="cap on candidate pairs (a quick look at a big corpus)")
+    p("--max-pairs", type=int, help="cap on structured candidates (a quick look at a big corpus)")
     p("--seed", type=int, default=42)
     p("--threads", type=int, help="teacher onnxruntime threads")
 

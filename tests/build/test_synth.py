@@ -1,4 +1,4 @@
-# Run: .venv/bin/pytest tests/build/test_synth.py   (~1-2 min: round trips on the plant index)
+# Run: .venv/bin/pytest tests/build/test_synth.py   (~1 min idle: round trips on the plant index)
 """`expert synth` on the example plant's real index: every kept pair verified, drops explained."""
 
 from __future__ import annotations
@@ -143,7 +143,7 @@ def synth_run(plant_index: Path, embedder_onnx: Path, tmp_path_factory) -> tuple
         generative=4,
         retries=1,
         unanswerable=0.1,
-        max_pairs=400,
+        max_pairs=150,
         seed=3,
         progress=_quiet,
     )
@@ -171,7 +171,7 @@ def _quiet(iterable=None, **kw):  # noqa: ANN001
 def test_every_kept_pair_is_verified(synth_run) -> None:
     result, paths, chunks, holdout, _ = synth_run
     kept = [json.loads(x) for x in paths["pairs"].read_text().splitlines()]
-    assert len(kept) == len(result.kept) >= 100
+    assert len(kept) == len(result.kept) >= 60
     kinds = {r["synth"]["kind"] for r in kept}
     assert {"structured", "unanswerable"} <= kinds
     corpus = "\n".join(p.section + "\n" + p.text for p in chunks.values()).lower()

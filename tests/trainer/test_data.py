@@ -143,3 +143,24 @@ def test_collator_pads_and_ignores_padding() -> None:
     assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
     assert batch["labels"].tolist() == [[IGNORE_INDEX, 6, 7], [8, IGNORE_INDEX, IGNORE_INDEX]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+
+
+def test_mixed_files_are_weighted_and_kept_out_of_eval(tmp_path: Path) -> None:
+    from trainer.config import ConfigError, parse_mix
+    from trainer.data import DataReport, load_chat_jsonl, load_mix
+
+    hand = write_jsonl(
+        tmp_path / "hand.jsonl",
+        [chat(f"Q{i}?", f"A{i}.") for i in range(10)] + [chat("Q0?", "A0.")],
+    )
+    evaluation = load_chat_jsonl(write_jsonl(tmp_path / "eval.jsonl", [chat("Q9?", "A9.")]))
+    assert parse_mix(f"{hand}:2.5") == (hand, 2.5) and parse_mix(str(hand)) == (hand, 1.0)
+    for bad in (f"{hand}:0", f"{hand}:-1", ""):
+        with pytest.raises(ConfigError, match="FILE:WEIGHT"):
+            parse_mix(bad)
+    report = DataReport()
+    twice = load_mix([f"{hand}:2"], evaluation, seed=1, report=report)
+    assert len(twice) == 18  # 9 distinct non-eval questions x 2
+    assert report.duplicates and report.overlap  # the repeated line; Q9 held out for eval
+    frac = load_mix([f"{hand}:1.5"], evaluation, seed=1, report=DataReport())
+    assert 9 < len(frac) < 18 and frac == load_mix([f"{hand}:1.5"], evaluation, 1, DataReport())

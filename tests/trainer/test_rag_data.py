@@ -162,3 +162,16 @@ def test_training_with_a_real_index(
     assert rag["source_in_top_k"] + rag["source_added"] >= 0.8 * (
         rag["examples"] - rag["no_source"]
     )
+
+
+def test_a_bundle_wording_replaces_the_plants(examples: list) -> None:
+    from appliance.prompting import wording
+
+    words = wording("the Apache HTTP Server manual")
+    out = build_rag_examples(
+        examples, keyword_search, k=1, distractors=0, unanswerable_fraction=0.5, words=words
+    )
+    assert all(e.messages[0]["content"] == words.system for e in out)
+    assert all(words.passages_intro in e.messages[1]["content"] for e in out)
+    refusals = [e for e in out if e.messages[-1]["content"] == words.abstain]
+    assert refusals and not any(e.messages[-1]["content"] == NOT_IN_DOCUMENTS for e in out)
