@@ -39,6 +39,13 @@ from appliance.documents import (
     tokenizer_offsets,
 )
 from appliance.documents.chunking import SECTION_JOIN
+from appliance.documents.limits import (
+    LimitExceeded,
+    ParseLimits,
+    check_chunks,
+    check_deadline,
+    check_limits,
+)
 from appliance.documents.model import sha256_text
 from appliance.errors import UserFacingError
 from appliance.retrieval import versions as V
@@ -51,6 +58,9 @@ METADATA_FILE = "metadata.json"
 DOC_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 REBUILD_DELETED_FRACTION = 0.3  # rebuild the graph when this share of its slots is deleted
 SOURCES = ("folder", "api")
+# Manifest keys of a writable copy that say which bundle index it was made from; every later
+# version built on it keeps them.
+INHERITED_KEYS = ("base_id", "copied_from")
 # How long a live update (the service's POST/DELETE /v1/documents) waits for another writer,
 # such as `expert ingest`, before it is answered 409 (try again).
 API_LOCK_TIMEOUT_S = 10.0
@@ -108,6 +118,7 @@ class DocumentInput:
     title: str | None = None
     metadata: dict | None = None
     doc_id: str | None = None
+    limits: ParseLimits | None = None  # the service's parse limits; None: unlimited
 
     def __post_init__(self) -> None:
         if (self.data is None) == (self.text is None):
@@ -143,6 +154,8 @@ class DocumentInput:
         if self.title:
             meta["title"] = self.title
         data = self.data if self.data is not None else (self.text or "").encode("utf-8")
+        if self.limits is not None:
+            check_limits(data, self.name, self.limits)  # before any parser sees the bytes
         return load_bytes(data, self.name, metadata=meta)
 
 
@@ -166,8 +179,15 @@ class IndexWriter:
         rebuild: bool = False,
         lock_timeout_s: float = 60.0,
         batch_size: int = 32,
+        base_from: Path | None = None,
+        manifest_extra: dict | None = None,
     ) -> None:
+        """`base_from`: start from this version folder of another index (a bundle's) instead
+        of this index's current version; `manifest_extra`: recorded in the new version's
+        manifest (and kept by later versions built on it)."""
         self.index_dir = Path(index_dir)
+        self.base_from = Path(base_from) if base_from is not None else None
+        self.manifest_extra = dict(manifest_extra or {})
         self.embedder = embedder
         self.chunking = chunking
         self.hnsw = hnsw or HnswParams()
@@ -212,7 +232,19 @@ class IndexWriter:
         self.tmp = V.new_tmp_dir(self.index_dir)
         dim = self.embedder.dim
         old_store = None
-        if V.is_index(self.index_dir):
+        if self.base_from is not None:
+            manifest = V.verify_version(self.base_from)
+            self.chunking = self.chunking or ChunkingConfig(**manifest.get("chunking", {}))
+            shutil.copyfile(self.base_from / V.STORE_FILE, self.tmp / V.STORE_FILE)
+            self.store = Store(self.tmp / V.STORE_FILE, writable=True)
+            self.vectors = VectorIndex.load(
+                self.base_from / V.VECTORS_FILE,
+                dim,
+                live=int(manifest.get("chunks", 0)),
+                params=self.hnsw,
+            )
+            self.changed = True  # always published: it is a new base
+        elif V.is_index(self.index_dir):
             self.base_version = V.read_pointer(self.index_dir)
             vdir = V.version_dir(self.index_dir, self.base_version)
             manifest = V.verify_version(vdir)
@@ -226,6 +258,9 @@ class IndexWriter:
                 )
             if self.chunking is None:
                 self.chunking = ChunkingConfig(**manifest.get("chunking", {}))
+            for key in INHERITED_KEYS:
+                if key in manifest:
+                    self.manifest_extra.setdefault(key, manifest[key])
             if self.rebuild:
                 old_store = Store(vdir / V.STORE_FILE, writable=False)
             else:
@@ -272,13 +307,26 @@ class IndexWriter:
 
     # changes -------------------------------------------------------------------------------
 
-    def put(self, doc: Document, doc_id: str, source: str, fingerprint: str | None = None) -> int:
-        """Add or replace a document; returns its number of chunks."""
+    def put(
+        self,
+        doc: Document,
+        doc_id: str,
+        source: str,
+        fingerprint: str | None = None,
+        *,
+        limits: ParseLimits | None = None,
+        deadline: float | None = None,
+    ) -> int:
+        """Add or replace a document; returns its number of chunks. With `limits`, a document
+        of too many chunks is refused before any is embedded, and embedding stops at
+        `deadline` (LimitExceeded)."""
         if source not in SOURCES:
             raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
         if not DOC_ID_RE.match(doc_id):
             raise UserFacingError(f"doc_id {doc_id!r} is invalid")
         chunks = chunk_document(doc, self._offsets, self.chunking)
+        if limits is not None:
+            check_chunks(doc.path, len(chunks), limits)
         new = [
             NewChunk(
                 ord=c.ord, section=c.section_path, page=c.page, kind=c.kind,
@@ -287,7 +335,7 @@ class IndexWriter:
             )
             for c in chunks
         ]  # fmt: skip
-        vecs = self._embed(new)
+        vecs = self._embed(new, deadline=deadline, limits=limits, name=doc.path)
         row = DocumentRow(
             doc_id=doc_id, path=doc.path, title=doc.title, source=source,
             content_hash=doc.content_hash,
@@ -314,7 +362,14 @@ class IndexWriter:
         self.store.commit()
         self.changed = True
 
-    def _embed(self, chunks: list[NewChunk]) -> np.ndarray:
+    def _embed(
+        self,
+        chunks: list[NewChunk],
+        *,
+        deadline: float | None = None,
+        limits: ParseLimits | None = None,
+        name: str = "",
+    ) -> np.ndarray:
         dim = self.embedder.dim
         out = np.zeros((len(chunks), dim), dtype=np.float32)
         todo = []
@@ -324,11 +379,18 @@ class IndexWriter:
                 out[i] = cached
             else:
                 todo.append(i)
-        if todo:
+        if todo and deadline is None:
             out[todo] = self.embedder.embed(
                 [chunks[i].embed_text for i in todo], batch_size=self.batch_size
             )
-            self.chunks_embedded += len(todo)
+        elif todo:  # batch by batch, so the time limit is checked between batches
+            for start in range(0, len(todo), self.batch_size):
+                check_deadline(name, deadline, limits)
+                part = todo[start : start + self.batch_size]
+                out[part] = self.embedder.embed(
+                    [chunks[i].embed_text for i in part], batch_size=self.batch_size
+                )
+        self.chunks_embedded += len(todo)
         return out
 
     def _carry_over(self, old: Store, doc: DocumentRow, reembed: bool) -> None:
@@ -387,6 +449,7 @@ class IndexWriter:
                 "embedder": {"model_id": self.embedder.model_id, "dim": self.embedder.dim},
                 "chunking": self.chunking.to_dict(),
                 "hnsw": {"M": self.hnsw.M, "ef_construction": self.hnsw.ef_construction},
+                **self.manifest_extra,
             },
         )
         V.publish(self.index_dir, self.tmp, version)
@@ -593,18 +656,33 @@ class AddReport:
 
 
 def add_documents(index_dir: Path, embedder, inputs: Sequence[DocumentInput]) -> AddReport:
-    """Add or replace documents (source 'api') and publish a new version."""
+    """Add or replace documents (source 'api') and publish a new version.
+
+    Documents are parsed before the index's writer lock is taken, so a slow or refused upload
+    never holds up other writers. A document over its `limits` raises LimitExceeded and
+    nothing is published; one that cannot be read is skipped and reported."""
     report = AddReport()
+    loaded = []
+    for item in inputs:
+        started = time.monotonic()
+        try:
+            doc = item.load()
+        except LimitExceeded:
+            raise
+        except LoaderError as exc:
+            report.skipped.append((item.name, exc.reason))
+            continue
+        deadline = item.limits.deadline(started) if item.limits is not None else None
+        if item.limits is not None:
+            check_deadline(item.name, deadline, item.limits)
+        loaded.append((item, doc, deadline))
     with IndexWriter(index_dir, embedder, lock_timeout_s=API_LOCK_TIMEOUT_S) as writer:
-        for item in inputs:
-            try:
-                doc = item.load()
-            except LoaderError as exc:
-                report.skipped.append((item.name, exc.reason))
-                continue
+        for item, doc, deadline in loaded:
             doc_id = item.resolved_id
             existed = writer.store.document(doc_id) is not None
-            report.chunks += writer.put(doc, doc_id, source="api")
+            report.chunks += writer.put(
+                doc, doc_id, source="api", limits=item.limits, deadline=deadline
+            )
             (report.replaced if existed else report.added).append(doc_id)
         report.version = writer.commit()
     return report
@@ -628,6 +706,11 @@ def open_writable_copy(bundle_index_dir: Path, state_dir: Path, embedder=None) -
     came from; when a new bundle brings a different index, a fresh copy is made and documents
     added through the API are carried over (re-embedded if the embedder changed and an
     `embedder` is given; dropped with a warning otherwise).
+
+    The copy and the carried-over documents are built in one temporary version and published
+    once, with the bundle index's id in its manifest: a crash, a full disk or an embedding
+    error on the way leaves the previous version (with its API documents) current, and the
+    next start simply tries again.
     """
     bundle_index_dir = Path(bundle_index_dir)
     dest = Path(state_dir) / "index"
@@ -635,59 +718,54 @@ def open_writable_copy(bundle_index_dir: Path, state_dir: Path, embedder=None) -
     src_vdir = V.version_dir(bundle_index_dir, src_version)
     src_manifest = V.verify_version(src_vdir)
     base_id = src_manifest["files"][V.STORE_FILE]["sha256"]
-    base_path = dest / BASE_FILE
-    if V.is_index(dest) and base_path.is_file():
-        try:
-            if json.loads(base_path.read_text()).get("base_id") == base_id:
-                return dest
-        except ValueError:
-            pass
+    if _copy_base_id(dest) == base_id:
+        return dest
     dest.mkdir(parents=True, exist_ok=True)
-    with V.write_lock(dest):
-        old_api: list[tuple[Store, DocumentRow]] = []
-        old_store = None
-        old_emb = {}
+    bundle_emb = src_manifest.get("embedder") or {}
+    extra = {"base_id": base_id, "copied_from": str(src_vdir)}
+    writer_emb = embedder if embedder is not None else _ManifestEmbedder(src_manifest)
+    with IndexWriter(dest, writer_emb, base_from=src_vdir, manifest_extra=extra) as writer:
+        if _copy_base_id(dest) == base_id:  # another process made it meanwhile
+            return dest
         if V.is_index(dest):
             old_vdir = V.version_dir(dest, V.read_pointer(dest))
             old_emb = V.verify_version(old_vdir).get("embedder", {})
+            same = old_emb == bundle_emb
             old_store = Store(old_vdir / V.STORE_FILE, writable=False)
-            old_api = [(old_store, d) for d in old_store.documents(source="api").values()]
-        V.collect_garbage(dest, keep=2)
-        tmp = V.new_tmp_dir(dest)
-        try:
-            for name in V.DATA_FILES:
-                shutil.copyfile(src_vdir / name, tmp / name)
-            version = V.next_version(dest)
-            info = {k: v for k, v in src_manifest.items() if k not in ("files", "format_version")}
-            V.write_manifest(tmp, {**info, "version": version, "copied_from": str(src_vdir)})
-            V.publish(dest, tmp, version)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            if old_store is not None:
+            try:
+                old_api = list(old_store.documents(source="api").values())
+                if old_api and (same or embedder is not None):
+                    for doc in old_api:
+                        writer._carry_over(old_store, doc, reembed=not same)
+                elif old_api:
+                    log.warning(
+                        "the new bundle's embedder differs; %d documents added through the API "
+                        "were not carried over (pass an embedder to re-embed them)",
+                        len(old_api),
+                    )
+            finally:
                 old_store.close()
-            raise
-    try:
-        if old_api:
-            same = old_emb == src_manifest.get("embedder")
-            if same or embedder is not None:
-                emb = embedder or _ManifestEmbedder(src_manifest)
-                with IndexWriter(dest, emb) as writer:
-                    for store, doc in old_api:
-                        writer._carry_over(store, doc, reembed=not same)
-                    writer.commit()
-            else:
-                log.warning(
-                    "the new bundle's embedder differs; %d documents added through the API "
-                    "were not carried over (pass an embedder to re-embed them)",
-                    len(old_api),
-                )
-    finally:
-        if old_store is not None:
-            old_store.close()
-    tmp_base = dest / f"{BASE_FILE}.tmp"
-    tmp_base.write_text(json.dumps({"base_id": base_id, "bundle_index": str(bundle_index_dir)}))
-    os.replace(tmp_base, base_path)
+        writer.commit()
+    (dest / BASE_FILE).unlink(missing_ok=True)  # the id now lives in the version's manifest
     return dest
+
+
+def _copy_base_id(dest: Path) -> str | None:
+    """The id of the bundle index the current version of `dest` was copied from, or None."""
+    if not V.is_index(dest):
+        return None
+    try:
+        vdir = V.version_dir(dest, V.read_pointer(dest))
+        manifest = json.loads((vdir / V.MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError, UserFacingError):
+        return None
+    if "base_id" in manifest:
+        return manifest["base_id"]
+    legacy = dest / BASE_FILE  # copies made before the id moved into the manifest
+    try:
+        return json.loads(legacy.read_text()).get("base_id") if legacy.is_file() else None
+    except (OSError, ValueError):
+        return None
 
 
 class _ManifestEmbedder:

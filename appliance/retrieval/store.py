@@ -114,6 +114,12 @@ class NewChunk:
     content_hash: str
 
 
+def _is_fts_query_error(exc: sqlite3.OperationalError) -> bool:
+    """An error in the MATCH expression itself (FTS5 syntax), as opposed to the database."""
+    text = str(exc).lower()
+    return text.startswith("fts5:") or "unterminated string" in text
+
+
 def _meta_values(value: object) -> list[str]:
     vals = value if isinstance(value, list) else [value]
     return sorted({str(v).strip().lower() for v in vals if str(v).strip()})
@@ -347,7 +353,9 @@ class Store:
         with self._lock:
             try:
                 rows = self.conn.execute(sql, [match, *params, limit]).fetchall()
-            except sqlite3.OperationalError:
+            except sqlite3.OperationalError as exc:
+                if not _is_fts_query_error(exc):
+                    raise  # I/O, locking or a damaged index: never "no match"
                 return []  # a query FTS5 cannot parse finds nothing by keyword
         return [(int(r[0]), float(r[1])) for r in rows]
 

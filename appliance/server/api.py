@@ -20,6 +20,7 @@ import numpy as np
 from flask import Blueprint, Response, g, jsonify, request
 
 from appliance.answering import AnswerStream, ContextOverflowError, prepare
+from appliance.documents.limits import LimitExceeded
 from appliance.errors import UserFacingError
 from appliance.generation.base import GenerationParams
 from appliance.retrieval.versions import IndexLockedError
@@ -391,7 +392,7 @@ def add_documents():
     rt = svc.runtime
     retriever = _index(rt)
     try:
-        inputs = [DocumentInput(**spec) for spec in specs]
+        inputs = [DocumentInput(**spec, limits=svc.config.parse_limits) for spec in specs]
     except UserFacingError as exc:
         raise ApiError(422, scrub(f"documents: {exc}"), param="documents") from None
     # Embedding a manual is heavy CPU work: it takes a generation slot like an answer does.
@@ -400,6 +401,10 @@ def add_documents():
         report = retriever.add_documents(inputs)
     except IndexLockedError as exc:
         raise _locked(exc) from None
+    except LimitExceeded as exc:
+        raise ApiError(
+            422, scrub(f"documents: {exc}"), param="documents", code="limit_exceeded"
+        ) from None
     except UserFacingError as exc:
         raise ApiError(422, scrub(f"documents: {exc}"), param="documents") from None
     finally:

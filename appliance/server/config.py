@@ -66,6 +66,12 @@ class ServeConfig:
     # /v1/documents); as many more may wait, the rest get 503. 0: as many as `slots`.
     cpu_slots: int = 0
     max_document_bytes: int = 32 << 20  # POST /v1/documents (a manual as base64 JSON)
+    # Parse limits per uploaded document (appliance/documents/limits.py): inflated size of a
+    # DOCX, PDF pages, chunks, and seconds to parse and embed. Over any: 422 naming it.
+    max_document_uncompressed_bytes: int = 128 << 20
+    max_document_pages: int = 2000
+    max_document_chunks: int = 5000
+    max_document_seconds: float = 120.0
     max_tokens_default: int = 256
     max_tokens_limit: int = 2048
     top_k: int = 5
@@ -105,6 +111,16 @@ class ServeConfig:
             v = getattr(self, name)
             if not (math.isfinite(v) and v > 0):
                 raise bad(name, f"must be a positive number of seconds, got {v}")
+        for name in (
+            "max_document_uncompressed_bytes",
+            "max_document_pages",
+            "max_document_chunks",
+        ):
+            if getattr(self, name) < 1:
+                raise bad(name, f"must be >= 1, got {getattr(self, name)}")
+        v = self.max_document_seconds
+        if not (math.isfinite(v) and v > 0):
+            raise bad("max_document_seconds", f"must be a positive number of seconds, got {v}")
         for name in ("header_timeout_s", "read_timeout_s"):
             v = getattr(self, name)
             if not (math.isfinite(v) and v > 0):
@@ -167,6 +183,17 @@ class ServeConfig:
     @property
     def queue_limit(self) -> int:
         return self.max_queue or 4 * self.slots
+
+    @property
+    def parse_limits(self):
+        from appliance.documents.limits import ParseLimits
+
+        return ParseLimits(
+            max_uncompressed_bytes=self.max_document_uncompressed_bytes,
+            max_pages=self.max_document_pages,
+            max_chunks=self.max_document_chunks,
+            max_seconds=self.max_document_seconds,
+        )
 
     @property
     def cpu_slot_count(self) -> int:

@@ -6,11 +6,13 @@ bounded loops; every timing is checked against a generous bound and printed."""
 from __future__ import annotations
 
 import json
+import os
 import socket
 import threading
 import time
 from pathlib import Path
 
+import pytest
 import requests
 
 from appliance.generation.fake import FakeGenerator
@@ -20,6 +22,12 @@ from tests.appliance import server_harness
 # Shared fixtures (tests/appliance/server_harness.py), bound here so pytest finds them.
 serve = server_harness.serve
 embedder = server_harness.embedder
+small_index = server_harness.small_index
+
+
+@pytest.fixture
+def small_index_copy(small_index, embedder, tmp_path: Path):
+    return server_harness.writable_retriever(small_index, embedder, tmp_path)
 
 
 def _healthz_s(url: str) -> float:
@@ -176,3 +184,149 @@ def test_cpu_heavy_endpoints_take_a_slot_and_health_stays_quick(serve, embedder)
     print(f"/healthz p95 {p95 * 1000:.0f} ms; load {open('/proc/loadavg').read().split()[0]}")
     assert latencies and p95 < 1.0 and max(latencies) < 2.0
     assert statuses.count(200) >= 1 and set(statuses) <= {200, 503}
+
+
+# --- upload parse limits ---------------------------------------------------------------------
+
+
+CONTENT_TYPES = (
+    b'<?xml version="1.0"?><Types xmlns="http://schemas.openxmlformats.org/package/2006/'
+    b'content-types"><Default Extension="rels" ContentType="application/vnd.openxmlformats-'
+    b'package.relationships+xml"/><Default Extension="xml" ContentType="application/xml"/>'
+    b'<Override PartName="/word/document.xml" ContentType="application/vnd.openxmlformats-'
+    b'officedocument.wordprocessingml.document.main+xml"/></Types>'
+)
+RELS = (
+    b'<?xml version="1.0"?><Relationships xmlns="http://schemas.openxmlformats.org/package/'
+    b'2006/relationships"><Relationship Id="rId1" Type="http://schemas.openxmlformats.org/'
+    b'officeDocument/2006/relationships/officeDocument" Target="word/document.xml"/>'
+    b"</Relationships>"
+)
+DOC_HEAD = (
+    b'<?xml version="1.0"?><w:document xmlns:w="http://schemas.openxmlformats.org/'
+    b'wordprocessingml/2006/main"><w:body><w:p><w:r><w:t>'
+)
+
+
+def zip_bomb_docx(inflated: int) -> bytes:
+    """A real DOCX (content types, relationships, main part) whose word/document.xml
+    inflates to about `inflated` bytes from ~1 KB per MiB: one deflate block of spaces,
+    repeated (each ends on a full flush, so the copies chain into one valid stream)."""
+    import struct
+    import zlib
+
+    mib = 1 << 20
+    head = zlib.compressobj(9, zlib.DEFLATED, -15)
+    first = head.compress(DOC_HEAD) + head.flush(zlib.Z_FULL_FLUSH)
+    comp = zlib.compressobj(9, zlib.DEFLATED, -15)
+    fill = b" " * mib
+    block = comp.compress(fill) + comp.flush(zlib.Z_FULL_FLUSH)
+    end = zlib.compressobj(9, zlib.DEFLATED, -15).flush()
+    n = inflated // mib
+    data = first + block * n + end
+    crc = zlib.crc32(DOC_HEAD)
+    for _ in range(n):
+        crc = zlib.crc32(fill, crc)
+    size = len(DOC_HEAD) + n * mib
+
+    def stored(name: str, payload: bytes) -> tuple:
+        return (name, 0, payload, zlib.crc32(payload), len(payload))
+
+    entries = [stored("[Content_Types].xml", CONTENT_TYPES), stored("_rels/.rels", RELS),
+               ("word/document.xml", 8, data, crc, size)]  # fmt: skip
+    out, central = b"", b""
+    for name, method, payload, c, usize in entries:
+        raw = name.encode()
+        offset = len(out)
+        out += struct.pack(
+            "<IHHHHHIIIHH", 0x04034B50, 20, 0, method, 0, 0, c, len(payload), usize, len(raw), 0
+        )
+        out += raw + payload
+        central += struct.pack("<IHHHHHHIIIHHHHHII", 0x02014B50, 20, 20, 0, method, 0, 0, c,
+                               len(payload), usize, len(raw), 0, 0, 0, 0, 0, offset) + raw  # fmt: skip
+    eocd = struct.pack(
+        "<IHHHHIIH", 0x06054B50, 0, 0, len(entries), len(entries), len(central), len(out), 0
+    )
+    return out + central + eocd
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def test_a_zip_bomb_docx_is_refused_quickly_and_without_memory(
+    serve, small_index_copy, embedder, tmp_path: Path
+):
+    import base64
+
+    bomb = zip_bomb_docx(1 << 30)  # 1 GiB inflated
+    assert len(bomb) < 2 << 20
+    server = serve(generator=FakeGenerator(), retriever=small_index_copy, embedder=embedder)
+    body = {"name": "manual.docx", "data_base64": base64.b64encode(bomb).decode()}
+    base = _rss_bytes()
+    peak = [base]
+    done = threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], _rss_bytes())
+            time.sleep(0.005)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    t0 = time.perf_counter()
+    try:
+        r = requests.post(server.url + "/v1/documents", json=body, timeout=120)
+    finally:
+        elapsed = time.perf_counter() - t0
+        done.set()
+        sampler.join()
+    growth = (peak[0] - base) / (1 << 20)
+    print(f"\nzip-bomb DOCX ({len(bomb)} bytes -> 1 GiB): {r.status_code} in {elapsed:.2f} s, "
+          f"RSS growth {growth:.0f} MiB")  # fmt: skip
+    assert r.status_code == 422, r.text[:300]
+    err = r.json()["error"]
+    assert err["code"] == "limit_exceeded" and "max_document_uncompressed_bytes" in err["message"]
+    assert elapsed < 5.0 and growth < 200
+
+
+def test_parse_limits_name_the_setting(serve, small_index_copy, embedder):
+    server = serve(
+        generator=FakeGenerator(),
+        retriever=small_index_copy,
+        embedder=embedder,
+        max_document_chunks=3,
+    )
+    text = "\n\n".join(
+        f"## Step {i}\n" + "Check the seal of pump P-101 carefully. " * 40 for i in range(20)
+    )
+    r = requests.post(
+        server.url + "/v1/documents", json={"name": "long.md", "text": text}, timeout=120
+    )
+    assert r.status_code == 422, r.text[:300]
+    err = r.json()["error"]
+    assert err["code"] == "limit_exceeded" and "max_document_chunks" in err["message"]
+    assert all(d["path"] != "long.md" for d in small_index_copy.documents())
+
+
+def test_pdf_page_limit():
+    from appliance.documents.limits import LimitExceeded, ParseLimits, check_limits
+
+    pdf = _pdf_with_pages(5)
+    check_limits(pdf, "ok.pdf", ParseLimits(max_pages=5))
+    with pytest.raises(LimitExceeded, match="max_document_pages"):
+        check_limits(pdf, "long.pdf", ParseLimits(max_pages=4))
+
+
+def _pdf_with_pages(n: int) -> bytes:
+    import io
+
+    from pypdf import PdfWriter
+
+    w = PdfWriter()
+    for _ in range(n):
+        w.add_blank_page(width=200, height=200)
+    buf = io.BytesIO()
+    w.write(buf)
+    return buf.getvalue()
