@@ -24,6 +24,7 @@ import argparse
 import base64
 import hashlib
 import json
+import logging
 import os
 import shutil
 import stat
@@ -36,6 +37,8 @@ from pathlib import Path
 from typing import Any
 
 from appliance.errors import BundleError
+
+log = logging.getLogger("appliance.bundle")
 
 FORMAT_VERSION = 1
 SUPPORTED_FORMAT_VERSIONS = (1,)
@@ -129,6 +132,29 @@ def file_entries(root: Path) -> dict[str, dict[str, Any]]:
     }
 
 
+def _sha256_checked(path: Path, root: Path, size: int) -> str:
+    """sha256 of the file at `path`, hashed from one open descriptor whose size is checked
+    on that same descriptor (a file swapped after the size check cannot slip through). A
+    link inside the bundle is followed to its checked target; nothing else is followed."""
+    target = path.resolve() if path.is_symlink() else path
+    if not target.is_relative_to(root):
+        raise BundleError(f"{path}: leads outside the bundle")
+    try:
+        fd = os.open(target, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError as exc:
+        raise BundleError(
+            f"{path}: cannot be opened ({exc.strerror}); copy the bundle again"
+        ) from None
+    with os.fdopen(fd, "rb") as fh:
+        st = os.fstat(fh.fileno())
+        if not stat.S_ISREG(st.st_mode) or st.st_size != size:
+            raise BundleError(
+                f"{path}: size {st.st_size} bytes, the manifest says {size}; the file is "
+                "truncated or was changed: copy the bundle again"
+            )
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
 def _walk_files(root: Path) -> Iterator[tuple[str, Path]]:
     """Every non-directory entry under root, sorted, as (posix relpath, path). Does not follow
     directory links, so a link can never pull a folder outside the bundle into it."""
@@ -152,18 +178,33 @@ def _safe_relpath(rel: str) -> bool:
     )
 
 
-def read_manifest(root: Path) -> dict[str, Any]:
-    """Parse and version-check `manifest.json`; nothing else is checked here."""
+def read_manifest_bytes(root: Path) -> bytes:
+    """The exact bytes of `manifest.json`, read once (not through a link)."""
     path = root / MANIFEST_NAME
     if path.is_symlink():
         raise BundleError(f"{path}: a link; the manifest must be a regular file in the bundle")
-    if not path.is_file():
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:
         raise BundleError(
             f"{path}: missing; {root} is not a bundle (or was copied only in part); "
             "build one with `expert bundle` and copy the whole folder"
-        )
+        ) from None
+    except OSError as exc:
+        raise BundleError(f"{path}: cannot be read ({exc.strerror})") from None
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+            raise BundleError(f"{path}: not a regular file")
+        return fh.read()
+
+
+def read_manifest(root: Path, raw: bytes | None = None) -> dict[str, Any]:
+    """Parse and version-check `manifest.json` (or its bytes, `raw`, when already read);
+    nothing else is checked here."""
+    path = root / MANIFEST_NAME
+    raw = read_manifest_bytes(root) if raw is None else raw
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
+        manifest = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BundleError(
             f"{path}: not valid JSON ({exc}); the bundle is corrupt, rebuild it"
@@ -228,8 +269,9 @@ def _load_public_key(path: Path):
     return key
 
 
-def verify_signature(root: Path, public_key: Path) -> None:
-    """Check `manifest.sig` against `manifest.json` with the given PEM public key."""
+def verify_signature(root: Path, public_key: Path, manifest_bytes: bytes | None = None) -> None:
+    """Check `manifest.sig` against `manifest.json` (or the bytes of it already read, which
+    are then the bytes the caller goes on to use) with the given PEM public key."""
     from cryptography.exceptions import InvalidSignature
     from cryptography.hazmat.primitives import serialization
 
@@ -248,7 +290,9 @@ def verify_signature(root: Path, public_key: Path) -> None:
         raise BundleError(f"{sig_path}: unreadable or malformed signature file; re-sign") from None
     raw_pub = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     try:
-        key.verify(signature, (root / MANIFEST_NAME).read_bytes())
+        if manifest_bytes is None:
+            manifest_bytes = read_manifest_bytes(root)
+        key.verify(signature, manifest_bytes)
     except InvalidSignature:
         signer = sig.get("key_id")
         which = (
@@ -284,7 +328,9 @@ def load_bundle(
         raise BundleError(
             f"{root}: a signature is required but no public key was given; set {ENV_PUBLIC_KEY}"
         )
-    manifest = read_manifest(root)
+    # One read: the bytes whose signature is checked are the bytes whose file list is used.
+    manifest_bytes = read_manifest_bytes(root)
+    manifest = read_manifest(root, manifest_bytes)
 
     sig_path = root / SIGNATURE_NAME
     signed = False
@@ -298,7 +344,7 @@ def load_bundle(
                 f"{sig_path}: missing, and a bundle public key is configured ({public_key}), so "
                 "only signed bundles are accepted: build it with `expert bundle --sign-key KEY`"
             )
-        verify_signature(root, Path(public_key))
+        verify_signature(root, Path(public_key), manifest_bytes)
         signed = True
     elif require_signature:
         raise BundleError(
@@ -351,7 +397,7 @@ def load_bundle(
                 "is truncated or was changed: copy the bundle again"
             )
     for rel, entry in listed.items():
-        if sha256_file(found[rel]) != entry["sha256"]:
+        if _sha256_checked(found[rel], root, entry["size"]) != entry["sha256"]:
             raise BundleError(
                 f"{found[rel]}: sha256 does not match the manifest; the file was altered or "
                 "corrupted: copy the bundle again"
@@ -380,6 +426,40 @@ def load_bundle_with_policy(path: Path, policy: SignaturePolicy | None = None) -
     return load_bundle(
         path, require_signature=policy.require_signature, public_key=policy.public_key
     )
+
+
+def load_current_or_previous(
+    path: Path, policy: SignaturePolicy | None = None
+) -> tuple[Bundle, str | None]:
+    """Load `path`; when it is a state directory's `current` link and fails verification
+    (a power cut during an install, a damaged disk), fall back to `previous`.
+
+    Returns the bundle and, after a fallback, a sentence saying what happened (the service
+    shows it in /readyz). The fallback is logged at CRITICAL: the box is serving an older
+    bundle than the operator installed.
+    """
+    path = Path(path)
+    try:
+        return load_bundle_with_policy(path, policy), None
+    except BundleError as exc:
+        previous = path.parent / PREVIOUS_LINK
+        if not (path.name == CURRENT_LINK and path.is_symlink() and previous.is_symlink()):
+            raise
+        failure = exc
+    try:
+        bundle = load_bundle_with_policy(previous, policy)
+    except BundleError as exc:
+        raise BundleError(
+            f"{failure}; and the previous bundle failed too ({exc}): install a good bundle with "
+            "`install.sh --upgrade-bundle`"
+        ) from None
+    note = (
+        f"the current bundle failed verification ({failure}); serving the previous bundle "
+        f"{bundle.id} instead: reinstall the current one, or make the fallback permanent with "
+        "`install.sh --rollback`"
+    )
+    log.critical("BUNDLE FALLBACK: %s", note)
+    return bundle, note
 
 
 # --------------------------------------------------------------------------------------------
@@ -425,6 +505,14 @@ def _extract_tar(archive: Path, dest: Path) -> Path:
     try:
         with tarfile.open(archive) as tar:
             tar.extractall(dest, filter="data")
+    except TypeError:
+        # Pythons before 3.11.4 have no extraction filters: without one, a tarball could
+        # write outside `dest`. Refuse rather than unpack unfiltered.
+        raise BundleError(
+            f"{archive}: this Python ({sys.version.split()[0]}) cannot unpack tarballs safely "
+            "(tarfile filters need Python >= 3.11.4); upgrade Python, or install from the "
+            "unpacked bundle folder"
+        ) from None
     except (tarfile.TarError, OSError) as exc:
         raise BundleError(f"{archive}: cannot unpack ({exc}); copy the tarball again") from None
     # The bundle is the tarball's root, its one top-level folder, or the bundle inside a
@@ -482,8 +570,11 @@ def install_bundle(
         else:
             copy = staging / "copy"
             shutil.copytree(checked.root, copy, symlinks=False)
-            load_bundle(copy, require_signature=require_signature, public_key=public_key)
             _make_read_only(copy)
+            # Contents on disk before anything points at them: after a power cut `current`
+            # must never name truncated files.
+            _fsync_tree(copy)
+            load_bundle(copy, require_signature=require_signature, public_key=public_key)
             os.rename(copy, dest)
             _fsync_dir(bundles)
     finally:
@@ -491,6 +582,24 @@ def install_bundle(
     if activate_now:
         activate(state_dir, dest.name, require_signature=require_signature, public_key=public_key)
     return dest
+
+
+def _fsync_tree(root: Path) -> None:
+    """fsync every file under root, then every folder, deepest first, root last."""
+    dirs = []
+    for dirpath, _dirnames, filenames in os.walk(root):
+        dirs.append(dirpath)
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            if os.path.islink(path):
+                continue
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    for dirpath in reversed(dirs):
+        _fsync_dir(Path(dirpath))
 
 
 def _make_read_only(root: Path) -> None:
@@ -532,7 +641,9 @@ def activate(
     return target
 
 
-def rollback(state_dir: Path) -> Path:
+def rollback(
+    state_dir: Path, *, require_signature: bool = False, public_key: Path | None = None
+) -> Path:
     """Swap `current` and `previous`; return the bundle folder that is now current."""
     state_dir = Path(state_dir)
     prev = _link_target_name(state_dir / PREVIOUS_LINK)
@@ -541,7 +652,7 @@ def rollback(state_dir: Path) -> Path:
     target = _bundles_dir(state_dir) / prev
     if not target.is_dir():
         raise BundleError(f"{target}: the previous bundle was removed; cannot roll back")
-    load_bundle(target)  # checksums; the signature was checked when it was installed
+    load_bundle(target, require_signature=require_signature, public_key=public_key)
     cur = _link_target_name(state_dir / CURRENT_LINK)
     _replace_link(state_dir / CURRENT_LINK, f"{BUNDLES_DIR}/{prev}")
     if cur is not None:
@@ -640,7 +751,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.action == "activate":
             print(f"current -> {activate(args.state_dir, args.name, **kw)}")
         elif args.action == "rollback":
-            print(f"current -> {rollback(args.state_dir)}")
+            print(f"current -> {rollback(args.state_dir, **kw)}")
         elif args.action == "current":
             print(resolve_current(args.state_dir))
         elif args.action == "list":

@@ -14,6 +14,9 @@ The box has no network, so everything it needs travels in the tarball:
       keys/                 the bundle public key, when the bundle is signed
       package.json          what is inside and which Python it targets
       SHA256SUMS            checked by install.sh before it touches the system
+      SHA256SUMS.sig        ed25519 signature of SHA256SUMS (with --sign-key); install.sh checks
+                            it with the key already configured on the box or given by the
+                            operator, never with the key inside the package
 
 The wheels are built for this machine's Python and CPU architecture, which must match the
 box's (a Debian 12 box has Python 3.11). hnswlib ships only as source; its setup.py compiles
@@ -202,6 +205,34 @@ def _reset_owner(info: tarfile.TarInfo) -> tarfile.TarInfo:
     return info
 
 
+def write_checksums(top: Path, signing_key: Path | None = None) -> Path:
+    """Write `top/SHA256SUMS` (every file under top) and, with a signing key, its ed25519
+    signature `SHA256SUMS.sig` (raw 64 bytes, as `openssl pkeyutl -verify -rawin` reads it)."""
+    sums = [
+        f"{_sha256(p)}  {p.relative_to(top).as_posix()}"
+        for p in sorted(top.rglob("*"))
+        if p.is_file() and p.name not in ("SHA256SUMS", "SHA256SUMS.sig")
+    ]
+    path = top / "SHA256SUMS"
+    path.write_text("\n".join(sums) + "\n", encoding="utf-8")
+    if signing_key is not None:
+        (top / "SHA256SUMS.sig").write_bytes(_sign(path.read_bytes(), signing_key))
+    return path
+
+
+def _sign(data: bytes, signing_key: Path) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    try:
+        key = serialization.load_pem_private_key(Path(signing_key).read_bytes(), password=None)
+    except (OSError, ValueError, TypeError) as exc:
+        raise UserFacingError(f"{signing_key}: cannot read the signing key ({exc})") from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise UserFacingError(f"{signing_key}: not an ed25519 private key")
+    return key.sign(data)
+
+
 def make_package(
     bundle_dir: Path,
     out_dir: Path,
@@ -210,12 +241,14 @@ def make_package(
     wheel_cache: Path | None = None,
     public_key: Path | None = None,
     wheelhouse: Path | None = None,
+    signing_key: Path | None = None,
 ) -> Path:
     """Write `out_dir/industry-expert-<name>-<version>-linux-x86_64.tar` and return it.
 
     `wheelhouse`: a folder of wheels made earlier by `build_wheelhouse`, to reuse instead of
     building one. `public_key`: the bundle must verify with it, and the device will require
-    signed bundles from then on.
+    signed bundles from then on. `signing_key`: signs SHA256SUMS (the same ed25519 key that
+    signs bundles, so a box that trusts one trusts the other).
     """
     if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
         raise UserFacingError(
@@ -274,12 +307,7 @@ def make_package(
             README.format(bundle=bundle.root.name, created=created, python=info["python_min"]),
             encoding="utf-8",
         )
-        sums = [
-            f"{_sha256(p)}  {p.relative_to(top).as_posix()}"
-            for p in sorted(top.rglob("*"))
-            if p.is_file()
-        ]
-        (top / "SHA256SUMS").write_text("\n".join(sums) + "\n", encoding="utf-8")
+        write_checksums(top, signing_key)
         partial = staging / f"{name}.tar"
         with tarfile.open(partial, "w", format=tarfile.PAX_FORMAT) as tar:
             tar.add(top, arcname=name, filter=_reset_owner)
@@ -301,6 +329,9 @@ def main(argv: list[str] | None = None) -> int:
         "--public-key", type=Path, help="bundle public key (.pub): the device will require it"
     )
     parser.add_argument(
+        "--sign-key", type=Path, help="ed25519 private key: signs the package's SHA256SUMS"
+    )
+    parser.add_argument(
         "--wheel-cache",
         type=Path,
         default=REPO / "var" / "wheel-cache",
@@ -310,7 +341,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         path = make_package(
-            args.bundle, args.out, wheel_cache=args.wheel_cache, public_key=args.public_key
+            args.bundle,
+            args.out,
+            wheel_cache=args.wheel_cache,
+            public_key=args.public_key,
+            signing_key=args.sign_key,
         )
     except UserFacingError as exc:
         print(f"make package: error: {exc}", file=sys.stderr)

@@ -35,6 +35,8 @@ def readyz():
             "queue_depth": svc.slots.waiting,
             "queue_limit": svc.slots.max_queue,
             "quality_gate": rt.quality_gate,
+            # Set when `current` failed verification at start and `previous` is served.
+            "bundle_fallback": rt.fallback,
         }
     )
 

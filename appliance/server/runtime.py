@@ -41,6 +41,7 @@ class Runtime:
     policy: AnswerPolicy
     bundle: object | None = None  # appliance.bundle.Bundle
     created: int = 0
+    fallback: str | None = None  # why `previous` is served instead of `current`, if it is
 
     def __post_init__(self) -> None:
         self.created = self.created or int(time.time())
@@ -86,14 +87,17 @@ def answer_policy(config: ServeConfig, manifest: dict | None) -> AnswerPolicy:
 
 def load_runtime(config: ServeConfig) -> Runtime:
     """Verify and load the configured bundle (its `current` link is re-read every time)."""
-    from appliance.bundle import load_bundle_with_policy, resolve_current
+    from appliance.bundle import CURRENT_LINK, load_current_or_previous, resolve_current
     from appliance.embedding import OnnxEmbedder
     from appliance.generation.genai import GenaiGenerator
     from appliance.retrieval import Retriever, open_writable_copy
 
-    path = config.bundle if config.bundle is not None else resolve_current(config.state_dir)
+    path = config.bundle
+    if path is None:
+        resolve_current(config.state_dir)  # a clear error when no bundle is active
+        path = config.state_dir / CURRENT_LINK  # the link itself: `previous` is beside it
     t0 = time.perf_counter()
-    bundle = load_bundle_with_policy(path)
+    bundle, fallback = load_current_or_previous(path)
     generator = GenaiGenerator(
         bundle.llm_dir,
         adapters_dir=bundle.adapters_dir,
@@ -114,6 +118,7 @@ def load_runtime(config: ServeConfig) -> Runtime:
         name=bundle.id,
         policy=answer_policy(config, bundle.manifest),
         bundle=bundle,
+        fallback=fallback,
     )
 
 

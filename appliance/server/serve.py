@@ -11,11 +11,11 @@ work (/readyz turns 503), lets running generations finish (up to --drain-timeout
 
 from __future__ import annotations
 
-import _thread
 import argparse
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -28,6 +28,10 @@ log = logging.getLogger("appliance.server")
 
 # Threads beyond slots + queue, so /healthz, /readyz and /metrics always find one free.
 SPARE_THREADS = 4
+# After the drain ends, the process exits even if a thread or the loop hangs this long.
+HARD_EXIT_GRACE_S = 5.0
+# Exit status when a second SIGTERM cuts the drain short (128 + SIGTERM, as a shell reports).
+FORCED_EXIT_STATUS = 143
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,6 +47,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--request-timeout-s", type=float, help="longest generation (s)")
     parser.add_argument("--max-body-bytes", type=int, help="largest request body (bytes)")
     parser.add_argument("--max-document-bytes", type=int, help="largest POST /v1/documents body")
+    for name, what in (
+        ("uncompressed-bytes", "inflated size of an uploaded DOCX"),
+        ("pages", "pages of an uploaded PDF"),
+        ("chunks", "chunks of one uploaded document"),
+    ):
+        parser.add_argument(f"--max-document-{name}", type=int, help=f"largest {what}")
+    parser.add_argument(
+        "--max-document-seconds", type=float, help="longest parse + embed of one upload (s)"
+    )
     parser.add_argument("--header-timeout-s", type=float, help="time to send request headers")
     parser.add_argument("--read-timeout-s", type=float, help="time to send a whole request")
     parser.add_argument("--max-connections", type=int, help="open connections at most")
@@ -83,7 +96,9 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
     names = (
         "bundle state_dir host port slots max_queue queue_timeout_s request_timeout_s "
         "max_body_bytes max_document_bytes max_tokens_limit top_k abstain_threshold abstain_message api_keys_file "
-        "threads ui_language prefix_cache_tokens debug header_timeout_s read_timeout_s "
+        "threads ui_language prefix_cache_tokens debug max_document_uncompressed_bytes "
+        "max_document_pages max_document_chunks max_document_seconds header_timeout_s "
+        "read_timeout_s "
         "max_connections cpu_slots allowed_hosts allowed_origins"
     ).split()
     return ServeConfig.load({n: getattr(args, n, None) for n in names})
@@ -141,12 +156,52 @@ def build_server(app, config: ServeConfig):
     return server
 
 
-def install_signal_handlers(svc, drain_timeout_s: float) -> None:
-    """SIGHUP -> reload in a thread; SIGTERM -> drain in a thread, then stop the main loop.
+def sd_notify(state: str) -> bool:
+    """Tell systemd (Type=notify) about the service: READY=1, WATCHDOG=1, STOPPING=1.
+    Does nothing outside systemd (no NOTIFY_SOCKET)."""
+    addr = os.environ.get("NOTIFY_SOCKET", "")
+    if not addr:
+        return False
+    if addr.startswith("@"):
+        addr = "\0" + addr[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.connect(addr)
+            sock.sendall(state.encode("ascii"))
+        return True
+    except OSError as exc:
+        log.warning("could not notify systemd (%s): %s", state, exc)
+        return False
+
+
+def watchdog_interval_s() -> float | None:
+    """Half of systemd's WatchdogSec= (WATCHDOG_USEC), when the watchdog is meant for us."""
+    usec = os.environ.get("WATCHDOG_USEC", "")
+    pid = os.environ.get("WATCHDOG_PID", "")
+    if not usec.isdigit() or (pid and pid != str(os.getpid())):
+        return None
+    return int(usec) / 2e6
+
+
+def _exit_now(status: int) -> None:
+    for handler in logging.getLogger().handlers + logging.getLogger("appliance").handlers:
+        try:
+            handler.flush()
+        except Exception:
+            pass
+    os._exit(status)
+
+
+def install_signal_handlers(svc, drain_timeout_s: float, stop: threading.Event | None = None):
+    """SIGHUP -> reload in a thread; SIGTERM -> drain in a thread, then set `stop`, which
+    ends the serving loop (`serve_until`). A second SIGTERM exits at once; after the drain the
+    process exits within HARD_EXIT_GRACE_S even if something hangs.
 
     The handlers only start threads: the main thread runs waitress's I/O loop, which must
-    keep streaming to clients while a bundle loads or generations drain.
+    keep streaming to clients while a bundle loads or generations drain. Nothing here relies
+    on SIGINT (a background job or `nohup` starts with SIGINT ignored).
     """
+    stop = stop if stop is not None else threading.Event()
 
     def on_hup(_signum, _frame):
         log.info("SIGHUP: reloading the bundle")
@@ -159,11 +214,15 @@ def install_signal_handlers(svc, drain_timeout_s: float) -> None:
             time.sleep(0.1)
         if svc.slots.busy:
             log.warning("stopping with %d generation(s) still running", svc.slots.busy)
-        _thread.interrupt_main()  # waitress's loop ends on KeyboardInterrupt and closes
+        stop.set()
+        # Whatever hangs (a stuck native call, the loop itself), the process still ends.
+        threading.Timer(HARD_EXIT_GRACE_S, _exit_now, args=(FORCED_EXIT_STATUS,)).start()
 
     def on_term(_signum, _frame):
         if svc.draining:
-            return
+            log.warning("second SIGTERM: exiting now, without waiting for the drain")
+            _exit_now(FORCED_EXIT_STATUS)
+        sd_notify("STOPPING=1")
         log.info(
             "SIGTERM: draining (no new work; up to %.0f s for running generations)", drain_timeout_s
         )
@@ -171,6 +230,23 @@ def install_signal_handlers(svc, drain_timeout_s: float) -> None:
 
     signal.signal(signal.SIGHUP, on_hup)
     signal.signal(signal.SIGTERM, on_term)
+    return stop
+
+
+def serve_until(server, stop: threading.Event, tick_s: float = 0.5) -> None:
+    """waitress's I/O loop, in slices, until `stop` is set; pings systemd's watchdog from
+    this loop, so a hung loop stops the pings and systemd restarts the service."""
+    from waitress import wasyncore
+
+    interval = watchdog_interval_s()
+    last_ping = 0.0
+    while not stop.is_set():
+        wasyncore.loop(
+            timeout=tick_s, map=server._map, use_poll=server.adj.asyncore_use_poll, count=1
+        )
+        if interval is not None and time.monotonic() - last_ping >= interval:
+            sd_notify("WATCHDOG=1")
+            last_ping = time.monotonic()
 
 
 def limit_malloc_arenas(arenas: int = 2) -> None:
@@ -225,7 +301,7 @@ def run(args: argparse.Namespace) -> int:
     app = create_app(config)
     svc = app.extensions[EXTENSION]
     server = build_server(app, config)
-    install_signal_handlers(svc, args.drain_timeout_s)
+    stop = install_signal_handlers(svc, args.drain_timeout_s)
     host, port = server.effective_host, server.effective_port
     log.info(
         "serving %s on http://%s:%s (started in %.1f s; slots %d, queue %d, API keys %s)",
@@ -237,8 +313,9 @@ def run(args: argparse.Namespace) -> int:
         config.queue_limit,
         "required" if svc.keys.enabled else "off (loopback only)",
     )
+    sd_notify("READY=1")
     try:
-        server.run()
+        serve_until(server, stop)
     except KeyboardInterrupt:
         pass
     finally:

@@ -378,3 +378,114 @@ def test_a_configured_public_key_always_requires_a_signature(tmp_path: Path, key
     with pytest.raises(BundleError, match=r"manifest\.sig: missing"):
         install_bundle(path, tmp_path / "state", public_key=public)
     assert list_installed(tmp_path / "state") == []
+
+
+def test_the_manifest_is_read_once(tmp_path: Path, keys, monkeypatch):
+    """The bytes whose signature is checked are the bytes whose file list is used."""
+    import io
+
+    private, public = keys
+    path = make_bundle(tmp_path, signing_key=private)
+    opened: list[str] = []
+    real_os_open, real_io_open = os.open, io.open
+
+    def spy_os_open(p, *a, **k):
+        opened.append(str(p))
+        return real_os_open(p, *a, **k)
+
+    def spy_io_open(p, *a, **k):
+        opened.append(str(p))
+        return real_io_open(p, *a, **k)
+
+    monkeypatch.setattr(os, "open", spy_os_open)
+    monkeypatch.setattr(io, "open", spy_io_open)
+    load_bundle(path, public_key=public)
+    monkeypatch.undo()
+    assert [p for p in opened if p.endswith("manifest.json")] == [str(path / "manifest.json")]
+
+
+def test_install_fsyncs_files_then_folders_then_switches(tmp_path: Path, monkeypatch):
+    events: list[tuple[str, str]] = []
+    real_fsync, real_replace, real_rename = os.fsync, os.replace, os.rename
+
+    def fsync(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        return real_fsync(fd)
+
+    def replace(src, dst, *a, **k):
+        events.append(("replace", str(dst)))
+        return real_replace(src, dst, *a, **k)
+
+    def rename(src, dst, *a, **k):
+        events.append(("rename", str(dst)))
+        return real_rename(src, dst, *a, **k)
+
+    state = tmp_path / "state"
+    src = make_bundle(tmp_path)
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    monkeypatch.setattr(os, "rename", rename)
+    installed = install_bundle(src, state, activate_now=True)
+    monkeypatch.undo()
+
+    files = {p.relative_to(installed).as_posix() for p in installed.rglob("*") if p.is_file()}
+    dirs = {p.relative_to(installed).as_posix() for p in installed.rglob("*") if p.is_dir()}
+    move = events.index(("rename", str(installed)))
+    switch = events.index(("replace", str(state / "current")))
+    synced_before_move = [p for kind, p in events[:move] if kind == "fsync" and "/copy" in p]
+    rel = {p.split("/copy", 1)[1].lstrip("/") for p in synced_before_move}
+    assert files <= rel, f"not fsynced before the move: {sorted(files - rel)}"
+    assert dirs | {""} <= rel, f"folders not fsynced: {sorted(dirs - rel)}"
+    order = [
+        (i, p.split("/copy", 1)[1].lstrip("/"))
+        for i, (k, p) in enumerate(events[:move])
+        if k == "fsync" and "/copy" in p
+    ]
+    last_file = max(i for i, r in order if r in files)
+    first_dir = min(i for i, r in order if r in dirs | {""})
+    assert last_file < first_dir, "a folder was fsynced before all files were"
+    assert ("fsync", str(state / "bundles")) in events[move:switch], "bundles/ not fsynced"
+    assert ("fsync", str(state)) in events[switch:], "the link switch was not made durable"
+
+
+def test_a_current_bundle_that_fails_verification_falls_back_to_previous(tmp_path: Path, caplog):
+    import logging
+
+    from appliance.bundle import load_current_or_previous
+
+    state = tmp_path / "state"
+    install_bundle(make_bundle(tmp_path, "1.0.0"), state, activate_now=True)
+    install_bundle(make_bundle(tmp_path, "2.0.0"), state, activate_now=True)
+    damaged = writable(state / "bundles" / "bundle-plant-2.0.0" / "llm" / "model.onnx.data")
+    os.truncate(damaged, 10)  # a power cut before the data reached the disk
+    caplog.set_level(logging.ERROR, logger="appliance.bundle")
+    bundle, note = load_current_or_previous(state / "current")
+    assert bundle.id == "bundle-plant-1.0.0"
+    assert "model.onnx.data" in note and "bundle-plant-1.0.0" in note
+    assert any(
+        r.levelno >= logging.CRITICAL and "FALLBACK" in r.getMessage() for r in caplog.records
+    )
+    # A bundle given by its folder (not the `current` link) never falls back.
+    with pytest.raises(BundleError, match="model.onnx.data"):
+        load_current_or_previous(state / "bundles" / "bundle-plant-2.0.0")
+    # Both bad: a clear error.
+    os.truncate(writable(state / "bundles" / "bundle-plant-1.0.0" / "llm" / "model.onnx"), 1)
+    with pytest.raises(BundleError, match="previous bundle failed too"):
+        load_current_or_previous(state / "current")
+
+
+def test_a_python_without_tarfile_filters_refuses_to_unpack(
+    bundle: Path, tmp_path: Path, monkeypatch
+):
+    archive = tmp_path / "bundle.tar"
+    with tarfile.open(archive, "w") as tar:
+        tar.add(bundle, arcname=bundle.name)
+
+    def old_extractall(self, path=".", members=None, *, numeric_owner=False):
+        raise AssertionError("must not unpack without a filter")  # pragma: no cover
+
+    # Python < 3.11.4: extractall() takes no `filter`, so the call raises TypeError.
+    monkeypatch.setattr(tarfile.TarFile, "extractall", old_extractall)
+    with pytest.raises(BundleError, match=r"tarfile filters need Python >= 3\.11\.4"):
+        install_bundle(archive, tmp_path / "state")
+    assert list_installed(tmp_path / "state") == []

@@ -334,3 +334,15 @@ def test_a_concurrent_ingest_is_a_conflict_not_a_bad_request(
         r = requests.delete(server.url + "/v1/documents/anything", timeout=30)
         assert r.status_code == 409
     assert requests.post(server.url + "/v1/documents", json=doc, timeout=60).status_code == 201
+
+
+def test_readyz_says_when_the_previous_bundle_is_served(tmp_path: Path):
+    gen = FakeGenerator()
+    note = "the current bundle failed verification (...); serving the previous bundle bundle-x-1"
+
+    def loader(cfg):
+        return Runtime(gen, None, None, gen.model_id, answer_policy(cfg, None), fallback=note)
+
+    app = create_app(ServeConfig(state_dir=tmp_path), loader=loader)
+    ready = app.test_client().get("/readyz", headers={"Host": "127.0.0.1"}).get_json()
+    assert ready["status"] == "ready" and ready["bundle_fallback"] == note

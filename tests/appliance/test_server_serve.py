@@ -130,3 +130,93 @@ def test_serve_a_real_bundle_reload_and_stop(bundles, tmp_path: Path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def _start_ignoring_sigint(bundle: Path, tmp_path: Path, drain_s: float):
+    """`expert serve` as a background job or `nohup` starts it: SIGINT ignored."""
+    port = free_port()
+    log = tmp_path / f"serve-{port}.log"
+    cmd = [sys.executable, "-m", "appliance.cli", "serve", "--bundle", str(bundle),
+           "--state-dir", str(tmp_path / "state"), "--port", str(port), "--slots", "1",
+           "--drain-timeout-s", str(drain_s)]  # fmt: skip
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            cmd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=offline_env(),
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+        )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        assert proc.poll() is None, log.read_text()[-3000:]
+        try:
+            if requests.get(url + "/readyz", timeout=1).status_code == 200:
+                return proc, url, log
+        except requests.ConnectionError:
+            pass
+        assert time.monotonic() < deadline, "not ready in 120 s"
+        time.sleep(0.1)
+
+
+def _busy_generation(url: str) -> None:
+    """A long streaming answer in a thread, and wait until it holds the slot."""
+    import threading
+
+    def ask():
+        try:
+            requests.post(
+                url + "/v1/chat/completions",
+                json={"messages": [{"role": "user", "content": "Describe every pump part."}],
+                      "max_tokens": 1500, "stream": True, "retrieval": False},
+                timeout=120,
+            )  # fmt: skip
+        except requests.RequestException:
+            pass  # the server goes away mid-stream: expected
+
+    threading.Thread(target=ask, daemon=True).start()
+    deadline = time.monotonic() + 30
+    while requests.get(url + "/readyz", timeout=5).json().get("slots_busy") != 1:
+        assert time.monotonic() < deadline, "the generation never started"
+        time.sleep(0.05)
+
+
+def test_sigterm_stops_the_service_when_sigint_is_ignored(bundles, tmp_path: Path):
+    v1, _ = bundles
+    drain_s = 3.0
+    proc, url, log = _start_ignoring_sigint(v1, tmp_path, drain_s)
+    try:
+        _busy_generation(url)
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=drain_s + 5)
+        elapsed = time.monotonic() - t0
+        print(
+            f"\nSIGTERM with SIGINT ignored: exited in {elapsed:.1f} s (drain timeout {drain_s} s)"
+        )
+        assert elapsed < drain_s + 5
+        assert "stopping with 1 generation(s) still running" in log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_a_second_sigterm_exits_at_once(bundles, tmp_path: Path):
+    v1, _ = bundles
+    proc, url, log = _start_ignoring_sigint(v1, tmp_path, drain_s=120.0)
+    try:
+        _busy_generation(url)
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(1.0)
+        assert proc.poll() is None, "the first SIGTERM should drain, not exit"
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(timeout=5)
+        print(f"\nsecond SIGTERM: exited in {time.monotonic() - t0:.2f} s with status {rc}")
+        assert rc != 0 and "second SIGTERM" in log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -84,6 +84,7 @@ def bundles(tmp_path_factory, smollm2_onnx_int4, embedder_onnx, plant_index) -> 
         "v2": build_bundle(out, name="plant", version="1.1.0", signing_key=private, **parts),
         "unsigned": build_bundle(out, name="plant", version="1.2.0", **parts),
         "public_key": public,
+        "private_key": private,
     }
 
 
@@ -96,7 +97,11 @@ def _tar(bundle: Path, dest: Path) -> Path:
 def test_package_installs_offline_and_serves(bundles, tmp_path: Path):
     v1, v2 = bundles["v1"], bundles["v2"]
     tarball = make_package(
-        v1, tmp_path / "dist", wheel_cache=WHEEL_CACHE, public_key=bundles["public_key"]
+        v1,
+        tmp_path / "dist",
+        wheel_cache=WHEEL_CACHE,
+        public_key=bundles["public_key"],
+        signing_key=bundles["private_key"],
     )
     assert tarball.name == "industry-expert-plant-1.0.0-linux-x86_64.tar"
     with tarfile.open(tarball) as tar:
@@ -129,6 +134,8 @@ def test_package_installs_offline_and_serves(bundles, tmp_path: Path):
             str(conf),
             "--python",
             str(base_python),
+            "--public-key",
+            str(bundles["public_key"]),  # obtained separately: authenticates the package
             "--no-user",
             "--no-systemd",
         ],
@@ -139,11 +146,13 @@ def test_package_installs_offline_and_serves(bundles, tmp_path: Path):
     )
     assert install.returncode == 0, install.stdout + install.stderr
     assert "--no-systemd: unit written to" in install.stdout
+    assert "package signature verified" in install.stdout
     assert (state / "current").resolve() == state / "bundles" / v1.name
     unit = (prefix / "industry-expert.service").read_text()
-    assert f"ExecStart={prefix}/venv/bin/expert serve" in unit and f"ReadWritePaths={state}" in unit
+    assert f"ExecStart={prefix}/venv/bin/expert serve" in unit
+    assert f"ReadWritePaths={state}/service" in unit
     env_file = (conf / "env").read_text()
-    assert f"EXPERT_STATE_DIR={state}" in env_file
+    assert f"EXPERT_STATE_DIR={state}/service" in env_file
     assert "EXPERT_REQUIRE_SIGNATURE=1" in env_file  # the package carried the public key
     venv_python = prefix / "venv" / "bin" / "python"
     no_torch = subprocess.run(
@@ -165,8 +174,10 @@ def test_package_installs_offline_and_serves(bundles, tmp_path: Path):
         [
             str(prefix / "venv" / "bin" / "expert"),
             "serve",
+            "--bundle",
+            str(state / "current"),
             "--state-dir",
-            str(state),
+            str(state / "service"),
             "--host",
             "127.0.0.1",
             "--port",
@@ -174,7 +185,7 @@ def test_package_installs_offline_and_serves(bundles, tmp_path: Path):
             "--slots",
             "1",
         ],
-        env=env | {"EXPERT_STATE_DIR": str(state)},
+        env=env | {"EXPERT_STATE_DIR": str(state / "service")},
         cwd=tmp_path,
         stdout=subprocess.DEVNULL,
         stderr=open(tmp_path / "serve.log", "w"),
