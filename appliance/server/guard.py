@@ -136,6 +136,7 @@ def make_channel_class(svc, config: ServeConfig) -> type[HTTPChannel]:
             self.error = JsonError(err)
             self.refused = True
             self.connection_close = True
+            self.expect_continue = False  # no "100 Continue": the body is not wanted
             # No body is read: the request ends with its headers.
             self.body_rcv = None
             self.content_length = 0
