@@ -346,3 +346,16 @@ def test_readyz_says_when_the_previous_bundle_is_served(tmp_path: Path):
     app = create_app(ServeConfig(state_dir=tmp_path), loader=loader)
     ready = app.test_client().get("/readyz", headers={"Host": "127.0.0.1"}).get_json()
     assert ready["status"] == "ready" and ready["bundle_fallback"] == note
+
+
+def test_the_guard_and_the_app_agree_on_public_routes(tmp_path: Path):
+    """The guard decides from the path before Flask routes the request: its public paths
+    must be exactly the app's public endpoints."""
+    from appliance.server.app import PUBLIC_ENDPOINTS
+    from appliance.server.guard import PUBLIC_PATHS, PUBLIC_PREFIXES
+
+    app = create_app(ServeConfig(state_dir=tmp_path), generator=FakeGenerator())
+    for rule in app.url_map.iter_rules():
+        path = rule.rule.replace("<path:name>", "app.js").replace("<doc_id>", "d")
+        public = path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
+        assert public == (rule.endpoint in PUBLIC_ENDPOINTS), rule.rule
