@@ -34,6 +34,7 @@ NO_SYSTEMD=0
 NO_USER=0
 MODE=install
 NEW_BUNDLE=""
+LAYOUT=1  # 2: the service's writable state is $STATE_DIR/service (install.conf says which)
 
 log() { echo "install.sh: $*"; }
 die() { echo "install.sh: error: $*" >&2; exit 1; }
@@ -112,6 +113,18 @@ bundle_tool() {
 
 set_ownership() {
     # Root owns the state folder, the bundles and the links; the service owns only service/.
+    if [[ $LAYOUT != 2 ]]; then
+        # An install from before the split: its unit still writes $STATE_DIR itself. Only
+        # the bundles and links change hands; ./install.sh moves the rest.
+        if [[ $NO_USER == 0 ]]; then
+            [[ -d "$STATE_DIR/bundles" ]] && chown -R root:root "$STATE_DIR/bundles"
+            for link in current previous; do
+                [[ -L "$STATE_DIR/$link" ]] && chown -h root:root "$STATE_DIR/$link"
+            done
+        fi
+        log "run ./install.sh from this package to move the service's state to $SERVICE_STATE"
+        return 0
+    fi
     mkdir -p "$SERVICE_STATE"
     chmod 0755 "$STATE_DIR"
     chmod 0750 "$SERVICE_STATE"
@@ -335,11 +348,13 @@ STATE_DIR='$STATE_DIR'
 SERVICE_USER='$SERVICE_USER'
 NO_USER=$NO_USER
 NO_SYSTEMD=$NO_SYSTEMD
+LAYOUT=2
 EOF
 
 log "installing the bundle into $STATE_DIR"
 mkdir -p "$STATE_DIR"
 migrate_service_state
+LAYOUT=2
 bundles=("$HERE"/bundle/bundle-*)
 [[ ${#bundles[@]} == 1 && -d "${bundles[0]}" ]] || die "the package holds no bundle (bundle/bundle-*)"
 bundle_tool install --activate "${bundles[0]}"
