@@ -233,7 +233,7 @@ def install_signal_handlers(svc, drain_timeout_s: float, stop: threading.Event |
     return stop
 
 
-def serve_until(server, stop: threading.Event, tick_s: float = 0.5) -> None:
+def serve_until(server, stop: threading.Event, tick_s: float = 0.2) -> None:
     """waitress's I/O loop, in slices, until `stop` is set; pings systemd's watchdog from
     this loop, so a hung loop stops the pings and systemd restarts the service."""
     from waitress import wasyncore

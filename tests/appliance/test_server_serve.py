@@ -209,7 +209,12 @@ def test_a_second_sigterm_exits_at_once(bundles, tmp_path: Path):
     try:
         _busy_generation(url)
         proc.send_signal(signal.SIGTERM)
-        time.sleep(1.0)
+        # Wait until the drain has begun (two signals sent before the process has handled
+        # the first would arrive as one: POSIX does not queue them).
+        deadline = time.monotonic() + 30
+        while requests.get(url + "/readyz", timeout=5).json().get("status") != "draining":
+            assert time.monotonic() < deadline, "the first SIGTERM did not start a drain"
+            time.sleep(0.05)
         assert proc.poll() is None, "the first SIGTERM should drain, not exit"
         t0 = time.monotonic()
         proc.send_signal(signal.SIGTERM)
