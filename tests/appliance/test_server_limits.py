@@ -335,3 +335,20 @@ def _pdf_with_pages(n: int) -> bytes:
     buf = io.BytesIO()
     w.write(buf)
     return buf.getvalue()
+
+
+def test_uploads_are_parsed_before_the_index_lock_is_taken(serve, small_index_copy, embedder):
+    """A refused upload is answered while another writer holds the index: it never waited
+    for (or held) the lock."""
+    import base64
+
+    from appliance.retrieval import versions as V
+
+    server = serve(generator=FakeGenerator(), retriever=small_index_copy, embedder=embedder)
+    body = {"name": "manual.docx", "data_base64": base64.b64encode(zip_bomb_docx(1 << 30)).decode()}
+    with V.write_lock(small_index_copy.index_dir):
+        t0 = time.perf_counter()
+        r = requests.post(server.url + "/v1/documents", json=body, timeout=60)
+        elapsed = time.perf_counter() - t0
+    assert r.status_code == 422 and r.json()["error"]["code"] == "limit_exceeded", r.text[:300]
+    assert elapsed < 5.0, f"the refusal waited {elapsed:.1f} s for the lock"
