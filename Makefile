@@ -120,7 +120,8 @@ $(APACHE_BUNDLE)/manifest.json: $(WORK)/smollm2-int4/export.json $(WORK)/apache-
 	rm -rf $(APACHE_BUNDLE)
 	$(EXPERT) bundle --name apache --version $(VERSION) --out $(BUNDLES) \
 	    --llm $(WORK)/smollm2-int4 --embedder $(WORK)/embedder --index $(WORK)/apache-index \
-	    --quality-gate $(WORK)/quality-gate.json --extra $(APACHE)/bundle-extra.json
+	    --quality-gate $(WORK)/quality-gate.json --extra $(APACHE)/bundle-extra.json \
+	    $(if $(ACCEPT_QUALITY_LOSS),--accept-quality-loss --quality-loss-reason "$(ACCEPT_QUALITY_LOSS)")
 
 # Both corpora through the four modes; the fine-tuned model (trained on the plant's Q&A) is
 # built by the plant run and reused for the Apache manual, which has no training pairs of its

@@ -1,6 +1,7 @@
 """`expert eval`: measure RAG against fine-tuning against both, on the plant's own questions.
 
 Run: `expert eval modes --plant examples/plant --work var/work --bundle var/bundles/bundle-plant-0.1.0 --out var/eval`
+     `expert eval calibrate --bundle BUNDLE --questions FILE [--out BUNDLE-EXTRA.json]`
      `expert eval --bundle BASE_BUNDLE --bundle FINETUNED_BUNDLE --questions FILE --out DIR`
      `expert eval retrieval --bundle BUNDLE --questions FILE [--out FILE.json]`
      `expert eval quality-gate --hf DIR --onnx DIR --docs DIR --questions FILE --out FILE.json`
@@ -42,7 +43,7 @@ from build import eval_metrics
 
 log = logging.getLogger(__name__)
 
-SUBMODES = ("modes", "retrieval", "quality-gate")
+SUBMODES = ("modes", "retrieval", "quality-gate", "calibrate")
 
 # The four modes, in report order: (name, label, fine-tuned?, retrieval?).
 MODE_TABLE = (
@@ -760,6 +761,52 @@ def evaluate_retrieval_cli(bundle_path: Path, questions_file: Path, out: Path | 
     return result
 
 
+def calibrate_threshold(
+    bundle_path: Path, questions_file: Path, *, split: str = "dev", k: int = DEFAULT_K
+) -> dict:
+    """The abstention threshold for a bundle, chosen on one split only (dev by default).
+
+    For each question of the split: the best dense score of the top-k passages the bundle's
+    index returns; then `appliance.answering.calibrate_abstain_threshold` (the highest
+    threshold that still answers >= 95% of the answerable questions), rounded down to two
+    decimals so that the 95% still holds. The other split is only reported."""
+    from appliance.answering import best_dense_score, calibrate_abstain_threshold
+    from appliance.bundle import load_bundle
+
+    bundle = load_bundle(bundle_path)
+    questions = load_questions(questions_file)
+    if split not in SPLITS or not any(q.split == split for q in questions):
+        raise UserFacingError(f"{questions_file}: no questions in split {split!r}")
+    scores: dict[str, dict[str, list[float]]] = {}
+    with open_retriever(bundle) as retriever:
+        for q in questions:
+            best = best_dense_score(retriever.search(q.question, k=k, filters=q.filters))
+            part = scores.setdefault(q.split or "none", {"answerable": [], "unanswerable": []})
+            part["answerable" if q.answerable else "unanswerable"].append(
+                -1.0 if best is None else float(best)
+            )
+    tuned = scores[split]
+    cal = calibrate_abstain_threshold(tuned["answerable"], tuned["unanswerable"])
+    threshold = math.floor(cal.threshold * 100) / 100
+
+    def effect(part: Mapping[str, list[float]]) -> dict:
+        return {
+            "answered": f"{sum(x >= threshold for x in part['answerable'])}/"
+            f"{len(part['answerable'])} answerable",
+            "refused": f"{sum(x < threshold for x in part['unanswerable'])}/"
+            f"{len(part['unanswerable'])} unanswerable",
+        }
+
+    return {
+        "bundle": str(bundle.root),
+        "questions_file": str(questions_file),
+        "chosen_on": split,
+        "calibrated": round(cal.threshold, 4),
+        "abstain_threshold": threshold,
+        "by_split": {name: effect(part) for name, part in sorted(scores.items())},
+    }
+
+
 def quality_gate_cli(hf: Path, onnx: Path, docs: Path, questions: Path, out: Path) -> dict:
     from build.quality_gate import run_quality_gate, write_result
 
@@ -786,7 +833,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "modes (default): base / base+RAG / fine-tuned / fine-tuned+RAG on held-out questions, "
         "with an HTML, JSON and Markdown report.\n"
         "retrieval: retrieval metrics of a bundle's index.\n"
-        "quality-gate: an export against the checkpoint it came from (the bundle's gate)."
+        "quality-gate: an export against the checkpoint it came from (the bundle's gate).\n"
+        "calibrate: a bundle's abstention threshold, chosen on the dev split only; --out "
+        "FILE.json merges it into a file for `expert bundle --extra`."
     )
     parser.add_argument(
         "submode",
@@ -814,7 +863,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--out",
         type=Path,
         metavar="PATH",
-        help="modes: report folder; retrieval, quality-gate: FILE.json",
+        help="modes: report folder; retrieval, quality-gate: FILE.json; calibrate: bundle-extra FILE.json",
     )
     modes = parser.add_argument_group("modes")
     modes.add_argument(
@@ -946,6 +995,24 @@ def run(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 1
+        return 0
+
+    if args.submode == "calibrate":
+        _reject(args, "calibrate", mode_only + gate_only)
+        if len(args.bundle) != 1 or args.questions is None:
+            raise UserFacingError("calibrate needs one --bundle DIR and --questions FILE")
+        result = calibrate_threshold(args.bundle[0], args.questions, k=args.k)
+        if args.out is not None:
+            # A bundle-extra file: other keys (e.g. "prompting") are kept.
+            extra = {}
+            if args.out.is_file():
+                extra = json.loads(args.out.read_text(encoding="utf-8"))
+            extra.setdefault("retrieval", {})["abstain_threshold"] = result["abstain_threshold"]
+            extra["retrieval"]["abstain_threshold_calibration"] = {
+                k: v for k, v in result.items() if k != "bundle"
+            }
+            args.out.write_text(json.dumps(extra, indent=2) + "\n", encoding="utf-8")
+        print(json.dumps(result, indent=2))
         return 0
 
     if args.submode == "retrieval":

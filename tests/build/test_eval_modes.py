@@ -291,3 +291,22 @@ def test_expert_eval_builds_the_finetuned_bundle(
     again = json.loads((out / "report.json").read_text(encoding="utf-8"))
     assert all(again["run"]["build"]["finetune"]["reused"].values())
     assert [m["name"] for m in again["modes"]] == ["finetuned", "finetuned@fp32"]
+
+
+def test_calibrate_threshold_on_dev_only(tiny_bundle: Path, plant_dir: Path, tmp_path: Path):
+    """`expert eval calibrate`: the threshold comes from the dev split, test is only reported,
+    and --out merges it into a bundle-extra file without losing its other keys."""
+    from build.evaluation import main
+
+    extra = tmp_path / "extra.json"
+    extra.write_text(json.dumps({"prompting": {"domain": "the plant"}}), encoding="utf-8")
+    argv = ["calibrate", "--bundle", str(tiny_bundle), "--questions"]
+    assert main([*argv, str(plant_dir / "qa" / "eval.jsonl"), "--out", str(extra)]) == 0
+    data = json.loads(extra.read_text(encoding="utf-8"))
+    assert data["prompting"] == {"domain": "the plant"}
+    cal = data["retrieval"]["abstain_threshold_calibration"]
+    assert cal["chosen_on"] == "dev" and set(cal["by_split"]) == {"dev", "test"}
+    t = data["retrieval"]["abstain_threshold"]
+    assert t == int(cal["calibrated"] * 100) / 100 and -1 <= t <= 1
+    answered, total = map(int, cal["by_split"]["dev"]["answered"].split()[0].split("/"))
+    assert answered >= 0.95 * total
