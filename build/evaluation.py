@@ -568,8 +568,28 @@ def run_modes(
     return records
 
 
+def _git_commit() -> str | None:
+    import subprocess
+
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            cwd=Path(__file__).resolve().parent,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
 def machine_info() -> dict:
+    """Where and on what code a run was made; the load average says how contended its timings
+    are (timings on a busy shared box are several times an idle one's)."""
     info = {
+        "git_commit": _git_commit(),
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "platform": platform.platform(),
         "python": platform.python_version(),
         "processor": platform.processor() or platform.machine(),
@@ -650,6 +670,7 @@ def evaluate_modes(
 
     settings = settings or EvalSettings()
     started = time.perf_counter()
+    started_load = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     questions = load_questions(questions_file)
     if settings.limit:
         questions = questions[: settings.limit]
@@ -730,6 +751,7 @@ def evaluate_modes(
         "settings": asdict(settings),
         "abstain_threshold": policy.abstain_threshold,
         "machine": machine_info(),
+        "load_average_at_start": started_load,
         "eval_s": round(time.perf_counter() - eval_started, 1),
         "total_s": round(time.perf_counter() - started, 1),
         "build": build_info,
