@@ -945,6 +945,14 @@ def render_html(report: Mapping, figures: Mapping[str, str]) -> str:
         f'<div class="rec"><p><strong>{e(rec["text"])}</strong></p>',
         "<ul>" + "".join(f"<li>{e(r)}</li>" for r in rec["reasons"][1:]) + "</ul></div>",
         "<h2>Summary</h2>",
+        '<p class="meta">'
+        + (
+            f"Test split ({e(_split_counts(report, 'test'))}), never tuned on; the dev split "
+            "is in report.json (summary_by_split) and report.md."
+            if report.get("summary_split") == "test"
+            else "All questions (the file has no dev/test split)."
+        )
+        + " Rates: share (k/n; 95% Wilson interval).</p>",
         "<table><tr><th>metric</th>"
         + "".join(f"<th>{e(m['label'])}</th>" for m in modes)
         + "</tr>",
