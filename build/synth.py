@@ -326,8 +326,8 @@ def structured_pairs(chunks: Sequence[Chunk], langs_of: dict[str, list[str]], rn
                 answer = ANSWERS[lang][entry.kind].format(
                     field=fw, entity=entry.entity, term=entry.field, value=entry.value
                 )
-                if answer.endswith(".."):  # a value that ends its own sentence
-                    answer = answer[:-1]
+                if entry.kind == "field" and entry.value.endswith("."):
+                    answer = answer[:-1]  # the value ends the sentence itself ("... NTU.", "...")
                 if entry.kind == "field":
                     answer = answer[:1].upper() + answer[1:]
                 for t in chosen:
