@@ -147,3 +147,37 @@ def test_api_key_prompt(serve, page, tmp_path):
     ask(page, "hello")
     page.wait_for_selector(".turn.assistant[data-state=done]")
     assert "You asked: hello" in page.locator(".turn.assistant .text").inner_text()
+
+
+def test_spanish_terminal_gets_a_spanish_page_and_spanish_answers(serve, retriever, browser):
+    """A browser that prefers Spanish gets the Spanish page; a Spanish question is answered
+    under the Spanish prompt, and the appliance's own abstention comes back in Spanish."""
+    context = browser.new_context(locale="es-ES")
+    page = context.new_page()
+    page.set_default_timeout(15_000)
+    try:
+        gen = FakeGenerator(reply="La alarma indica que el vacío del tambor es bajo [1].")
+        # Every question reaches the model here (MiniLM scores Spanish questions low).
+        answering = serve(generator=gen, retriever=retriever, abstain_threshold=-1.0)
+        page.goto(answering.url + "/")
+        page.locator("#status").filter(has_text="Listo").wait_for()
+        assert page.evaluate("document.documentElement.lang") == "es"
+        assert page.locator("label[for=question]").inner_text() == "Su pregunta"
+        assert "Preguntar" in page.locator("#send").inner_text()
+        ask(page, "¿Qué significa la alarma E-47?")
+        page.wait_for_selector(".turn.assistant[data-state=done]")
+        turn = page.locator(".turn.assistant").last
+        assert turn.locator(".who").text_content() == "Experto"
+        assert "La alarma indica que el vacío" in turn.locator(".text").inner_text()
+        assert turn.locator(".sources h2").text_content() == "Fuentes"
+        assert "Responde en español" in gen.prompts[-1]
+        assert "Pregunta: ¿Qué significa la alarma E-47?" in gen.prompts[-1]
+
+        strict = serve(generator=FakeGenerator(), retriever=retriever)
+        page.goto(strict.url + "/")
+        page.locator("#status").filter(has_text="Listo").wait_for()
+        ask(page, "¿Quién ganó el partido de fútbol ayer?")
+        page.wait_for_selector(".turn.assistant.abstained[data-state=done]")
+        assert "Los documentos no tratan esta pregunta." in page.locator(".turn.assistant").last.inner_text()  # fmt: skip
+    finally:
+        context.close()
