@@ -960,7 +960,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="train on plain Q&A instead of retrieval-augmented prompts",
     )
     gate = parser.add_argument_group("quality-gate")
-    gate.add_argument("--hf", type=Path, metavar="DIR", help="full-precision HF checkpoint")
+    gate.add_argument(
+        "--hf",
+        type=Path,
+        metavar="DIR",
+        help="the HF checkpoint the export was made from (the gate's reference)",
+    )
     gate.add_argument("--onnx", type=Path, metavar="DIR", help="exported ONNX model folder")
     gate.add_argument("--docs", type=Path, metavar="DIR", help="documents for the perplexity text")
 
