@@ -151,6 +151,43 @@ def _row_record(header: list[str], cells: list[str]) -> str:
     return " | ".join(c for c in cells if c)
 
 
+# Entry-level structure: a table row, a definition-list entry or a list item that defines one
+# thing ("**Class W (warning):** ...") gets its own block whose section path ends with the
+# entry's name, so it becomes its own chunk headed "Document > Section > Name" (appliance.
+# documents.chunking) and the reader can put the entry a question names first.
+MAX_ENTRY_NAME = 80
+_CODE_CELL_RE = re.compile(r"[^\W\d_]{1,6}-?\d+(?:[-/.][^\W_]+)*")
+
+
+def _entry_name(text: str) -> str:
+    name = " ".join(_clean(text).split()).rstrip(":").strip()
+    return name if len(name) <= MAX_ENTRY_NAME else name[: MAX_ENTRY_NAME - 1].rstrip() + "…"
+
+
+def _row_name(cells: list[str]) -> str:
+    """A row's name: its first cell, with any code-like cell of the next two (an equipment
+    tag beside a part number: 'HX-4471-B / P-101')."""
+    cells = [" ".join(_clean(c).split()) for c in cells]
+    first = next((c for c in cells if c), "")
+    codes = [c for c in cells[1:3] if c and c != first and _CODE_CELL_RE.fullmatch(c)]
+    return _entry_name(" / ".join([first, *codes])) if first else ""
+
+
+def _row_block(
+    header: list[str], cells: list[str], section: tuple[str, ...], page: int | None = None
+) -> Block | None:
+    record = _row_record(header, cells)
+    if not record:
+        return None
+    name = _row_name(cells)
+    return Block(record, (*section, name) if name else section, page, "table_row")
+
+
+# A list item or paragraph that opens with a bold or code term and a colon or dash.
+_MD_LEAD_RE = re.compile(r"^\s*(?:[-*+]|\d{1,2}[.)])?\s*(\*\*|__|`)(.+?)\1\s*(?:[:–—-]\s*|(?=\S))")
+_MD_ITEM_RE = re.compile(r"^\s*(?:[-*+]|\d{1,2}[.)])\s+")
+
+
 # --- Markdown -----------------------------------------------------------------------------
 
 _HEADING_RE = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$")
@@ -212,11 +249,26 @@ def _load_markdown(data: bytes, name: str) -> tuple[str, list[Block], dict]:
         return tuple(t for _, t in stack)
 
     def flush() -> None:
-        if para:
+        if not para:
+            return
+        # A list whose items open with a bold or code term: one entry per item.
+        items: list[list[str]] = []
+        for line in para:
+            if _MD_ITEM_RE.match(line) or not items:
+                items.append([line])
+            else:
+                items[-1].append(line)
+        if len(items) > 1 and all(_MD_LEAD_RE.match(it[0]) for it in items):
+            for it in items:
+                name = _entry_name(_md_inline(_MD_LEAD_RE.match(it[0]).group(2)))
+                text = _clean(_md_inline("\n".join(it)))
+                if text:
+                    blocks.append(Block(text=text, section=(*section(), name)))
+        else:
             text = _clean(_md_inline("\n".join(para)))
             if text:
                 blocks.append(Block(text=text, section=section()))
-            para.clear()
+        para.clear()
 
     i = 0
     while i < len(lines):
@@ -256,9 +308,9 @@ def _load_markdown(data: bytes, name: str) -> tuple[str, list[Block], dict]:
             header = _split_cells(line)
             i += 2
             while i < len(lines) and lines[i].lstrip().startswith("|"):
-                record = _row_record(header, _split_cells(lines[i]))
-                if record:
-                    blocks.append(Block(text=record, section=section(), kind="table_row"))
+                block = _row_block(header, _split_cells(lines[i]), section())
+                if block is not None:
+                    blocks.append(block)
                 i += 1
             continue
         if not line.strip():
@@ -290,7 +342,7 @@ def _load_csv(data: bytes, name: str) -> tuple[str, list[Block], dict]:
     if not rows:
         return "", [], {}
     header = [h.strip() for h in rows[0]]
-    blocks = [Block(text=_row_record(header, r), kind="table_row") for r in rows[1:]]
+    blocks = [b for r in rows[1:] if (b := _row_block(header, r, ())) is not None]
     if len(rows) == 1:
         blocks = [Block(text=" | ".join(header), kind="table_row")]
     return "", blocks, {}
@@ -304,7 +356,11 @@ _BOILERPLATE_TAGS = [
 ]  # fmt: skip
 _BOILERPLATE_ATTR_RE = re.compile(
     r"(^|[\s_-])(nav|navbar|menu|footer|header|sidebar|breadcrumbs?|cookie|banner|social|share|"
-    r"advert|ads|skip-link|toc-sidebar)([\s_-]|$)",
+    r"advert|ads|skip-link|toc-sidebar|toplang|bottomlang|quickview)([\s_-]|$)",
+    re.I,
+)
+_BOX_ATTR_RE = re.compile(
+    r"(^|[\s_-])(note|notes|warning|example|tip|caution|important|admonition|callout)([\s_-]|$)",
     re.I,
 )
 _HEADINGS = {"h1": 1, "h2": 2, "h3": 3, "h4": 4, "h5": 5, "h6": 6}
@@ -331,8 +387,12 @@ def _load_html(data: bytes, name: str) -> tuple[str, list[Block], dict]:
         if attrs.strip() and _BOILERPLATE_ATTR_RE.search(attrs):
             tag.decompose()
     root = soup.find("main") or soup.find("article") or soup.body or soup
+    for tag in root.find_all("a", class_="permalink"):
+        tag.decompose()
     h1 = root.find("h1")
-    title = head_title or (h1.get_text(" ", strip=True) if h1 else "")
+    # The page's own heading names it better than <title> ("Apache Module mod_ssl" rather
+    # than "mod_ssl - Apache HTTP Server Version 2.4").
+    title = _heading_text(h1) if h1 else head_title
     stack: list[tuple[int, str]] = []
     blocks: list[Block] = []
     buf: list[str] = []
@@ -347,16 +407,52 @@ def _load_html(data: bytes, name: str) -> tuple[str, list[Block], dict]:
             blocks.append(Block(text=text, section=section()))
 
     def table(node: Tag) -> None:
+        rows = [tr.find_all(["th", "td"]) for tr in node.find_all("tr")]
+        rows = [r for r in rows if r]
+        # A key-value table (each row: one <th> key, then its value): one record, the entry's
+        # own fact sheet (a directive's Description / Syntax / Default / Context ...).
+        if rows and all(
+            len(r) >= 2 and r[0].name == "th" and all(c.name == "td" for c in r[1:]) for r in rows
+        ):
+            lines = []
+            for r in rows:
+                key = r[0].get_text(" ", strip=True).rstrip(":").strip()
+                value = " ".join(c.get_text(" ", strip=True) for c in r[1:])
+                if value:
+                    lines.append(f"{key}: {value}" if key else value)
+            if lines:
+                blocks.append(Block(text=_clean("\n".join(lines)), section=section()))
+            return
         header: list[str] = []
-        for tr in node.find_all("tr"):
-            cells = tr.find_all(["th", "td"])
+        for cells in rows:
             texts = [c.get_text(" ", strip=True) for c in cells]
-            if not header and cells and all(c.name == "th" for c in cells):
+            if not header and all(c.name == "th" for c in cells):
                 header = texts
                 continue
-            record = _row_record(header, texts)
-            if record:
-                blocks.append(Block(text=record, section=section(), kind="table_row"))
+            block = _row_block(header, texts, section())
+            if block is not None:
+                blocks.append(block)
+
+    def definitions(node: Tag) -> None:
+        """<dl>: each <dt> with its <dd>s is one entry named by the <dt>."""
+        name, parts = "", []
+
+        def emit() -> None:
+            text = _clean("\n".join(parts))
+            if name or text:
+                body = f"{name}: {text}" if name and text else (name or text)
+                sec = (*section(), _entry_name(name)) if name else section()
+                blocks.append(Block(text=body, section=sec))
+
+        for child in node.find_all(["dt", "dd"], recursive=False):
+            if child.name == "dt":
+                if parts or name:
+                    emit()
+                name, parts = " ".join(child.get_text(" ", strip=True).split()), []
+            else:
+                parts.append(child.get_text("\n", strip=True))
+        if parts or name:
+            emit()
 
     def walk(node: Tag) -> None:
         for child in node.children:
@@ -368,7 +464,7 @@ def _load_html(data: bytes, name: str) -> tuple[str, list[Block], dict]:
                 continue
             if child.name in _HEADINGS:
                 flush()
-                level, text = _HEADINGS[child.name], child.get_text(" ", strip=True)
+                level, text = _HEADINGS[child.name], _heading_text(child)
                 if level == 1 and ((not blocks and not stack) or text.lower() == title.lower()):
                     stack.clear()
                 elif text:
@@ -378,18 +474,31 @@ def _load_html(data: bytes, name: str) -> tuple[str, list[Block], dict]:
             elif child.name == "table":
                 flush()
                 table(child)
+            elif child.name == "dl" and child.find("dt", recursive=False) is not None:
+                flush()
+                definitions(child)
             elif child.name == "br":
                 buf.append("\n")
             elif child.name in _BLOCK_TAGS:
                 flush()
+                # A heading inside a note or an example box titles that box only.
+                boxed = _BOX_ATTR_RE.search(" ".join(child.get("class") or []))
+                saved = list(stack)
                 walk(child)
                 flush()
+                if boxed:
+                    stack[:] = saved
             else:
                 walk(child)
 
     walk(root)
     flush()
     return title, blocks, {}
+
+
+def _heading_text(tag) -> str:
+    """A heading's words, without permalink marks (¶, #) some generators append."""
+    return " ".join(tag.get_text(" ", strip=True).replace("¶", " ").split()).rstrip("#").strip()
 
 
 # --- DOCX ---------------------------------------------------------------------------------
@@ -426,7 +535,9 @@ def _load_docx(data: bytes, name: str) -> tuple[str, list[Block], dict]:
                     stack.pop()
                 stack.append((level, text))
                 continue
-            blocks.append(Block(text=text, section=section()))
+            lead = _docx_lead(p)
+            sec = (*section(), _entry_name(lead)) if lead else section()
+            blocks.append(Block(text=text, section=sec))
         elif tag == "tbl":
             rows = Table(el, d).rows
             header: list[str] = []
@@ -435,12 +546,29 @@ def _load_docx(data: bytes, name: str) -> tuple[str, list[Block], dict]:
                 if r_i == 0:
                     header = [_clean(t) for t in texts]
                     continue
-                record = _row_record(header, texts)
-                if record:
-                    blocks.append(Block(text=record, section=section(), kind="table_row"))
+                block = _row_block(header, texts, section())
+                if block is not None:
+                    blocks.append(block)
             if len(rows) == 1:
                 blocks.append(Block(text=" | ".join(header), section=section(), kind="table_row"))
     return title, blocks, {}
+
+
+def _docx_lead(p) -> str:
+    """The bold term a paragraph opens with ("Anti-recycle timer: ..."), or ""."""
+    lead = []
+    for run in p.runs:
+        if not run.text.strip() and not lead:
+            continue
+        if run.bold:
+            lead.append(run.text)
+        else:
+            break
+    term = "".join(lead).strip()
+    rest = p.text.strip()[len(term) :] if p.text.strip().startswith(term) else ""
+    if not term or not rest.strip(" :–—-") or len(term) > MAX_ENTRY_NAME:
+        return ""
+    return term.rstrip(":–—- ").strip()
 
 
 # --- PDF ----------------------------------------------------------------------------------

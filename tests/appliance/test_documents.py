@@ -100,7 +100,8 @@ def test_markdown_front_matter_headings_and_tables() -> None:
     assert by_text["Intro text."].section == ()
     assert by_text["Undo the nut."].section == ("4. Seals", "4.1 Removal")
     row = by_text["Tag: P-101; Torque: 120 N·m"]
-    assert row.kind == "table_row" and row.section == ("4. Seals", "4.1 Removal")
+    # A table row is an entry of its own, named by its first cell.
+    assert row.kind == "table_row" and row.section == ("4. Seals", "4.1 Removal", "P-101")
     assert by_text["code stays"].kind == "code"
     assert by_text["Grease them."].section == ("5. Bearings",)
 
@@ -134,10 +135,13 @@ def test_html_drops_boilerplate_and_keeps_headings() -> None:
     assert "cookies" not in text and "Menu link" not in text and "Copyright" not in text
     assert "var x" not in text
     assert "Set torque to 2.1 N·m." in text
-    faults = [b for b in doc.blocks if b.section == ("Faults",)]
+    faults = [b for b in doc.blocks if b.section[:1] == ("Faults",)]
     assert any("E-42 torque out of range" in b.text for b in faults)
     assert any(
-        b.kind == "table_row" and b.text == "Code: E-41; Action: Refill caps" for b in faults
+        b.kind == "table_row"
+        and b.text == "Code: E-41; Action: Refill caps"
+        and b.section == ("Faults", "E-41")
+        for b in faults
     )
 
 
@@ -258,3 +262,101 @@ def test_chunking_config_validation() -> None:
         ChunkingConfig(max_tokens=4)
     with pytest.raises(ValueError, match="overlap_tokens"):
         ChunkingConfig(max_tokens=64, overlap_tokens=40)
+
+
+# --- entry-level chunks on real documents ---------------------------------------------------
+
+REPO = Path(__file__).resolve().parents[2]
+APACHE = REPO / "examples" / "apache" / "docs"
+PLANT = REPO / "examples" / "plant" / "docs"
+
+
+def _chunks(path: Path, max_tokens: int = 160):
+    doc = load_file(path, path.name)
+    cfg = ChunkingConfig(max_tokens=max_tokens, overlap_tokens=min(32, max_tokens // 4))
+    return doc, chunk_document(doc, _word_offsets, cfg)
+
+
+def test_html_directive_is_one_entry_with_its_fact_sheet() -> None:
+    doc, chunks = _chunks(APACHE / "core.html")
+    assert doc.title == "Apache Core Features"
+    (first, *_rest) = [c for c in chunks if c.section[-1:] == ("KeepAliveTimeout Directive",)]
+    assert first.header(doc.title) == "Apache Core Features > KeepAliveTimeout Directive"
+    # The Description / Syntax / Default / Context table is one record, read with its text.
+    assert first.text.startswith("Description: Amount of time the server will wait")
+    assert "\nDefault: KeepAliveTimeout 5\n" in first.text
+    assert "Context: server config, virtual host" in first.text
+    assert "Timeout 60" not in first.text  # the neighbouring directive is another entry
+    # No permalink marks, language bars or directive lists in the text or the headings.
+    assert not any("¶" in c.header(doc.title) or "Available Languages" in c.text for c in chunks)
+
+
+def test_long_entry_is_split_and_every_piece_keeps_its_name() -> None:
+    doc, chunks = _chunks(APACHE / "core.html", max_tokens=48)
+    pieces = [c for c in chunks if "ErrorDocument Directive" in c.section]
+    assert len(pieces) >= 4
+    assert all(c.embed_text(doc.title).startswith("Apache Core Features > ErrorDocument Directive")
+               for c in pieces)  # fmt: skip
+
+
+def test_html_table_rows_and_definition_lists_are_entries() -> None:
+    doc, chunks = _chunks(APACHE / "mod_log_config.html")
+    row = next(c for c in chunks if c.section[-1:] == ("%k",))
+    assert row.kind == "table_row" and "keepalive requests" in row.text
+    html = b"""<html><body><h1>Flags</h1><h2>Worker flags</h2><dl>
+      <dt>N</dt><dd>Worker is in drain mode.</dd>
+      <dt>D</dt><dd><p>Worker is disabled.</p><p>It takes no requests.</p></dd></dl>
+      <div class="note"><h3>Note</h3><p>Boxed.</p></div><p>After the box.</p></body></html>"""
+    doc = load_bytes(html, "flags.html")
+    by_section = {b.section: b.text for b in doc.blocks}
+    assert by_section[("Worker flags", "N")] == "N: Worker is in drain mode."
+    assert by_section[("Worker flags", "D")] == "D: Worker is disabled.\nIt takes no requests."
+    # A heading inside a note box titles the box only.
+    assert by_section[("Worker flags", "Note")] == "Boxed."
+    assert by_section[("Worker flags",)] == "After the box."
+
+
+def test_csv_rows_carry_their_part_number_and_equipment_tag() -> None:
+    doc, chunks = _chunks(PLANT / "spare-parts-list.csv")
+    seal = next(c for c in chunks if "stock_location: MS-A2-04" in c.text)
+    assert seal.header(doc.title) == "spare parts list > HX-4471-B / P-101"
+    assert len(chunks) == len(doc.blocks)  # one row, one chunk
+
+
+def test_markdown_code_table_and_defined_terms_are_entries() -> None:
+    doc, chunks = _chunks(PLANT / "alarm-fault-codes.md")
+    e47 = next(c for c in chunks if c.section and c.section[-1].startswith("E-47 "))
+    # The code, with the equipment tag that stands beside it.
+    assert e47.header(doc.title) == (
+        "Alarm and Fault Code Reference > 2. Alarm code table > E-47 / LB-2"
+    )
+    assert e47.text.startswith("Code: E-47;")
+    classes = [c.section[-1] for c in chunks if c.section[-2:-1] == ("1.1 Alarm classes",)]
+    assert classes == ["Class W (warning)", "Class A (alarm)", "Class T (trip)"]
+
+
+def test_docx_rows_and_bold_terms_are_entries() -> None:
+    doc, chunks = _chunks(PLANT / "chiller-service-bulletin.docx")
+    row = next(c for c in chunks if c.text.startswith("Setting: Minimum run time"))
+    assert row.section[-1] == "Minimum run time" and "New value: 180 s" in row.text
+    import docx
+
+    d = docx.Document()
+    d.add_heading("Terms", level=1)
+    p = d.add_paragraph()
+    p.add_run("Anti-recycle timer:").bold = True
+    p.add_run(" the least time from one compressor start to the next.")
+    d.add_paragraph("Plain paragraph.")
+    buf = io.BytesIO()
+    d.save(buf)
+    blocks = load_bytes(buf.getvalue(), "terms.docx").blocks
+    assert blocks[0].section == ("Terms", "Anti-recycle timer") and blocks[1].section == ("Terms",)
+
+
+def test_pdf_chunks_are_headed_by_their_section_and_page() -> None:
+    doc, chunks = _chunks(PLANT / "safety-data-and-permits.pdf")
+    fire = next(c for c in chunks if "fire watch continues for 60 minutes" in c.text)
+    assert fire.header(doc.title) == (
+        "Safety Data and Permits Booklet > 2. Hot Work Permit (HWP-03) > 2.3 Fire watch"
+    )
+    assert fire.page == 1
