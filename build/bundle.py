@@ -645,11 +645,42 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--extra", type=Path, metavar="FILE.json", help="extra manifest fields (JSON object)"
     )
     parser.add_argument(
+        "--domain",
+        help='what the documents are, for the bundle\'s prompts: "the Apache HTTP Server manual" '
+        "(default: the example plant's wording)",
+    )
+    parser.add_argument("--language", default="en", help="prompt language (default: en)")
+    parser.add_argument(
+        "--abstain-message", help="the sentence said when the documents do not cover a question"
+    )
+    parser.add_argument(
         "--generate-key",
         type=Path,
         metavar="FILE",
         help="only write a new ed25519 signing key FILE (0600) and FILE's .pub, then exit",
     )
+
+
+def _prompting(args: argparse.Namespace) -> dict:
+    """The manifest's `prompting` section (appliance.prompting.wording_from_manifest reads it)."""
+    from appliance.prompting import wording
+
+    domain = getattr(args, "domain", None)
+    language = getattr(args, "language", None) or "en"
+    message = getattr(args, "abstain_message", None)
+    if domain is None and language == "en" and not message:
+        return {}
+    try:
+        words = wording(domain, language)
+    except ValueError as exc:
+        raise UserFacingError(f"--domain/--language: {exc}") from None
+    if message is not None and not message.strip():
+        raise UserFacingError("--abstain-message must not be empty")
+    return {
+        "domain": domain and words.domain,
+        "language": language,
+        "abstain_message": message or None,
+    }
 
 
 def run(args: argparse.Namespace) -> int:
@@ -676,6 +707,9 @@ def run(args: argparse.Namespace) -> int:
         if not args.extra.is_file():
             raise UserFacingError(f"--extra {args.extra}: no such file")
         extra = _read_json(args.extra)
+    prompting = _prompting(args)
+    if prompting:
+        extra = {**(extra or {}), "prompting": prompting}
     path = build_bundle(
         args.out,
         name=args.name,

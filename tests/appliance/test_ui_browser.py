@@ -181,3 +181,36 @@ def test_spanish_terminal_gets_a_spanish_page_and_spanish_answers(serve, retriev
         assert "Los documentos no tratan esta pregunta." in page.locator(".turn.assistant").last.inner_text()  # fmt: skip
     finally:
         context.close()
+
+
+def test_evidence_sentence_is_highlighted_and_an_unsupported_value_is_replaced(
+    serve, retriever, page
+):
+    server = serve(generator=FakeGenerator(token_delay_s=0.01), retriever=retriever)
+    page.goto(server.url + "/")
+    wait_ready(page)
+    ask(page, "What is the torque for the P-101 impeller nut?")
+    page.wait_for_selector(".turn.assistant[data-state=done]")
+    turn = page.locator(".turn.assistant").last
+    assert turn.get_attribute("data-grounding") == "supported"
+    mark = turn.locator(".evidence mark").first
+    assert mark.is_visible()
+    sentence = mark.inner_text()
+    assert len(sentence) > 10 and sentence in turn.locator(".text").inner_text()
+    # The same sentence is marked inside its passage.
+    assert turn.locator("details.source .passage mark").first.inner_text() == sentence
+
+    # A model that states a value the passages do not hold: the value never stays on screen.
+    gen = FakeGenerator(reply="The impeller nut takes 999 N·m [1].", token_delay_s=0.01)
+    server = serve(generator=gen, retriever=retriever)
+    page.goto(server.url + "/")
+    wait_ready(page)
+    ask(page, "What is the torque for the P-101 impeller nut?")
+    page.wait_for_selector(".turn.assistant[data-state=done]")
+    turn = page.locator(".turn.assistant").last
+    text = turn.locator(".text").inner_text()
+    assert turn.get_attribute("data-grounding") in ("quoted", "abstained")
+    assert "999" not in text
+    if turn.get_attribute("data-grounding") == "quoted":
+        assert text.startswith("The manual says:")
+        assert turn.locator(".evidence mark").first.inner_text() in text

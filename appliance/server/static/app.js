@@ -109,6 +109,33 @@
     return box;
   }
 
+  // The grounding check's verdict: the evidence sentence is shown (highlighted) under the
+  // answer, and marked inside its passage; a quoted or abstained answer replaces the draft.
+  function renderEvidence(turn, grounding, evidence, sources) {
+    const old = turn.querySelector(".evidence");
+    if (old) old.remove();
+    turn.dataset.grounding = grounding || "";
+    if (!evidence || !evidence.length) return;
+    const box = el("section", "evidence");
+    box.setAttribute("aria-label", "Evidence");
+    for (const e of evidence) {
+      const line = el("p", "evidence-line");
+      line.appendChild(el("span", "evidence-ref", "[" + e.passage + "] "));
+      line.appendChild(el("mark", null, e.sentence));
+      box.appendChild(line);
+      const d = turn.querySelector('details.source[data-n="' + e.passage + '"] .passage');
+      const s = (sources || []).find((x) => x.n === e.passage);
+      if (d && s && e.end <= s.text.length && s.text.slice(e.start, e.end) === e.sentence) {
+        d.textContent = "";
+        d.appendChild(document.createTextNode(s.text.slice(0, e.start)));
+        d.appendChild(el("mark", null, e.sentence));
+        d.appendChild(document.createTextNode(s.text.slice(e.end)));
+      }
+    }
+    const text = turn.querySelector(".text");
+    text.insertAdjacentElement("afterend", box);
+  }
+
   function busy(on) {
     sendButton.disabled = on;
     stopButton.disabled = !on;
@@ -158,6 +185,13 @@
             if (chunk.error) throw new Error(chunk.error.message);
             if (chunk.sources !== undefined) renderSources(turn, chunk.sources);
             if (chunk.abstained) turn.classList.add("abstained");
+            if (chunk.grounding !== undefined) {
+              if (chunk.grounding !== "supported" && typeof chunk.answer === "string") {
+                answer = chunk.answer;  // the check replaced the model's draft
+                body.textContent = answer;
+              }
+              renderEvidence(turn, chunk.grounding, chunk.evidence, chunk.sources);
+            }
             const choice = chunk.choices && chunk.choices[0];
             if (choice && choice.delta && choice.delta.content) {
               answer += choice.delta.content;
