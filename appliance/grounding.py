@@ -58,8 +58,10 @@ _UNIT_RE = re.compile(r"\s?(%|°\s?[CFK]|[^\W\d_]{1,5}(?:[·/][^\W\d_]{1,4}\d?)?
 # "1." or "2)" at the start of a line is a list enumerator, not a value.
 _ENUM_RE = re.compile(r"(?m)^\s*\d{1,2}[.)](?=\s)")
 _WORD_RE = re.compile(r"\w+")
-# A sentence ends at . ! ? followed by a space, at a line break or at "; " (record fields).
-_SENT_RE = re.compile(r"[^\n]*?(?:[.!?;](?=\s)|\n|$)")
+# A sentence ends at . ! ? ; followed by a space, or at a line break that is not a wrap.
+_SENT_END_RE = re.compile(r"[.!?;](?=\s)|\n")
+# A line that stands on its own: a list item, or a "Key: value" record line.
+_OWN_LINE_RE = re.compile(r"^\s*(?:[-*•–]\s|\d{1,2}[.)]\s|[^\W\d_][^\n:]{0,40}:\s)")
 
 
 @dataclass(frozen=True)
@@ -243,16 +245,38 @@ def _find_spaced(needle: str, hay: str) -> tuple[int, int] | None:
 
 
 def sentence_spans(text: str) -> list[tuple[int, int]]:
-    """Sentence spans of `text` (ends at . ! ? ; before a space, or a line break), trimmed."""
+    """Sentence spans of `text`, trimmed. A sentence ends at . ! ? ; before a space, and at a
+    line break unless the break only wraps a long line (PDF and HTML text keep the source's
+    line breaks): a break ends a sentence after punctuation, before a blank line, before a
+    list item or a "Key: value" line, and after a "Key: value" line."""
+    cuts = []
+    for m in _SENT_END_RE.finditer(text):
+        i = m.start()
+        if text[i] != "\n":
+            cuts.append(i + 1)
+            continue
+        line_start = text.rfind("\n", 0, i) + 1
+        before = text[line_start:i].rstrip()
+        after = text[i + 1 :]
+        if (
+            not before
+            or before[-1] in ".!?:;"
+            or after.startswith("\n")
+            or _OWN_LINE_RE.match(after)
+            or _OWN_LINE_RE.match(before)
+        ):
+            cuts.append(i)
     out = []
-    for m in _SENT_RE.finditer(text):
-        s, e = m.start(), m.end()
-        while s < e and (text[s].isspace()):
+    start = 0
+    for cut in [*cuts, len(text)]:
+        s, e = start, cut
+        while s < e and text[s].isspace():
             s += 1
         while e > s and (text[e - 1].isspace() or text[e - 1] == ";"):
             e -= 1
         if e > s:
             out.append((s, e))
+        start = cut
     return out
 
 

@@ -159,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
                 "prompt_tokens": a.prompt_tokens, "ttft_s": first, "total_s": total,
                 "text": a.text, "model_text": a.model_text, "facts": list(q.expected_facts),
                 "sources": [s.section for s in a.sources],
+                "source_texts": [s.text for s in a.sources], "question": q.question,
+                "unsupported": a.unsupported,
             })  # fmt: skip
             if args.show:
                 print(f"{q.id} {score.verdict:12s} {a.grounding} | {a.model_text[:100]!r} -> "

@@ -198,7 +198,7 @@ def test_evidence_sentence_is_highlighted_and_an_unsupported_value_is_replaced(
     sentence = mark.inner_text()
     assert len(sentence) > 10 and sentence in turn.locator(".text").inner_text()
     # The same sentence is marked inside its passage.
-    assert turn.locator("details.source .passage mark").first.inner_text() == sentence
+    assert turn.locator("details.source .passage mark").first.text_content() == sentence
 
     # A model that states a value the passages do not hold: the value never stays on screen.
     gen = FakeGenerator(reply="The impeller nut takes 999 N·m [1].", token_delay_s=0.01)
