@@ -120,6 +120,10 @@ class AnswerPolicy:
     grounding: bool = True  # check every answer's values against its passages
     focus_entries: bool = True  # the entry the question names goes first and holds the values
     quote_min_share: float = DEFAULT_QUOTE_MIN_SHARE  # least match of a quoted sentence
+    # A code or identifier the question names must stand in a retrieved passage (its text or
+    # heading); when one stands nowhere, the documents do not cover what was asked
+    # (KeepAliveMaxIdle, alarm E-99) and the model is not asked.
+    require_named_terms: bool = True
 
     def __post_init__(self) -> None:
         t = self.abstain_threshold
@@ -203,7 +207,7 @@ class Answer:
     text: str
     sources: list[Source]
     abstained: bool
-    abstain_reason: str | None  # "low_score" | "no_passages" | "model" | None
+    abstain_reason: str | None  # "low_score" | "no_passages" | "unknown_term" | "model" | None
     finish_reason: str  # "stop" | "length"
     prompt_tokens: int
     completion_tokens: int
@@ -298,6 +302,7 @@ def prepare(
         passages = list(retriever.search(question, k=k, filters=filters))
         retrieval_s = time.perf_counter() - t0
         best = best_dense_score(passages)
+        unknown = unknown_terms(question, passages) if policy.require_named_terms else []
         passages, focus_n = order_passages(
             question, passages, policy.max_passages, by_entry=policy.focus_entries
         )
@@ -307,6 +312,8 @@ def prepare(
             best is None or best < policy.abstain_threshold
         ):
             abstain_reason = "low_score"
+        elif unknown:
+            abstain_reason = "unknown_term"
 
     # A client's system message is added after the appliance's own rules, never instead.
     words = policy.wording
@@ -391,6 +398,21 @@ def prepare(
 def _entry_terms(question: str) -> list:
     """The names a question asks about: its codes, identifiers and quoted strings."""
     return [v for v in value_spans(question) if v.kind in ("code", "identifier", "quoted")]
+
+
+def unknown_terms(question: str, passages: Sequence[PassageLike]) -> list[str]:
+    """The codes and identifiers of `question` found in none of the passages (text or heading)."""
+    texts = [
+        " > ".join(str(x) for x in (getattr(p, "title", ""), getattr(p, "section", "")) if x)
+        + "\n"
+        + str(p.text)
+        for p in passages
+    ]
+    return [
+        t.text
+        for t in _entry_terms(question)
+        if t.kind != "quoted" and not any(occurs(t, x) is not None for x in texts)
+    ]
 
 
 def order_passages(

@@ -140,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
             total = time.perf_counter() - t0
             a = stream.result
             abst = a.abstained or eval_metrics.detect_abstention(
-                a.text, service_flag=a.abstain_reason in ("low_score", "no_passages")
+                a.text,
+                service_flag=a.abstain_reason in ("low_score", "no_passages", "unknown_term"),
             )
             score = eval_metrics.score_answer(
                 text=a.text, answerable=q.answerable, expected_facts=q.expected_facts,

@@ -435,7 +435,7 @@ def evaluate_question(
         abstain_reason=result.abstain_reason,
         # The service's own abstention (retrieval under the threshold), not the model saying
         # the sentence (answering flags that too, as abstain_reason "model").
-        service_abstained=result.abstain_reason in ("low_score", "no_passages"),
+        service_abstained=result.abstain_reason in ("low_score", "no_passages", "unknown_term"),
         cited=[
             {"n": s.n, "document": s.document, "title": s.title, "section": s.section}
             for s in cited

@@ -261,7 +261,7 @@ def test_bundle_wording_replaces_the_plant_sentences():
 
     words = wording("the Apache HTTP Server manual")
     gen = FakeGenerator(reply=words.abstain)
-    a = answer("What is the default of FooBar?", generator=gen,
+    a = answer("What is the default of the foo setting?", generator=gen,
                retriever=StubRetriever([PUMP]), params=PARAMS,
                policy=AnswerPolicy(wording=words))  # fmt: skip
     assert "plant" not in gen.prompts[-1].lower()
@@ -280,3 +280,29 @@ def test_policy_from_manifest_reads_wording_and_threshold():
     assert AnswerPolicy.from_manifest(None).wording.abstain == NOT_IN_DOCUMENTS
     with pytest.raises(ValueError, match="language"):
         AnswerPolicy.from_manifest({"prompting": {"domain": "x", "language": "xx"}})
+
+
+def test_a_named_code_found_in_no_passage_is_abstained_on_without_the_model():
+    gen = FakeGenerator()
+    retr = StubRetriever([PUMP, OIL])
+    a = answer("What does alarm E-99 on P-101 mean?", generator=gen, retriever=retr,
+               params=PARAMS)  # fmt: skip
+    assert a.abstained and a.abstain_reason == "unknown_term" and a.grounding == "abstained"
+    assert gen.prompts == []
+    # Names that do stand in a passage (text or heading) are fine.
+    b = answer("How often is the LUB-0311 oil of C-301 changed?", generator=gen, retriever=retr,
+               params=PARAMS)  # fmt: skip
+    assert not b.abstained
+
+
+def test_release_gate_holds_an_unfinished_number_and_its_unit():
+    from appliance.answering import _ReleaseGate
+
+    gate = _ReleaseGate(["The nut takes 120 N·m."], [])
+    assert gate.safe_prefix("The nut takes 12") == len("The nut takes ")
+    assert gate.safe_prefix("The nut takes 120 ") == len("The nut takes ")  # unit may follow
+    assert gate.safe_prefix("The nut takes 120 N·m and ") == len("The nut takes 120 N·m and ")
+    assert gate.safe_prefix('It says "tighten') == len("It says ")
+    gate = _ReleaseGate(["The nut takes 120 N·m."], [])
+    assert gate.safe_prefix("It takes 150 N·m, then ") == len("It takes ")
+    assert gate.safe_prefix("It takes 150 N·m, then 120 N·m. ") == len("It takes ")  # held
