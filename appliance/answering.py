@@ -252,7 +252,9 @@ class PreparedAnswer:
     policy: AnswerPolicy
     dropped_history: int = 0
     dropped_passages: int = 0
-    focus: list[int] = field(default_factory=list)  # shown passages of the entry asked about
+    # Shown passages that mention what the question names (a code or identifier in their
+    # heading or text): the values of the answer must come from these.
+    focus: list[int] = field(default_factory=list)
 
 
 def _float(x) -> float:
@@ -291,7 +293,7 @@ def prepare(
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     passages: list[PassageLike] | None = None
-    focus_n = 0
+
     retrieval_s = 0.0
     best = None
     abstain_reason = None
@@ -303,7 +305,7 @@ def prepare(
         retrieval_s = time.perf_counter() - t0
         best = best_dense_score(passages)
         unknown = unknown_terms(question, passages) if policy.require_named_terms else []
-        passages, focus_n = order_passages(
+        passages, _named = order_passages(
             question, passages, policy.max_passages, by_entry=policy.focus_entries
         )
         if not passages:
@@ -391,7 +393,7 @@ def prepare(
         policy=policy,
         dropped_history=dropped_history,
         dropped_passages=dropped_passages,
-        focus=list(range(1, min(focus_n, len(sources)) + 1)),
+        focus=_mentioning(question, passages or []) if policy.focus_entries else [],
     )
 
 
@@ -400,14 +402,23 @@ def _entry_terms(question: str) -> list:
     return [v for v in value_spans(question) if v.kind in ("code", "identifier", "quoted")]
 
 
+def _heading_and_text(p: PassageLike) -> str:
+    head = " > ".join(str(x) for x in (getattr(p, "title", ""), getattr(p, "section", "")) if x)
+    return f"{head}\n{p.text}"
+
+
+def _mentioning(question: str, passages: Sequence[PassageLike]) -> list[int]:
+    """Passages (1-based) whose heading or text names a code or identifier of the question."""
+    terms = [t for t in _entry_terms(question) if t.kind != "quoted"]
+    if not terms:
+        return []
+    texts = [_heading_and_text(p) for p in passages]
+    return [i for i, x in enumerate(texts, 1) if any(occurs(t, x) is not None for t in terms)]
+
+
 def unknown_terms(question: str, passages: Sequence[PassageLike]) -> list[str]:
     """The codes and identifiers of `question` found in none of the passages (text or heading)."""
-    texts = [
-        " > ".join(str(x) for x in (getattr(p, "title", ""), getattr(p, "section", "")) if x)
-        + "\n"
-        + str(p.text)
-        for p in passages
-    ]
+    texts = [_heading_and_text(p) for p in passages]
     return [
         t.text
         for t in _entry_terms(question)

@@ -82,6 +82,100 @@ def corpus_text(corpus: Path) -> list[str]:
     return texts
 
 
+def load_metrics(path: Path | None):
+    """build.eval_metrics, or the scorer module at `path` (e.g. a newer, stricter one)."""
+    if path is None:
+        from build import eval_metrics
+
+        return eval_metrics
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("eval_metrics_alt", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def score(metrics, q: dict, text: str, service_flag: bool):
+    """(abstained, verdict) of one answer under `metrics` (question-aware when it can be)."""
+    import inspect
+
+    kw = {"question": q["question"]} if "question" in inspect.signature(
+        metrics.detect_abstention).parameters else {}  # fmt: skip
+    abst = metrics.detect_abstention(text, service_flag=service_flag, **kw)
+    kw2 = {"question": q["question"]} if "question" in inspect.signature(
+        metrics.score_answer).parameters else {}  # fmt: skip
+    sc = metrics.score_answer(
+        text=text, answerable=q["answerable"], expected_facts=q["facts"],
+        reference_answer=q.get("reference", ""), abstained=abst, use_retrieval=True,
+        cited=[], source=None, **kw2,
+    )  # fmt: skip
+    return abst, sc.verdict
+
+
+def summarize(rows: list[dict]) -> dict:
+    ans = [r for r in rows if r["answerable"]]
+    una = [r for r in rows if not r["answerable"]]
+    correct = sum(r["verdict"] == "correct" for r in ans)
+    needless = sum(r["abstained"] for r in ans)
+    refused = sum(r["abstained"] for r in una)
+    absent = sum(bool(r.get("absent_values")) for r in rows)
+    prompts = [r["prompt_tokens"] for r in rows if r.get("prompt_tokens")]
+    ttfts = [r["ttft_s"] for r in rows if r.get("ttft_s") is not None]
+    return {
+        "fact_accuracy": [correct, len(ans), *wilson(correct, len(ans))],
+        "needless_abstentions": [needless, len(ans), *wilson(needless, len(ans))],
+        "unanswerable_abstained": [refused, len(una), *wilson(refused, len(una))],
+        "absent_value_answers": [absent, len(rows), *wilson(absent, len(rows))],
+        "quoted": [sum(r.get("grounding") == "quoted" for r in rows), len(rows)],
+        "median_prompt_tokens": statistics.median(prompts) if prompts else None,
+        "median_ttft_s": statistics.median(ttfts) if ttfts else None,
+        "median_total_s": statistics.median([r["total_s"] for r in rows]) if rows else None,
+    }
+
+
+def rescore(path: Path, metrics_path: Path | None, shares: list[float]) -> None:
+    """Replay the grounding decision on saved model answers with other quote thresholds
+    (no generation: the model's text does not depend on them)."""
+    from appliance.answering import _entry_terms
+    from appliance.grounding import best_sentence, check, occurs
+    from appliance.prompting import wording
+
+    metrics = load_metrics(metrics_path)
+    report = json.loads(path.read_text())
+    words = wording(report.get("domain")) if report.get("domain") else wording(None)
+    for name, variant in report["variants"].items():
+        for share in shares:
+            rows = []
+            for r in variant["rows"]:
+                r = dict(r)
+                q = {"question": r["question"], "answerable": r["answerable"],
+                     "facts": r["facts"], "reference": r.get("reference", "")}  # fmt: skip
+                texts, heads = r["source_texts"], r["sources"]
+                terms = _entry_terms(r["question"])
+                focus = [i for i, h in enumerate(heads, 1) if any(occurs(t, h) for t in terms)]
+                text = r["text"]
+                if r["grounding"] in ("supported", "quoted") and r["model_text"] and texts:
+                    v = check(r["model_text"], texts, focus=focus or None)
+                    if v.supported:
+                        text, r["grounding"] = r["model_text"], "supported"
+                    else:
+                        best = best_sentence(r["question"], texts, within=focus or None,
+                                             min_share=share, headings=heads)  # fmt: skip
+                        if best:
+                            text, r["grounding"] = (
+                                words.quote_of(best.sentence, best.passage),
+                                "quoted",
+                            )
+                        else:
+                            text, r["grounding"] = words.abstain, "abstained"
+                flag = r["grounding"] == "abstained" and not r["model_text"]
+                r["abstained"], r["verdict"] = score(metrics, q, text, flag)
+                r["text"] = text
+                rows.append(r)
+            print(name, share, json.dumps(summarize(rows)))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--corpus", type=Path, required=True, help="folder with docs/ and qa/")
@@ -97,7 +191,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", type=Path, default=REPO / "var" / "reader")
     ap.add_argument("--out", type=Path)
     ap.add_argument("--show", action="store_true", help="print every answer")
+    ap.add_argument("--metrics", type=Path, help="score with this eval_metrics.py instead")
+    ap.add_argument("--rescore", type=Path, help="replay a results file with --shares")
+    ap.add_argument("--shares", default="0.2,0.3,0.4,0.5")
+    if argv is None and "--rescore" in sys.argv:
+        ap.set_defaults(corpus=Path("."), llm=Path("."), embedder=Path("."))
+        for a in ap._actions:
+            a.required = False
     args = ap.parse_args(argv)
+    if args.rescore:
+        rescore(args.rescore, args.metrics, [float(x) for x in args.shares.split(",")])
+        return 0
 
     sys.path.insert(0, str(REPO))
     from appliance.answering import AnswerPolicy, answer_stream
@@ -107,8 +211,9 @@ def main(argv: list[str] | None = None) -> int:
     from appliance.grounding import occurs, value_spans
     from appliance.prompting import PLANT_WORDING, wording
     from appliance.retrieval import Retriever
-    from build import eval_metrics
     from build.evaluation import load_questions
+
+    metrics = load_metrics(args.metrics)
 
     questions = load_questions(args.questions or args.corpus / "qa" / "eval.jsonl", args.split)
     if args.limit:
@@ -139,15 +244,10 @@ def main(argv: list[str] | None = None) -> int:
                     first = time.perf_counter() - t0
             total = time.perf_counter() - t0
             a = stream.result
-            abst = a.abstained or eval_metrics.detect_abstention(
-                a.text,
-                service_flag=a.abstain_reason in ("low_score", "no_passages", "unknown_term"),
-            )
-            score = eval_metrics.score_answer(
-                text=a.text, answerable=q.answerable, expected_facts=q.expected_facts,
-                reference_answer=q.reference_answer, abstained=abst, use_retrieval=True,
-                cited=[], source=q.source,
-            )  # fmt: skip
+            qd = {"question": q.question, "answerable": q.answerable,
+                  "facts": list(q.expected_facts), "reference": q.reference_answer}  # fmt: skip
+            flag = a.abstain_reason in ("low_score", "no_passages", "unknown_term")
+            abst, verdict = score(metrics, qd, a.text, flag)
             absent = (
                 []
                 if abst
@@ -155,36 +255,20 @@ def main(argv: list[str] | None = None) -> int:
                       if not any(occurs(v, d) is not None for d in docs)]
             )  # fmt: skip
             rows.append({
-                "id": q.id, "answerable": q.answerable, "verdict": score.verdict,
+                "id": q.id, "answerable": q.answerable, "verdict": verdict,
                 "abstained": abst, "grounding": a.grounding, "absent_values": absent,
                 "prompt_tokens": a.prompt_tokens, "ttft_s": first, "total_s": total,
                 "text": a.text, "model_text": a.model_text, "facts": list(q.expected_facts),
                 "sources": [s.section for s in a.sources],
                 "source_texts": [s.text for s in a.sources], "question": q.question,
-                "unsupported": a.unsupported,
+                "unsupported": a.unsupported, "reference": q.reference_answer,
             })  # fmt: skip
             if args.show:
-                print(f"{q.id} {score.verdict:12s} {a.grounding} | {a.model_text[:100]!r} -> "
+                print(f"{q.id} {verdict:12s} {a.grounding} | {a.model_text[:100]!r} -> "
                       f"{a.text[:120]!r} facts={list(q.expected_facts)}", flush=True)  # fmt: skip
-        ans = [r for r in rows if r["answerable"]]
-        una = [r for r in rows if not r["answerable"]]
-        correct = sum(r["verdict"] == "correct" for r in ans)
-        needless = sum(r["abstained"] for r in ans)
-        refused = sum(r["abstained"] for r in una)
-        absent = sum(bool(r["absent_values"]) for r in rows)
-        quoted = sum(r["grounding"] == "quoted" for r in rows)
-        prompts = [r["prompt_tokens"] for r in rows if r["prompt_tokens"]]
-        ttfts = [r["ttft_s"] for r in rows if r["ttft_s"] is not None]
         summary = {
             "policy": {k: v for k, v in policy.__dict__.items() if k != "wording"},
-            "fact_accuracy": [correct, len(ans), *wilson(correct, len(ans))],
-            "needless_abstentions": [needless, len(ans), *wilson(needless, len(ans))],
-            "unanswerable_abstained": [refused, len(una), *wilson(refused, len(una))],
-            "absent_value_answers": [absent, len(rows), *wilson(absent, len(rows))],
-            "quoted": [quoted, len(rows)],
-            "median_prompt_tokens": statistics.median(prompts) if prompts else None,
-            "median_ttft_s": statistics.median(ttfts) if ttfts else None,
-            "median_total_s": statistics.median([r["total_s"] for r in rows]),
+            **summarize(rows),
             "loadavg": Path("/proc/loadavg").read_text().split()[:3],
         }
         report["variants"][name] = {"summary": summary, "rows": rows}
