@@ -152,8 +152,12 @@ def rescore(path: Path, metrics_path: Path | None, shares: list[float]) -> None:
                 q = {"question": r["question"], "answerable": r["answerable"],
                      "facts": r["facts"], "reference": r.get("reference", "")}  # fmt: skip
                 texts, heads = r["source_texts"], r["sources"]
-                terms = _entry_terms(r["question"])
-                focus = [i for i, h in enumerate(heads, 1) if any(occurs(t, h) for t in terms)]
+                terms = [t for t in _entry_terms(r["question"]) if t.kind != "quoted"]
+                focus = [
+                    i
+                    for i, (h, x) in enumerate(zip(heads, texts, strict=True), 1)
+                    if any(occurs(t, f"{h}\n{x}") is not None for t in terms)
+                ]
                 text = r["text"]
                 if r["grounding"] in ("supported", "quoted") and r["model_text"] and texts:
                     v = check(r["model_text"], texts, focus=focus or None)
