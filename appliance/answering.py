@@ -104,6 +104,9 @@ class ContextOverflowError(UserFacingError):
 DEFAULT_MAX_PASSAGES = 3
 DEFAULT_QUOTE_MIN_SHARE = 0.3
 READER_CHOICES: dict[str, str] = {}
+# Where a grounded answer ends at the latest: the prompt's own markers, which a small model
+# that has answered goes on to write (a new "Question:", another passage).
+RAG_STOP = ("\nQuestion:", "<passage", "</passage>")
 
 
 @dataclass(frozen=True)
@@ -305,9 +308,10 @@ def prepare(
         retrieval_s = time.perf_counter() - t0
         best = best_dense_score(passages)
         unknown = unknown_terms(question, passages) if policy.require_named_terms else []
-        passages, _named = order_passages(
-            question, passages, policy.max_passages, by_entry=policy.focus_entries
-        )
+        passages, named = order_passages(question, passages, None, by_entry=policy.focus_entries)
+        passages = with_entry_heads(retriever, passages, named)
+        if policy.max_passages is not None:
+            passages = passages[: policy.max_passages]
         if not passages:
             abstain_reason = "no_passages"
         elif policy.abstain_threshold is not None and (
@@ -316,6 +320,10 @@ def prepare(
             abstain_reason = "low_score"
         elif unknown:
             abstain_reason = "unknown_term"
+
+    if passages is not None:
+        # A small model that has answered goes on to invent the prompt's next turn.
+        params = replace(params, stop=tuple(dict.fromkeys((*params.stop, *RAG_STOP))))
 
     # A client's system message is added after the appliance's own rules, never instead.
     words = policy.wording
@@ -449,6 +457,28 @@ def order_passages(
     if max_passages is not None:
         ordered = ordered[:max_passages]
     return ordered, min(len(named), len(ordered))
+
+
+def with_entry_heads(
+    retriever: RetrieverLike, passages: list[PassageLike], named: int
+) -> list[PassageLike]:
+    """Put the head of each named entry (its first chunk: name and fact sheet) before a later
+    piece of it that was retrieved alone, when the retriever can fetch it (`entry_head`)."""
+    head_of = getattr(retriever, "entry_head", None)
+    if head_of is None or named == 0:
+        return passages
+    out: list[PassageLike] = []
+    for i, p in enumerate(passages):
+        if any(q.chunk_id == p.chunk_id for q in out):
+            continue  # moved up already, as the head of an entry
+        if i < named:
+            head = head_of(p)
+            if head is not None and not any(q.chunk_id == head.chunk_id for q in out):
+                # Retrieved further down, or not at all: it goes right before its piece.
+                later = next((q for q in passages if q.chunk_id == head.chunk_id), None)
+                out.append(later if later is not None else head)
+        out.append(p)
+    return out
 
 
 def cited_numbers(text: str, n_sources: int) -> list[int]:

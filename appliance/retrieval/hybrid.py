@@ -263,6 +263,22 @@ class Retriever:
             for d in sorted(self._snap.docs.values(), key=lambda d: d.path)
         ]  # fmt: skip
 
+    def entry_head(self, passage: Passage) -> Passage | None:
+        """The first chunk of `passage`'s entry (same document and section path), scored like
+        `passage`; None when `passage` is that chunk. A long entry is split into pieces and
+        only the first holds its fact sheet (an Apache directive's Default line)."""
+        snap = self._snap
+        r = snap.store.first_chunk_of_section(passage.doc_id, passage.section)
+        if r is None or f"{r.doc_id}#{r.ord}" == passage.chunk_id:
+            return None
+        doc = snap.docs.get(r.doc_id)
+        return Passage(
+            chunk_id=f"{r.doc_id}#{r.ord}", doc_id=r.doc_id, path=doc.path if doc else "",
+            title=doc.title if doc else "", section=r.section, page=r.page, text=r.text,
+            score=passage.score, dense_score=passage.dense_score,
+            keyword_score=passage.keyword_score, metadata=dict(doc.metadata) if doc else {},
+        )  # fmt: skip
+
     def passages_of_path(self, path: str) -> list[Passage]:
         """Every chunk of the document(s) at `path` (suffix match), unscored, in order."""
         snap = self._snap

@@ -292,6 +292,16 @@ class Store:
             return labels, np.zeros((0, 0), dtype=np.float32)
         return labels, np.vstack([np.frombuffer(r[1], dtype=np.float32) for r in rows])
 
+    def first_chunk_of_section(self, doc_id: str, section: str) -> ChunkRow | None:
+        """The first chunk of a document's section (an entry's head: its name and fact sheet)."""
+        with self._lock:
+            r = self.conn.execute(
+                "SELECT id, doc_id, ord, section, page, kind, char_start, char_end, text, "
+                "content_hash FROM chunks WHERE doc_id=? AND section=? ORDER BY ord LIMIT 1",
+                (doc_id, section),
+            ).fetchone()
+        return ChunkRow(*r) if r else None
+
     def iter_chunks(self, doc_id: str) -> Iterator[tuple[ChunkRow, bytes]]:
         with self._lock:
             rows = self.conn.execute(

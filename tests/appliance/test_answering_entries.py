@@ -1,0 +1,60 @@
+# Run: .venv/bin/pytest tests/appliance/test_answering_entries.py
+"""The reader over a real index of entry-level chunks: the entry a question names goes first,
+with its head (name and fact sheet) when only a later piece of it was retrieved."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from appliance.answering import AnswerPolicy, answer, prepare
+from appliance.generation.base import GenerationParams
+from appliance.generation.fake import FakeGenerator
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def core_retriever(tmp_path_factory, embedder_onnx: Path):
+    import shutil
+
+    from appliance.embedding import OnnxEmbedder
+    from appliance.retrieval import Retriever, ingest_folder
+
+    src = tmp_path_factory.mktemp("docs")
+    shutil.copy(REPO / "examples" / "apache" / "docs" / "core.html", src / "core.html")
+    index = tmp_path_factory.mktemp("index") / "index"
+    embedder = OnnxEmbedder(embedder_onnx)
+    ingest_folder(src, index, embedder, progress=False)
+    r = Retriever.open(index, embedder)
+    yield r
+    r.close()
+
+
+def test_entry_head_of_a_later_piece(core_retriever):
+    pieces = [p for p in core_retriever.passages_of_path("core.html")
+              if p.section.endswith("ErrorDocument Directive")]  # fmt: skip
+    assert len(pieces) > 2
+    head = core_retriever.entry_head(pieces[2])
+    assert head is not None and head.chunk_id == pieces[0].chunk_id
+    assert head.text.startswith("Description:") and "Syntax: ErrorDocument" in head.text
+    assert core_retriever.entry_head(pieces[0]) is None
+
+
+def test_the_named_entry_and_its_fact_sheet_come_first(core_retriever):
+    gen = FakeGenerator()
+    params = GenerationParams(max_new_tokens=32)
+    q = "What is the default value of the TimeOut directive?"
+    prepared = prepare(q, generator=gen, retriever=core_retriever, params=params)
+    first = prepared.sources[0]
+    assert first.section.endswith("TimeOut Directive") and "Default: TimeOut 60" in first.text
+    assert 1 in prepared.focus and len(prepared.sources) <= AnswerPolicy().max_passages
+    # A value that is not in the passages is replaced by the entry's own Default line.
+    a = answer(q, generator=FakeGenerator(reply="The default is 300 seconds [1]."),
+               retriever=core_retriever, params=params)  # fmt: skip
+    assert a.grounding == "quoted" and "300" not in a.text
+    assert a.text == 'The manual says: "Default: TimeOut 60" [1]'
+    b = answer(q, generator=FakeGenerator(reply="The default is 60 seconds [1]."),
+               retriever=core_retriever, params=params)  # fmt: skip
+    assert b.grounding == "supported" and b.evidence[0].sentence == "Default: TimeOut 60"
