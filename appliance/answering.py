@@ -28,7 +28,15 @@ from typing import Any, Protocol
 
 from appliance.errors import UserFacingError
 from appliance.generation.base import GenerationParams, Generator
-from appliance.grounding import Evidence, best_sentence, occurs, value_spans
+from appliance.grounding import (
+    Evidence,
+    bears_value,
+    best_sentence,
+    contradicts,
+    new_values,
+    occurs,
+    value_spans,
+)
 from appliance.grounding import check as check_grounding
 from appliance.i18n import detect_language
 from appliance.prompting import (
@@ -127,6 +135,9 @@ class AnswerPolicy:
     # heading); when one stands nowhere, the documents do not cover what was asked
     # (KeepAliveMaxIdle, alarm E-99) and the model is not asked.
     require_named_terms: bool = True
+    # A supported answer is quoted over when the sentence that best matches the question
+    # states a value and the answer states none, or only other numbers of that kind.
+    question_check: bool = True
 
     def __post_init__(self) -> None:
         t = self.abstain_threshold
@@ -614,11 +625,30 @@ class AnswerStream:
                 focus=p.focus or None,
             )
             evidence = list(verdict.evidence)
+            best = None
+            if verdict.supported and policy.question_check:
+                # Supported, but is it the answer? The sentence that best matches the question
+                # holds a value; an answer that states none, or only other numbers, is not it.
+                best = best_sentence(
+                    p.question,
+                    [s.text for s in sources],
+                    within=p.focus or None,
+                    min_share=policy.quote_min_share,
+                    headings=[s.section for s in sources],
+                )
+                if best is not None and (
+                    contradicts(model_text, best)
+                    or (
+                        not new_values(model_text, p.question)
+                        and bears_value(best.sentence, p.question)
+                    )
+                ):
+                    verdict = replace(verdict, status="unsupported")
             if verdict.supported:
                 status = "supported"
             else:
                 unsupported = list(verdict.unsupported)
-                best = best_sentence(
+                best = best or best_sentence(
                     p.question,
                     [s.text for s in sources],
                     within=p.focus or None,

@@ -444,3 +444,31 @@ def best_sentence(
             if best is None or key > best[0]:
                 best = (key, Evidence(i, s, e, sent))
     return best[1] if best else None
+
+
+def contradicts(answer: str, evidence: Evidence | str) -> bool:
+    """The answer states numbers or codes and the evidence sentence states others of the same
+    kind, none of the answer's: the answer names a neighbouring value ("ThreadLimit is 1" where
+    the best sentence for the question says "Default: ThreadLimit 64")."""
+    sentence = evidence if isinstance(evidence, str) else evidence.sentence
+    mine = [v for v in value_spans(answer) if v.kind in ("number", "code")]
+    theirs = [v for v in value_spans(sentence) if v.kind in ("number", "code")]
+    kinds = {v.kind for v in theirs}
+    mine = [v for v in mine if v.kind in kinds]
+    if not mine or not theirs:
+        return False
+    return not any(occurs(v, sentence) is not None for v in mine)
+
+
+def new_values(text: str, question: str) -> list[ValueSpan]:
+    """The values of `text` that the question does not already name."""
+    return [v for v in value_spans(text) if occurs(v, question) is None]
+
+
+_RECORD_LINE_RE = re.compile(r"^[^\W\d_][^:\n]{0,40}:\s+\S")
+
+
+def bears_value(sentence: str, question: str) -> bool:
+    """The sentence states something the question asks for: a value the question does not
+    name, or a "Key: value" record line (a fact sheet's "Default: AllowOverride None")."""
+    return bool(new_values(sentence, question)) or bool(_RECORD_LINE_RE.match(sentence))

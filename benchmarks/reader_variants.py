@@ -92,6 +92,7 @@ def load_metrics(path: Path | None):
 
     spec = importlib.util.spec_from_file_location("eval_metrics_alt", path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
 
@@ -134,11 +135,13 @@ def summarize(rows: list[dict]) -> dict:
     }
 
 
-def rescore(path: Path, metrics_path: Path | None, shares: list[float]) -> None:
+def rescore(
+    path: Path, metrics_path: Path | None, shares: list[float], contra: float | None = None
+) -> None:
     """Replay the grounding decision on saved model answers with other quote thresholds
     (no generation: the model's text does not depend on them)."""
     from appliance.answering import _entry_terms
-    from appliance.grounding import best_sentence, check, occurs
+    from appliance.grounding import best_sentence, check, contradicts, new_values, occurs
     from appliance.prompting import wording
 
     metrics = load_metrics(metrics_path)
@@ -161,6 +164,17 @@ def rescore(path: Path, metrics_path: Path | None, shares: list[float]) -> None:
                 text = r["text"]
                 if r["grounding"] in ("supported", "quoted") and r["model_text"] and texts:
                     v = check(r["model_text"], texts, focus=focus or None)
+                    if v.supported and contra is not None:
+                        ev = best_sentence(r["question"], texts, within=focus or None,
+                                           min_share=contra, headings=heads)  # fmt: skip
+                        if ev is not None and (
+                            contradicts(r["model_text"], ev)
+                            or (
+                                not new_values(r["model_text"], r["question"])
+                                and new_values(ev.sentence, r["question"])
+                            )
+                        ):
+                            v = replace(v, status="unsupported")
                     if v.supported:
                         text, r["grounding"] = r["model_text"], "supported"
                     else:
@@ -198,13 +212,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--metrics", type=Path, help="score with this eval_metrics.py instead")
     ap.add_argument("--rescore", type=Path, help="replay a results file with --shares")
     ap.add_argument("--shares", default="0.2,0.3,0.4,0.5")
+    ap.add_argument("--contra", type=float, help="replay: contradiction check at this share")
     if argv is None and "--rescore" in sys.argv:
         ap.set_defaults(corpus=Path("."), llm=Path("."), embedder=Path("."))
         for a in ap._actions:
             a.required = False
     args = ap.parse_args(argv)
     if args.rescore:
-        rescore(args.rescore, args.metrics, [float(x) for x in args.shares.split(",")])
+        rescore(args.rescore, args.metrics, [float(x) for x in args.shares.split(",")],
+                args.contra)  # fmt: skip
         return 0
 
     sys.path.insert(0, str(REPO))

@@ -121,3 +121,16 @@ def test_best_sentence_to_quote_and_no_quote_when_nothing_is_close():
 )
 def test_sentence_spans(text, expected):
     assert [text[s:e] for s, e in sentence_spans(text)] == expected
+
+
+def test_contradiction_new_values_and_value_bearing_sentences():
+    from appliance.grounding import bears_value, contradicts, new_values
+
+    assert contradicts("ThreadLimit is 1 [1].", "Default: ThreadLimit 64")
+    assert not contradicts("ThreadLimit is 64.", "Default: ThreadLimit 64")
+    assert not contradicts("It is set per child.", "Default: ThreadLimit 64")  # no number
+    q = "What is the default ThreadLimit?"
+    assert [v.text for v in new_values("The default ThreadLimit is 64.", q)] == ["64"]
+    assert new_values("ThreadLimit sets the limit.", q) == []
+    assert bears_value("Default: AllowOverride None", "What is the default of AllowOverride?")
+    assert not bears_value("The limit applies per child process.", q)
