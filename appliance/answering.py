@@ -109,8 +109,8 @@ class ContextOverflowError(UserFacingError):
 # The reader: how many passages the prompt shows and when an unsupported answer is quoted
 # instead of refused. Provisional, not yet measured: to be replaced by the values chosen on
 # the dev splits, with the measurement recorded in READER_CHOICES.
-DEFAULT_MAX_PASSAGES = 3
-DEFAULT_QUOTE_MIN_SHARE = 0.3
+DEFAULT_MAX_PASSAGES = 2
+DEFAULT_QUOTE_MIN_SHARE = 0.4
 READER_CHOICES: dict[str, str] = {}
 # Where a grounded answer ends at the latest: the prompt's own markers, which a small model
 # that has answered goes on to write (a new "Question:", another passage).
