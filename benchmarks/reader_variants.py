@@ -258,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             first = None
             stream = answer_stream(q.question, generator=generator, retriever=retriever,
-                                   params=params, k=5, policy=policy)  # fmt: skip
+                                   params=params, k=5, policy=policy, filters=q.filters)  # fmt: skip
             for _ in stream:
                 if first is None:
                     first = time.perf_counter() - t0
