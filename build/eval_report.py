@@ -1057,7 +1057,7 @@ def _question_html(q: Mapping, modes: Sequence[Mapping]) -> str:
         text = r.get("text") or ""
         if r.get("error"):
             text = f"error: {r['error']}"
-        if r.get("abstain_reason") in ("low_score", "no_passages"):
+        if r.get("abstain_reason") in ("low_score", "no_passages", "unknown_term"):
             text += f"\n(the service abstained before generation: {r['abstain_reason']})"
         elif r.get("abstention"):
             text += f"\n(counted as abstention: {r['abstention']})"
