@@ -58,6 +58,8 @@ _UNIT_RE = re.compile(r"\s?(%|°\s?[CFK]|[^\W\d_]{1,5}(?:[·/][^\W\d_]{1,4}\d?)?
 # "1." or "2)" at the start of a line is a list enumerator, not a value.
 _ENUM_RE = re.compile(r"(?m)^\s*\d{1,2}[.)](?=\s)")
 _WORD_RE = re.compile(r"\w+")
+# A "Key: value" line of a record or fact sheet ("Default: KeepAliveTimeout 5").
+_RECORD_LINE_RE = re.compile(r"^[^\W\d_][^:\n]{0,40}:\s+\S")
 # A sentence ends at . ! ? ; followed by a space, or at a line break that is not a wrap.
 _SENT_END_RE = re.compile(r"[.!?;](?=\s)|\n")
 # A line that stands on its own: a list item, or a "Key: value" record line.
@@ -288,11 +290,14 @@ def _sentence_at(text: str, pos: int) -> tuple[int, int]:
 
 
 def _words(text: str) -> set[str]:
-    """Comparable words: folded, 5-character prefix (a crude, language-neutral stem)."""
+    """Comparable words: folded, cut to a 5-character prefix (a crude, language-neutral stem).
+    Short lower-case words (the, and, los, der) are left out; short capitals (MPM, CIP) and
+    anything with a digit stay."""
     out = set()
-    for w in _WORD_RE.findall(_fold(_blank(text, _MARKER_RE))):
-        if len(w) >= 3 or any(c.isdigit() for c in w):
-            out.add(w[:5] if w.isalpha() else w)
+    for w in _WORD_RE.findall(_blank(text, _MARKER_RE)):
+        if len(w) >= 4 or any(c.isdigit() for c in w) or (len(w) >= 2 and w.isupper()):
+            f = _fold(w)
+            out.add(f[:5] if f.isalpha() else f)
     return out
 
 
@@ -413,7 +418,8 @@ def best_sentence(
 
     Sentences score by the rarity-weighted words they share with the query; a value of the
     query (a code, a number) found in the sentence counts double; earlier passages win ties
-    (`rank_bonus` per rank). `min_share` is the least share of the query's weight the best
+    (`rank_bonus` per rank), and a "Key: value" record line whose key the query names counts
+    double (the fact sheet's "Default: ..." line for "what is the default ...?"). `min_share` is the least share of the query's weight the best
     sentence must cover (0: any shared word will do). `within` limits the passages.
     `headings` (one per passage: its title, section path and entry name) count as words of
     every sentence of their passage: "Default: KeepAliveTimeout 5" under the heading
@@ -435,6 +441,8 @@ def best_sentence(
             sent = text[s:e]
             score = _overlap(q, _words(sent) | head, weights)
             score += sum(2 * math.log(2) for v in q_values if occurs(v, sent) is not None)
+            if score > 0 and _RECORD_LINE_RE.match(sent) and _words(sent.split(":", 1)[0]) & q:
+                score += 2 * math.log(2)  # "Default: TimeOut 60" answers "the default ...?"
             if score <= 0:
                 continue
             share = score / total
@@ -463,9 +471,6 @@ def contradicts(answer: str, evidence: Evidence | str) -> bool:
 def new_values(text: str, question: str) -> list[ValueSpan]:
     """The values of `text` that the question does not already name."""
     return [v for v in value_spans(text) if occurs(v, question) is None]
-
-
-_RECORD_LINE_RE = re.compile(r"^[^\W\d_][^:\n]{0,40}:\s+\S")
 
 
 def bears_value(sentence: str, question: str) -> bool:
