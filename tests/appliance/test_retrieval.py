@@ -127,13 +127,14 @@ def test_search_returns_complete_passages(retriever: Retriever, embedder: OnnxEm
     passages = retriever.search("What does alarm E-47 mean?", k=3)
     top = passages[0]
     assert isinstance(top, Passage)
-    assert top.path == "alarms.md" and top.title == "Alarm codes" and top.section == "Code table"
+    assert top.path == "alarms.md" and top.title == "Alarm codes"
+    assert top.section == "Code table > E-47"  # a table row is an entry named by its code
     assert "Vacuum drum vacuum low" in top.text and top.page is None
     assert top.chunk_id.startswith(top.doc_id + "#")
     assert top.metadata["line"] == "all" and top.metadata["site"] == "riverside"
     assert top.keyword_score is not None and top.keyword_score > 0
     q = embedder.embed(["What does alarm E-47 mean?"])[0]
-    direct = embedder.embed([f"Alarm codes > Code table\n{top.text}"])[0]
+    direct = embedder.embed([f"Alarm codes > {top.section}\n{top.text}"])[0]
     assert top.dense_score == pytest.approx(float(q @ direct), abs=1e-4)
     prompt = top.to_prompt()
     assert (prompt.title, prompt.section, prompt.text) == (top.title, top.section, top.text)

@@ -102,8 +102,11 @@ def test_streaming_ends_with_done_and_carries_sources(server):
 
 def test_stop_sequences_and_max_tokens(server):
     body = chat(server, ANSWERABLE, stop=["documents"], retrieval=True).json()
-    assert body["choices"][0]["message"]["content"].startswith("According to the")
-    assert "documents" not in body["choices"][0]["message"]["content"].split("[")[0]
+    content = body["choices"][0]["message"]["content"]
+    # Cut at the stop sequence, the answer states no value: the grounding check quotes the
+    # passage sentence that answers the question instead.
+    assert body["grounding"] == "quoted" and content.startswith("The manual says:")
+    assert "documents" not in content
     body = chat(server, ANSWERABLE, max_tokens=3).json()
     assert body["choices"][0]["finish_reason"] == "length"
     assert body["usage"]["completion_tokens"] == 3
