@@ -106,12 +106,28 @@ class ContextOverflowError(UserFacingError):
         )
 
 
-# The reader: how many passages the prompt shows and when an unsupported answer is quoted
-# instead of refused. Provisional, not yet measured: to be replaced by the values chosen on
-# the dev splits, with the measurement recorded in READER_CHOICES.
+# The reader's values, chosen on the dev splits only (examples/apache and examples/plant,
+# SmolLM2-135M int4, strict scoring; `benchmarks/reader_variants.py`, replayed with --rescore
+# for the values that do not change the prompt; raw results in benchmarks/results/reader/:
+# apache-dev-k3.json, apache-dev-k2.json, plant-dev-k2.json):
+# - DEFAULT_MAX_PASSAGES = 2: three passages gave a median prompt of 494 tokens on the Apache
+#   dev split, two give 384 (plant dev 323, against 644 with the five passages of before);
+#   with the entry head first, the second passage rarely holds the answer alone. Not compared
+#   on accuracy at equal settings (one run per setting did not fit the time).
+# - DEFAULT_QUOTE_MIN_SHARE = 0.4: Apache dev fact accuracy is flat from 0 to 0.4 and loses
+#   answers from 0.5 on (needless abstentions 0 -> 2 -> 5); the highest flat value.
+# - DEFAULT_QUOTE_OVER_ABSTENTION = 0.7: on plant dev, quoting over a model refusal at 0.5 or
+#   0.6 raised fact accuracy from 4/23 to 9/23 but let an unanswerable question through (6/8);
+#   0.7 keeps 7/8 and gives 7/23 (10/23 once a table row is quoted whole); Apache dev has no
+#   model refusals.
 DEFAULT_MAX_PASSAGES = 2
 DEFAULT_QUOTE_MIN_SHARE = 0.4
-READER_CHOICES: dict[str, str] = {}
+DEFAULT_QUOTE_OVER_ABSTENTION = 0.7
+READER_CHOICES = {
+    "max_passages": "2 (prompt length; see above)",
+    "quote_min_share": "0.4 (highest value flat on Apache dev)",
+    "quote_over_abstention": "0.7 (plant dev: most correct without losing an abstention)",
+}
 # Where a grounded answer ends at the latest: the prompt's own markers, which a small model
 # that has answered goes on to write (a new "Question:", another passage).
 RAG_STOP = ("\nQuestion:", "<passage", "</passage>")
@@ -138,6 +154,9 @@ class AnswerPolicy:
     # A supported answer is quoted over when the sentence that best matches the question
     # states a value and the answer states none, or only other numbers of that kind.
     question_check: bool = True
+    # A model's refusal is replaced by a quote when a passage sentence matches at least this
+    # share of the question (None: never).
+    quote_over_abstention: float | None = DEFAULT_QUOTE_OVER_ABSTENTION
 
     def __post_init__(self) -> None:
         t = self.abstain_threshold
@@ -617,6 +636,26 @@ class AnswerStream:
             status = "abstained" if checking else None
             if checking:
                 text = policy.abstain_text  # nothing else asserted beside the refusal
+                over = (
+                    None
+                    if policy.quote_over_abstention is None
+                    else best_sentence(
+                        p.question,
+                        [s.text for s in sources],
+                        within=p.focus or None,
+                        min_share=policy.quote_over_abstention,
+                        headings=[s.section for s in sources],
+                    )
+                )
+                if over is not None:
+                    # The model refused, but a passage sentence matches the question closely:
+                    # the small model refuses answerable questions far more than the others.
+                    status, text, evidence, abstained = (
+                        "quoted",
+                        policy.wording.quote_of(over.sentence, over.passage),
+                        [over],
+                        False,
+                    )
         elif checking:
             verdict = check_grounding(
                 model_text,

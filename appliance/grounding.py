@@ -246,14 +246,17 @@ def _find_spaced(needle: str, hay: str) -> tuple[int, int] | None:
 # Sentences and closeness
 
 
-def sentence_spans(text: str) -> list[tuple[int, int]]:
+def sentence_spans(text: str, fields: bool = True) -> list[tuple[int, int]]:
     """Sentence spans of `text`, trimmed. A sentence ends at . ! ? ; before a space, and at a
     line break unless the break only wraps a long line (PDF and HTML text keep the source's
     line breaks): a break ends a sentence after punctuation, before a blank line, before a
-    list item or a "Key: value" line, and after a "Key: value" line."""
+    list item or a "Key: value" line, and after a "Key: value" line. `fields=False` keeps the
+    "; "-separated fields of a record line together (a table row read as one sentence)."""
     cuts = []
     for m in _SENT_END_RE.finditer(text):
         i = m.start()
+        if text[i] == ";" and not fields:
+            continue
         if text[i] != "\n":
             cuts.append(i + 1)
             continue
@@ -413,6 +416,7 @@ def best_sentence(
     min_share: float = 0.0,
     rank_bonus: float = 0.05,
     headings: Sequence[str] | None = None,
+    valued: bool = False,
 ) -> Evidence | None:
     """The passage sentence that best matches `query` (a question, or an answer), or None.
 
@@ -421,6 +425,8 @@ def best_sentence(
     (`rank_bonus` per rank), and a "Key: value" record line whose key the query names counts
     double (the fact sheet's "Default: ..." line for "what is the default ...?"). `min_share` is the least share of the query's weight the best
     sentence must cover (0: any shared word will do). `within` limits the passages.
+    A table row is one sentence here (its fields together: the row is the entry). `valued`
+    keeps only sentences that state something the query does not (`bears_value`).
     `headings` (one per passage: its title, section path and entry name) count as words of
     every sentence of their passage: "Default: KeepAliveTimeout 5" under the heading
     "KeepAliveTimeout Directive" matches a question about that directive's default.
@@ -437,8 +443,10 @@ def best_sentence(
         if within and i not in within:
             continue
         head = _words(headings[i - 1]) if headings and i <= len(headings) else set()
-        for s, e in sentence_spans(text):
+        for s, e in sentence_spans(text, fields=False):
             sent = text[s:e]
+            if valued and not bears_value(sent, query):
+                continue
             score = _overlap(q, _words(sent) | head, weights)
             score += sum(2 * math.log(2) for v in q_values if occurs(v, sent) is not None)
             if score > 0 and _RECORD_LINE_RE.match(sent) and _words(sent.split(":", 1)[0]) & q:

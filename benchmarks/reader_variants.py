@@ -26,6 +26,7 @@ from dataclasses import replace
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+VALUED = __import__("os").environ.get("VALUED") == "1"  # replay: quote value-bearing sentences
 
 # name -> AnswerPolicy overrides. "legacy" is the reader before this work (5 passages, no
 # check, the plant wording), kept as the peer every variant is compared with.
@@ -136,7 +137,11 @@ def summarize(rows: list[dict]) -> dict:
 
 
 def rescore(
-    path: Path, metrics_path: Path | None, shares: list[float], contra: float | None = None
+    path: Path,
+    metrics_path: Path | None,
+    shares: list[float],
+    contra: float | None = None,
+    override: float | None = None,
 ) -> None:
     """Replay the grounding decision on saved model answers with other quote thresholds
     (no generation: the model's text does not depend on them)."""
@@ -179,7 +184,8 @@ def rescore(
                         text, r["grounding"] = r["model_text"], "supported"
                     else:
                         best = best_sentence(r["question"], texts, within=focus or None,
-                                             min_share=share, headings=heads)  # fmt: skip
+                                             min_share=share, headings=heads,
+                                             valued=VALUED)  # fmt: skip
                         if best:
                             text, r["grounding"] = (
                                 words.quote_of(best.sentence, best.passage),
@@ -187,6 +193,17 @@ def rescore(
                             )
                         else:
                             text, r["grounding"] = words.abstain, "abstained"
+                if (
+                    override is not None
+                    and r["grounding"] == "abstained"
+                    and r["model_text"]
+                    and texts
+                ):
+                    best = best_sentence(r["question"], texts, within=focus or None,
+                                         min_share=override, headings=heads,
+                                         valued=VALUED)  # fmt: skip
+                    if best:
+                        text, r["grounding"] = words.quote_of(best.sentence, best.passage), "quoted"
                 flag = r["grounding"] == "abstained" and not r["model_text"]
                 r["abstained"], r["verdict"] = score(metrics, q, text, flag)
                 r["text"] = text
@@ -213,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rescore", type=Path, help="replay a results file with --shares")
     ap.add_argument("--shares", default="0.2,0.3,0.4,0.5")
     ap.add_argument("--contra", type=float, help="replay: contradiction check at this share")
+    ap.add_argument("--override", type=float, help="replay: quote over a model abstention")
     if argv is None and "--rescore" in sys.argv:
         ap.set_defaults(corpus=Path("."), llm=Path("."), embedder=Path("."))
         for a in ap._actions:
@@ -220,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.rescore:
         rescore(args.rescore, args.metrics, [float(x) for x in args.shares.split(",")],
-                args.contra)  # fmt: skip
+                args.contra, args.override)  # fmt: skip
         return 0
 
     sys.path.insert(0, str(REPO))

@@ -317,3 +317,13 @@ def test_an_answer_without_the_value_its_best_sentence_holds_is_quoted_over():
     assert b.grounding == "quoted" and "120" not in b.text and "32 L" in b.text
     _, c = _deltas("C-301 takes 32 L of LUB-0311 oil [2].", question=q)
     assert c.grounding == "supported" and c.text == c.model_text
+
+
+def test_a_refusal_is_quoted_over_only_when_a_sentence_matches_closely():
+    q = "What torque is the P-101 impeller nut tightened to?"
+    _, a = _deltas(NOT_IN_DOCUMENTS, question=q)
+    assert a.grounding == "quoted" and not a.abstained and "120 N·m" in a.text
+    _, b = _deltas(NOT_IN_DOCUMENTS, question="Which colour are the danger tags?")
+    assert b.grounding == "abstained" and b.abstained and b.text == NOT_IN_DOCUMENTS
+    _, c = _deltas(NOT_IN_DOCUMENTS, question=q, quote_over_abstention=None)
+    assert c.grounding == "abstained" and c.text == NOT_IN_DOCUMENTS
