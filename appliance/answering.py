@@ -338,10 +338,15 @@ def prepare(
         retrieval_s = time.perf_counter() - t0
         best = best_dense_score(passages)
         unknown = unknown_terms(question, passages) if policy.require_named_terms else []
+        top = passages[0] if passages else None
         passages, named = order_passages(question, passages, None, by_entry=policy.focus_entries)
         passages = with_entry_heads(retriever, passages, named)
         if policy.max_passages is not None:
             passages = passages[: policy.max_passages]
+            if len(passages) > 1 and top is not None and top not in passages:
+                # The retriever's best passage keeps the last slot (a spare-parts row found
+                # by its part number stays in when manual sections name the same valve).
+                passages[-1] = top
         if not passages:
             abstain_reason = "no_passages"
         elif policy.abstain_threshold is not None and (
