@@ -20,7 +20,8 @@ retriever = server_harness.retriever
 serve = server_harness.serve
 small_index = server_harness.small_index
 
-ANSWERABLE = "What is the torque for the P-101 impeller nut?"
+# The fake model answers with the first passage's first sentence: right for a code lookup.
+ANSWERABLE = "What does alarm E-47 mean?"
 OFF_TOPIC = "Who won the football match yesterday?"
 
 

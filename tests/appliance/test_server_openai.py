@@ -21,7 +21,7 @@ serve = server_harness.serve
 small_index = server_harness.small_index
 
 
-QUESTION = "What is the torque for the P-101 impeller nut?"
+QUESTION = "What does alarm E-47 mean?"  # the fake model answers it from passage 1
 
 
 @pytest.fixture

@@ -81,7 +81,7 @@ def test_keyboard_only_chat_with_streaming_and_sources(serve, retriever, page):
     assert page.evaluate("document.activeElement.id") == "question"
     assert float(page.evaluate("parseFloat(getComputedStyle(document.body).fontSize)")) >= 20
 
-    ask(page, "What is the torque for the P-101 impeller nut?")
+    ask(page, "What does alarm E-47 mean?")
     answer = page.locator(".turn.assistant").last
     # Streaming: text appears before the answer is complete.
     wait_js(
@@ -189,23 +189,23 @@ def test_evidence_sentence_is_highlighted_and_an_unsupported_value_is_replaced(
     server = serve(generator=FakeGenerator(token_delay_s=0.01), retriever=retriever)
     page.goto(server.url + "/")
     wait_ready(page)
-    ask(page, "What is the torque for the P-101 impeller nut?")
+    ask(page, "What does alarm E-47 mean?")
     page.wait_for_selector(".turn.assistant[data-state=done]")
     turn = page.locator(".turn.assistant").last
     assert turn.get_attribute("data-grounding") == "supported"
     mark = turn.locator(".evidence mark").first
     assert mark.is_visible()
     sentence = mark.inner_text()
-    assert len(sentence) > 10 and sentence in turn.locator(".text").inner_text()
+    assert len(sentence) >= 4 and sentence in turn.locator(".text").inner_text()
     # The same sentence is marked inside its passage.
-    assert turn.locator("details.source .passage mark").first.text_content() == sentence
+    assert sentence in turn.locator("details.source .passage mark").all_text_contents()
 
     # A model that states a value the passages do not hold: the value never stays on screen.
-    gen = FakeGenerator(reply="The impeller nut takes 999 N·m [1].", token_delay_s=0.01)
+    gen = FakeGenerator(reply="Alarm E-47 trips at 999 mbar [1].", token_delay_s=0.01)
     server = serve(generator=gen, retriever=retriever)
     page.goto(server.url + "/")
     wait_ready(page)
-    ask(page, "What is the torque for the P-101 impeller nut?")
+    ask(page, "What does alarm E-47 mean?")
     page.wait_for_selector(".turn.assistant[data-state=done]")
     turn = page.locator(".turn.assistant").last
     text = turn.locator(".text").inner_text()
