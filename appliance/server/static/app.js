@@ -118,19 +118,33 @@
     if (!evidence || !evidence.length) return;
     const box = el("section", "evidence");
     box.setAttribute("aria-label", "Evidence");
+    const byPassage = new Map();
     for (const e of evidence) {
       const line = el("p", "evidence-line");
       line.appendChild(el("span", "evidence-ref", "[" + e.passage + "] "));
       line.appendChild(el("mark", null, e.sentence));
       box.appendChild(line);
-      const d = turn.querySelector('details.source[data-n="' + e.passage + '"] .passage');
-      const s = (sources || []).find((x) => x.n === e.passage);
-      if (d && s && e.end <= s.text.length && s.text.slice(e.start, e.end) === e.sentence) {
-        d.textContent = "";
-        d.appendChild(document.createTextNode(s.text.slice(0, e.start)));
+      if (!byPassage.has(e.passage)) byPassage.set(e.passage, []);
+      byPassage.get(e.passage).push(e);
+    }
+    // Mark every evidence sentence inside its passage, in text order.
+    for (const [n, spans] of byPassage) {
+      const d = turn.querySelector('details.source[data-n="' + n + '"] .passage');
+      const s = (sources || []).find((x) => x.n === n);
+      if (!d || !s) continue;
+      const ok = spans
+        .filter((e) => e.end <= s.text.length && s.text.slice(e.start, e.end) === e.sentence)
+        .sort((a, b) => a.start - b.start);
+      if (!ok.length) continue;
+      d.textContent = "";
+      let at = 0;
+      for (const e of ok) {
+        if (e.start < at) continue;
+        d.appendChild(document.createTextNode(s.text.slice(at, e.start)));
         d.appendChild(el("mark", null, e.sentence));
-        d.appendChild(document.createTextNode(s.text.slice(e.end)));
+        at = e.end;
       }
+      d.appendChild(document.createTextNode(s.text.slice(at)));
     }
     const text = turn.querySelector(".text");
     text.insertAdjacentElement("afterend", box);
