@@ -107,7 +107,7 @@ def test_markers_are_added_by_overlap_when_the_model_gives_none():
     a = answer("Oil?", generator=gen, retriever=StubRetriever([PUMP, OIL]), params=PARAMS,
                policy=AnswerPolicy(question_check=False))  # fmt: skip
     assert "[" not in a.text and a.cited == []
-    no_fallback = AnswerPolicy(cite_fallback=False)
+    no_fallback = AnswerPolicy(cite_fallback=False, abstain_threshold=0.4)
     gen = FakeGenerator(reply="C-301 takes 32 L of LUB-0311 oil.")
     a = answer(
         "Oil?", generator=gen, retriever=StubRetriever([OIL]), params=PARAMS, policy=no_fallback
