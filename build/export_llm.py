@@ -49,6 +49,7 @@ BACKENDS = ("genai", "optimum")
 PRECISIONS = ("int4", "int8", "fp32")
 EXECUTION_PROVIDERS = ("cpu", "cuda")
 BLOCK_SIZES = (16, 32, 64, 128, 256)
+EMBEDDING_BITS = (0, 4, 8)
 
 # Text decoders the onnxruntime-genai 0.15.2 model builder converts (builder.py `create_model`),
 # minus the vision/audio ones whose text part needs `inputs_embeds` and so cannot serve plain
@@ -123,6 +124,10 @@ class Int4Options:
     # MatMulNBits compute precision: 4 = int8 activations (fast on CPU), 1 = fp32. None means the
     # builder's default: 4 on CPU, 0 (unset) on CUDA.
     accuracy_level: int | None = None
+    # Bits of the token embedding when the model does not tie it to the LM head (a tied one shares
+    # the LM head's quantized matrix): 4 or 8 (GatherBlockQuantized), or 0 to keep it in fp32.
+    # 4 by default: on Qwen2.5-Coder-0.5B the fp32 embedding alone was 545 MB of a 973 MB export.
+    embedding_bits: int = 4
 
     def __post_init__(self) -> None:
         if self.block_size not in BLOCK_SIZES:
@@ -133,6 +138,15 @@ class Int4Options:
             raise ValueError(f"symmetric must be a bool, got {self.symmetric!r}")
         if self.accuracy_level is not None and self.accuracy_level not in (0, 1, 2, 3, 4):
             raise ValueError(f"accuracy_level must be 0-4 or None, got {self.accuracy_level!r}")
+        if self.embedding_bits not in EMBEDDING_BITS:
+            raise ValueError(
+                f"embedding_bits must be one of {EMBEDDING_BITS}, got {self.embedding_bits!r}"
+            )
+
+    @property
+    def streams(self) -> bool:
+        """Whether the genai export quantizes weight by weight (build/stream_quantize.py)."""
+        return self.algo.startswith(("rtn", "k_quant"))
 
     def resolved_accuracy_level(self, execution_provider: str) -> int:
         if self.accuracy_level is not None:
@@ -214,6 +228,68 @@ def _check_tokenizer_files(model_dir: Path) -> None:
         )
 
 
+# Peak resident memory of a genai export per byte of the checkpoint's fp32 weights, plus a fixed
+# allowance for Python, torch and onnxruntime. Weight-by-weight quantization (rtn*/k_quant*):
+# measured on Qwen2.5-Coder-0.5B and -1.5B (README "Models", /usr/bin/time -v); the builder's own
+# quantizer (`--int4-algo default`, fp32 and the optimum backend hold whole-model copies): the
+# 19.9 GB the 1.5B export peaked at before, 2.8x its 7.1 GB of fp32 weights.
+PEAK_PER_FP32_BYTE_STREAMED = 1.2
+PEAK_PER_FP32_BYTE_WHOLE = 2.9
+PEAK_FIXED_BYTES = 1 << 30
+
+
+def checkpoint_parameters(model_dir: Path) -> int:
+    """Parameter count from the safetensors headers (no tensor is read)."""
+    import struct
+
+    total = 0
+    for path in sorted(Path(model_dir).glob("*.safetensors")):
+        with path.open("rb") as f:
+            (length,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(length))
+        for name, meta in header.items():
+            if name != "__metadata__":
+                n = 1
+                for dim in meta["shape"]:
+                    n *= dim
+                total += n
+    return total
+
+
+def available_memory_bytes() -> int | None:
+    """MemAvailable from /proc/meminfo (None where there is none)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def export_memory_estimate(model_dir: Path, backend: str, precision: str, int4) -> int:
+    fp32 = checkpoint_parameters(model_dir) * 4
+    streamed = backend == "genai" and precision in ("int4", "int8") and int4.streams
+    factor = PEAK_PER_FP32_BYTE_STREAMED if streamed else PEAK_PER_FP32_BYTE_WHOLE
+    return int(fp32 * factor) + PEAK_FIXED_BYTES
+
+
+def check_export_memory(
+    model_dir: Path, backend: str, precision: str, int4, available: int | None = None
+) -> None:
+    """Refuse, before loading anything, an export the box cannot hold."""
+    need = export_memory_estimate(model_dir, backend, precision, int4)
+    available = available_memory_bytes() if available is None else available
+    if available is not None and need > available:
+        gb = 1 << 30
+        raise UserFacingError(
+            f"exporting {model_dir} needs about {need / gb:.1f} GB of memory and the box has "
+            f"{available / gb:.1f} GB available: free memory (stop other jobs), export on a "
+            "bigger build box, or pass --skip-memory-check to try anyway. (Weight-by-weight "
+            "quantization, the default int4 algorithms, needs the least.)"
+        )
+
+
 def _check_out_dir(out_dir: Path, force: bool) -> None:
     if not out_dir.exists():
         return
@@ -270,6 +346,7 @@ def export_llm(
     adapter_dir: Path | None = None,
     force: bool = False,
     verify: bool = True,
+    memory_check: bool = True,
 ) -> Path:
     """Export `model_dir` (an HF checkpoint) to `out_dir`, a folder onnxruntime-genai opens.
 
@@ -288,6 +365,8 @@ def export_llm(
     if adapter_dir is not None:
         _check_adapter_dir(Path(adapter_dir))
     _check_out_dir(out_dir, force)
+    if memory_check:
+        check_export_memory(model_dir, backend, precision, int4)
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
@@ -407,12 +486,19 @@ def _export_genai(
 ) -> None:
     from onnxruntime_genai.models.builder import check_extra_options, create_model
 
+    from build.stream_quantize import streaming_quantization
+
     opts = genai_extra_options(precision, execution_provider, int4)
     cache_dir = scratch / "builder-cache"
     log.info(
         "genai builder: %s -> %s (%s, %s, %s)", model_dir, out, precision, execution_provider, opts
     )
-    with _quiet_builder():
+    streaming = (
+        streaming_quantization(int4.embedding_bits or None)
+        if precision in ("int4", "int8") and int4.streams
+        else contextlib.nullcontext()
+    )
+    with _quiet_builder(), streaming:
         check_extra_options(
             None, str(model_dir), str(out), precision, execution_provider, str(cache_dir), opts
         )
@@ -793,6 +879,7 @@ def _export_record(
         quant = int4.to_dict() | {
             "bits": 4 if precision == "int4" else 8,
             "accuracy_level": int4.resolved_accuracy_level(execution_provider),
+            "weight_by_weight": backend == "genai" and int4.streams,
         }
     return {
         "format_version": EXPORT_FORMAT_VERSION,
@@ -884,6 +971,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="peft LoRA folder to serve per request under NAME (repeatable); the "
         "output then holds llm/ (the base with LoRA inputs) and adapters/",
     )
+    parser.add_argument(
+        "--embedding-bits",
+        type=int,
+        choices=EMBEDDING_BITS,
+        default=4,
+        help="bits of an untied token embedding (GatherBlockQuantized): 4 (default), 8, or 0 "
+        "to keep it fp32; a tied one shares the LM head's quantized matrix",
+    )
+    parser.add_argument(
+        "--skip-memory-check",
+        dest="memory_check",
+        action="store_false",
+        help="export even when the estimated peak memory exceeds what the box has available",
+    )
     parser.add_argument("--force", action="store_true", help="replace a finished output folder")
     parser.add_argument(
         "--no-verify",
@@ -900,6 +1001,7 @@ def run(args: argparse.Namespace) -> int:
             algo=args.int4_algo,
             symmetric=args.symmetric,
             accuracy_level=args.accuracy_level,
+            embedding_bits=args.embedding_bits,
         )
     except ValueError as exc:
         raise UserFacingError(str(exc)) from exc
@@ -915,6 +1017,7 @@ def run(args: argparse.Namespace) -> int:
         adapter_dir=args.adapter,
         force=args.force,
         verify=args.verify,
+        memory_check=args.memory_check,
     )
     record = read_export_record(out)
     print(

@@ -252,3 +252,85 @@ def test_adapter_is_merged_before_export(tiny_phi3_hf, tmp_path):
     assert json.loads((out / EXPORT_RECORD).read_text())["adapter"]["mode"] == "merged"
     with pytest.raises(UserFacingError, match="adapter_config.json"):
         export_llm(tiny_phi3_hf, tmp_path / "x", adapter_dir=tmp_path)
+
+
+# --------------------------------------------------------------------------------------------
+# Weight-by-weight quantization (build/stream_quantize.py): same bytes, less memory, smaller
+# --------------------------------------------------------------------------------------------
+
+
+def _initializers(onnx_dir: Path) -> dict[str, np.ndarray]:
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(onnx_dir / "model.onnx"))
+    return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+
+
+def _nodes(onnx_dir: Path) -> dict[str, object]:
+    import onnx
+
+    return {n.name: n for n in onnx.load(str(onnx_dir / "model.onnx"), False).graph.node}
+
+
+def test_weight_by_weight_quantization_equals_the_builders_quantizer(
+    tiny_phi3_hf, tmp_path, monkeypatch
+):
+    """With the embedding left alone, streaming gives byte-identical MatMulNBits weights, scales
+    and zero points to the builder's whole-model MatMulNBitsQuantizer pass."""
+    ours = export_llm(tiny_phi3_hf, tmp_path / "ours", int4=Int4Options(embedding_bits=0))
+    monkeypatch.setattr(Int4Options, "streams", property(lambda self: False))
+    theirs = export_llm(tiny_phi3_hf, tmp_path / "theirs")
+    a, b = _initializers(ours), _initializers(theirs)
+    assert sorted(a) == sorted(b)
+    quantized = [n for n in a if "_Q4G" in n or "_Q8G" in n]
+    assert len(quantized) >= 9  # 2 layers x (qkv, o, gate_up, down) + lm_head
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+    assert json.loads((ours / EXPORT_RECORD).read_text())["quantization"]["weight_by_weight"]
+
+
+def test_untied_embedding_is_quantized_to_4_bits(tiny_phi3_hf, tiny_exports, tmp_path):
+    out = tiny_exports["genai-int4"]  # default options: embedding_bits=4
+    nodes = _nodes(out)
+    gather = nodes["/model/embed_tokens/GatherBlockQuantized"]
+    assert gather.op_type == "GatherBlockQuantized"
+    assert {a.name: a.i for a in gather.attribute}["bits"] == 4
+    inits = _initializers(out)
+    assert "model.embed_tokens.weight" not in inits
+    assert inits["model.embed_tokens.weight_Q4G32"].shape == (49152, 32)  # 64 dims at 4 bits
+    fp32_embed = export_llm(tiny_phi3_hf, tmp_path / "e0", int4=Int4Options(embedding_bits=0))
+    size = (out / "model.onnx.data").stat().st_size
+    assert size < 0.6 * (fp32_embed / "model.onnx.data").stat().st_size
+    # Same model: greedy continuations agree with the fp32-embedding export.
+    prompt = [1, 520, 2318, 314]
+    a, b = greedy_genai(out, prompt, 12), greedy_genai(fp32_embed, prompt, 12)
+    assert np.mean(np.array(a) == np.array(b)) >= 0.75, (a, b)
+
+
+def test_quantize_weight_refuses_non_finite_and_keeps_constant_blocks_finite():
+    from build.stream_quantize import quantize_weight
+
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(64, 48)).astype(np.float32)
+    w[:, :8] = 0.0  # constant blocks: k-quant's scale search divides by zero on these
+    for method in ("k_quant", "rtn"):
+        for bits in (4, 8):
+            data, scales, zps = quantize_weight(
+                w, bits=bits, block_size=32, method=method, symmetric=True, name="w"
+            )
+            assert np.isfinite(scales).all()
+            assert data.shape == (48, 2, 32 * bits // 8)
+    w[3, 5] = np.nan
+    with pytest.raises(UserFacingError, match="w holds NaN or inf"):
+        quantize_weight(w, bits=4, block_size=32, method="k_quant", symmetric=True, name="w")
+
+
+def test_export_refuses_early_when_memory_is_short(tiny_phi3_hf, tmp_path):
+    from build.export_llm import check_export_memory, checkpoint_parameters
+
+    params = checkpoint_parameters(tiny_phi3_hf)
+    assert 6_000_000 < params < 8_000_000  # 2 x 49152 x 64 embeddings + 2 small layers
+    with pytest.raises(UserFacingError, match="needs about .* GB .* 0.5 GB available"):
+        check_export_memory(tiny_phi3_hf, "genai", "int4", Int4Options(), available=1 << 29)
+    check_export_memory(tiny_phi3_hf, "genai", "int4", Int4Options(), available=8 << 30)
