@@ -344,7 +344,9 @@ def test_tiny_gguf_pipeline_train_merge_export_answer(tiny_gguf_import, tmp_path
         hf_ids = hf_tok.encode(text, add_special_tokens=False)
         assert [int(i) for i in og_tok.encode(text)] == hf_ids, f"{family}: {text!r}"
         if "<|" not in text:
-            assert og_tok.decode(hf_ids) == text
+            # onnxruntime-genai keeps the prefix space SentencePiece puts in front (the answer
+            # path strips answers anyway); byte-level BPE decodes back verbatim.
+            assert og_tok.decode(hf_ids) == (" " + text if family == "phi3" else text)
 
     stream = genai.generate(chat, GenerationParams(max_new_tokens=8))
     answer = "".join(stream)
