@@ -64,6 +64,10 @@ def tiny_exports(tiny_phi3_hf: Path, tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("tiny-exports")
     return {
         "genai-int4": export_llm(tiny_phi3_hf, root / "genai-int4"),
+        # the optimum backend keeps the embedding in fp32: compare like with like
+        "genai-int4-fp32-embedding": export_llm(
+            tiny_phi3_hf, root / "genai-int4-e0", int4=Int4Options(embedding_bits=0)
+        ),
         "optimum-int4": export_llm(tiny_phi3_hf, root / "optimum-int4", backend="optimum"),
     }
 
@@ -83,7 +87,7 @@ def test_tiny_phi3_int4_exports_run_on_genai(tiny_exports, which):
 
 def test_both_backends_agree_on_tiny_phi3(tiny_exports):
     # Same weights, same int4 algorithm: greedy continuations of the tiny model should agree.
-    a = greedy_genai(tiny_exports["genai-int4"], [1, 520, 2318, 314], 12)
+    a = greedy_genai(tiny_exports["genai-int4-fp32-embedding"], [1, 520, 2318, 314], 12)
     b = greedy_genai(tiny_exports["optimum-int4"], [1, 520, 2318, 314], 12)
     assert np.mean(np.array(a) == np.array(b)) >= 0.75, (a, b)
 
@@ -162,6 +166,8 @@ def test_cli_export_and_error_exit(tiny_phi3_hf, tmp_path, capsys):
             "--accuracy-level",
             "4",
             "--asymmetric",
+            "--embedding-bits",
+            "8",
         ]
     )
     assert rc == 0
@@ -171,8 +177,12 @@ def test_cli_export_and_error_exit(tiny_phi3_hf, tmp_path, capsys):
         "algo": "rtn_last",
         "symmetric": False,
         "accuracy_level": 4,
+        "embedding_bits": 8,
         "bits": 4,
+        "weight_by_weight": True,
     }
+    gather = _nodes(out)["/model/embed_tokens/GatherBlockQuantized"]
+    assert {a.name: a.i for a in gather.attribute}["bits"] == 8
     rc = main(["export", "--model", str(tiny_phi3_hf), "--out", str(out)])
     assert rc == 2
     assert "--force" in capsys.readouterr().err
@@ -270,7 +280,8 @@ def _initializers(onnx_dir: Path) -> dict[str, np.ndarray]:
 def _nodes(onnx_dir: Path) -> dict[str, object]:
     import onnx
 
-    return {n.name: n for n in onnx.load(str(onnx_dir / "model.onnx"), False).graph.node}
+    model = onnx.load(str(onnx_dir / "model.onnx"), load_external_data=False)
+    return {n.name: n for n in model.graph.node}
 
 
 def test_weight_by_weight_quantization_equals_the_builders_quantizer(
@@ -290,22 +301,46 @@ def test_weight_by_weight_quantization_equals_the_builders_quantizer(
     assert json.loads((ours / EXPORT_RECORD).read_text())["quantization"]["weight_by_weight"]
 
 
-def test_untied_embedding_is_quantized_to_4_bits(tiny_phi3_hf, tiny_exports, tmp_path):
-    out = tiny_exports["genai-int4"]  # default options: embedding_bits=4
-    nodes = _nodes(out)
-    gather = nodes["/model/embed_tokens/GatherBlockQuantized"]
-    assert gather.op_type == "GatherBlockQuantized"
-    assert {a.name: a.i for a in gather.attribute}["bits"] == 4
+def test_untied_embedding_is_quantized_to_4_bits(tiny_phi3_hf, tiny_exports):
+    """The embedding becomes a GatherBlockQuantized that onnxruntime dequantizes back to the
+    checkpoint's rows within 4-bit error, and the export shrinks by most of the fp32 table."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+    from safetensors.numpy import load_file
+
+    out, fp32_embed = tiny_exports["genai-int4"], tiny_exports["genai-int4-fp32-embedding"]
+    gather = _nodes(out)["/model/embed_tokens/GatherBlockQuantized"]
+    attrs = {a.name: a.i for a in gather.attribute}
+    assert attrs["bits"] == 4 and attrs["quantize_axis"] == 1
     inits = _initializers(out)
     assert "model.embed_tokens.weight" not in inits
-    assert inits["model.embed_tokens.weight_Q4G32"].shape == (49152, 32)  # 64 dims at 4 bits
-    fp32_embed = export_llm(tiny_phi3_hf, tmp_path / "e0", int4=Int4Options(embedding_bits=0))
+    data, scale, zp = (inits[gather.input[i]] for i in (0, 2, 3))
+    assert data.shape == (49152, 32)  # 64 dims at 4 bits
     size = (out / "model.onnx.data").stat().st_size
     assert size < 0.6 * (fp32_embed / "model.onnx.data").stat().st_size
-    # Same model: greedy continuations agree with the fp32-embedding export.
-    prompt = [1, 520, 2318, 314]
-    a, b = greedy_genai(out, prompt, 12), greedy_genai(fp32_embed, prompt, 12)
-    assert np.mean(np.array(a) == np.array(b)) >= 0.75, (a, b)
+
+    def value(name, array):
+        dtype = TensorProto.UINT8 if array.dtype == np.uint8 else TensorProto.FLOAT
+        return helper.make_tensor_value_info(name, dtype, array.shape)
+
+    ids = np.array([[0, 7, 520, 49151]], dtype=np.int64)
+    graph = helper.make_graph(
+        [helper.make_node("GatherBlockQuantized", ["d", "i", "s", "z"], ["y"],
+                          domain="com.microsoft", **attrs)],
+        "g",
+        [value("d", data), helper.make_tensor_value_info("i", TensorProto.INT64, ids.shape),
+         value("s", scale), value("z", zp)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+    )  # fmt: skip
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)]
+    )
+    session = ort.InferenceSession(model.SerializeToString())
+    rows = session.run(None, {"d": data, "i": ids, "s": scale, "z": zp})[0][0]
+    table = load_file(str(tiny_phi3_hf / "model.safetensors"))["model.embed_tokens.weight"]
+    reference = table[ids[0]]
+    assert np.linalg.norm(rows - reference) / np.linalg.norm(reference) < 0.12
+    assert len(greedy_genai(out, [1, 520, 2318, 314], 8)) == 8
 
 
 def test_quantize_weight_refuses_non_finite_and_keeps_constant_blocks_finite():
