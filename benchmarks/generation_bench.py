@@ -129,6 +129,12 @@ class GenerationBenchConfig:
     # (at least one measured round always runs). On a contended box llama.cpp can slow down
     # ~50x, and the suite must still end; the records say how many repetitions ran.
     budget_s: float | None = None
+    # False: every engine's threads sleep between operators instead of spinning (ours:
+    # allow_spinning=False; llama.cpp: OMP_WAIT_POLICY=PASSIVE). Spinning is each engine's
+    # default and the fastest on a quiet box, but when other jobs hold the cores a spinning
+    # thread waits for a descheduled peer: llama.cpp then runs ~20x slower (800-token prompt:
+    # TTFT ~200 s spinning, 9 s passive, load ~13 on 2 cores), so a contended run uses False.
+    spinning: bool = True
 
     def __post_init__(self) -> None:
         if not self.variants:
@@ -258,7 +264,11 @@ class _ServedEngine:
 
     def __init__(self, model_dir: str, threads: int, options: dict) -> None:
         from appliance.generation.genai import GenaiGenerator
+        from appliance.generation.tuning import GenaiTuning
 
+        options = dict(options)
+        if isinstance(options.get("tuning"), dict):
+            options["tuning"] = GenaiTuning(**options["tuning"])
         self.generator = GenaiGenerator(Path(model_dir), threads=threads, **options)
         self.settings = {
             **self.generator.tuning.to_dict(),
@@ -471,6 +481,7 @@ def _worker(conn, kind: str, spec: dict) -> None:
     threads = str(spec["threads"])
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = threads
+    os.environ.update(spec.get("env") or {})
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -595,7 +606,10 @@ class EngineProcess:
         """One generation; the result also says how much CPU other processes took meanwhile."""
         pid = self.process.pid
         own0, (b0, t0) = _process_jiffies(pid), _machine_jiffies()
-        self.conn.send(("run", ids, new_tokens, reuse, text))
+        try:
+            self.conn.send(("run", ids, new_tokens, reuse, text))
+        except OSError as exc:  # the worker is gone (killed, crashed)
+            raise RuntimeError(f"{self.name} worker is gone: {exc}") from exc
         message = self._recv()
         own1, (b1, t1) = _process_jiffies(pid), _machine_jiffies()
         if message[0] != "result":
@@ -773,6 +787,8 @@ def _engine_specs(
         if v.served:
             # The service's cache is bounded by the bundle's budget; here by the longest request.
             tuning = {"prefix_cache_tokens": max_total + 256, **v.tuning}
+            if not config.spinning:
+                tuning["tuning"] = {"intra_op_threads": config.threads, "allow_spinning": False}
             specs.append((v.name, "served", _spec(config, v.model_dir, tuning)))
         else:
             tuning = {"cache_length": max_total, **v.tuning}
@@ -791,6 +807,8 @@ def _engine_specs(
             failures[peer] = f"no GGUF file for {peer} (got {gguf})"
             continue
         spec = {"gguf": str(gguf), "threads": config.threads, "n_ctx": n_ctx, "flash_attn": True}
+        if not config.spinning:
+            spec["env"] = {"OMP_WAIT_POLICY": "PASSIVE"}
         specs.append((peer, "llama.cpp", spec))
     return specs
 
@@ -830,12 +848,15 @@ def measure(config: GenerationBenchConfig, progress: bool = True) -> dict:
         cut: dict[int, int] = {}
         for size, (text, ids) in sorted(prompts.items()):
             size_t0 = time.monotonic()
-            for round_ in range(config.warmups + config.repeats):
+            # Warm-up rounds before the first size only: after it every engine is loaded and
+            # has run, and a contended box has no time to spare.
+            warmups = config.warmups if size == min(prompts) else 0
+            for round_ in range(warmups + config.repeats):
                 live = [e for e in engines if e.name not in failures]
                 if not live:
                     break
-                if share and round_ > config.warmups and time.monotonic() - size_t0 > share:
-                    cut[size] = round_ - config.warmups  # measured rounds that fit the budget
+                if share and round_ > warmups and time.monotonic() - size_t0 > share:
+                    cut[size] = round_ - warmups  # measured rounds that fit the budget
                     break
                 shift = round_ % len(live)
                 for engine in live[shift:] + live[:shift]:
@@ -850,7 +871,7 @@ def measure(config: GenerationBenchConfig, progress: bool = True) -> dict:
                     finally:
                         bar.update(1)
                     tokens[engine.name][size] = result["tokens"]
-                    if round_ >= config.warmups:
+                    if round_ >= warmups:
                         runs[engine.name][size].append(timing)
             # Peak memory after each prompt size (VmHWM only grows: the peak up to this size).
             for engine in engines:
@@ -911,8 +932,9 @@ def _measure_prefix_reuse(
     runs: dict[str, list[dict]] = {e.name: [] for e in live}
     errors: dict[str, str] = {}
     t0 = time.monotonic()
-    for round_ in range(config.warmups + config.repeats):
-        if budget_s and round_ > config.warmups and time.monotonic() - t0 > budget_s:
+    # Every engine has run the first request's size already; the rounds alternate A and B.
+    for round_ in range(config.repeats):
+        if budget_s and round_ > 0 and time.monotonic() - t0 > budget_s:
             break
         shift = round_ % max(len(live), 1)
         for engine in live[shift:] + live[:shift]:
@@ -928,8 +950,7 @@ def _measure_prefix_reuse(
             except (RuntimeError, TimeoutError) as exc:
                 errors[engine.name] = str(exc)
                 continue
-            if round_ >= config.warmups:
-                runs[engine.name].append(timing)
+            runs[engine.name].append(timing)
     return {
         "size": size,
         "prompt_tokens": len(other),
@@ -1010,7 +1031,12 @@ def records_from(config: GenerationBenchConfig, raw: dict, ours: str | None = No
     weights = _weights(config)
     bandwidth = raw["copy_bandwidth_bytes_s"]
     quality = raw.get("quality") or {}
-    base = {"threads": config.threads, "new_tokens": config.new_tokens, "greedy": True}
+    base = {
+        "threads": config.threads,
+        "new_tokens": config.new_tokens,
+        "greedy": True,
+        "spinning": config.spinning,
+    }
     verdict = equal_quality_verdict(config, raw, ours)
     chosen = verdict.get("peer") if verdict else None
     for peer in config.peers:
@@ -1380,6 +1406,7 @@ def run(
     plant: Path | None = None,
     gguf: Path | None = None,
     out: Path | None = None,
+    spinning: bool = True,
 ) -> dict:
     """The suite as `expert bench` runs it: the served generator against every peer."""
     from benchmarks.machine import usable_cores
@@ -1406,14 +1433,15 @@ def run(
         ggufs=ggufs,
         threads=threads,
         warmups=1,
-        repeats=2 if quick else 3,
+        repeats=2,
         plant_dir=plant,
         prompt_tokens=(100, 800) if quick else DEFAULT_PROMPT_TOKENS,
         # Bounded for a shared box (see GenerationBenchConfig.budget_s): 64 new tokens, one
         # run may take 5 minutes, all timed runs 15.
         new_tokens=64,
-        budget_s=900.0,
+        budget_s=480.0,
         worker_timeout_s=300.0,
+        spinning=spinning,
     )
     quality = measure_quality(config, threads, peers_dir)
     raw = measure(config)

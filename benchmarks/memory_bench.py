@@ -59,7 +59,11 @@ def _ours(conn, model_dir: str, text: str, threads: int, options: dict, full_kv:
     conn.send({"stages": stages, "kv_tokens": stats.get("kv_length")})
 
 
-def _llama(conn, gguf: str, ids: list[int], threads: int) -> None:
+def _llama(conn, gguf: str, ids: list[int], threads: int, passive: bool = False) -> None:
+    import os
+
+    if passive:
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
     import numpy  # noqa: F401
 
     stages = [("interpreter + numpy", _status())]
@@ -105,7 +109,9 @@ def _in_child(target, *args) -> dict:
             proc.kill()
 
 
-def measure(onnx_dir: Path, gguf: Path | None, plant: Path | None, threads: int = 2) -> dict:
+def measure(
+    onnx_dir: Path, gguf: Path | None, plant: Path | None, threads: int = 2, passive: bool = False
+) -> dict:
     from benchmarks.generation_bench import build_prompt_texts
 
     text, ids = build_prompt_texts(onnx_dir, (800,), plant)[800]
@@ -122,7 +128,7 @@ def measure(onnx_dir: Path, gguf: Path | None, plant: Path | None, threads: int 
         "ours, KV for the full context": (_ours, str(onnx_dir), text, threads, {}, True),
     }
     if gguf is not None:
-        configs[f"llama.cpp ({Path(gguf).name})"] = (_llama, str(gguf), ids, threads)
+        configs[f"llama.cpp ({Path(gguf).name})"] = (_llama, str(gguf), ids, threads, passive)
     out = {}
     for name, (target, *args) in configs.items():
         try:
@@ -164,6 +170,7 @@ def run(
     plant: Path | None = None,
     threads: int | None = None,
     gguf: Path | None = None,
+    spinning: bool = True,
 ) -> dict:
     from benchmarks.generation_bench import default_paths, gguf_peers
     from benchmarks.machine import usable_cores
@@ -175,7 +182,7 @@ def run(
                                              "markdown": "Not run: no int4 model."}]}  # fmt: skip
     ggufs, _ = gguf_peers(gguf or paths["gguf"], Path(work or "var/work") / "gguf-peers", threads)
     peer = ggufs.get("llama.cpp Q4_0") or ggufs.get("llama.cpp Q4_1")
-    result = measure(paths["onnx"], peer, plant, threads)
+    result = measure(paths["onnx"], peer, plant, threads, passive=not spinning)
     return {"records": [], "sections": [section(result)], "raw": result}
 
 

@@ -51,7 +51,7 @@ SUITE_MODULES: dict[str, str] = {
     "service_bench": "service",
 }
 # Keyword arguments a suite's run() may declare; it gets those it names.
-SUITE_KWARGS = ("bundle", "work", "plant", "threads", "gguf", "out")
+SUITE_KWARGS = ("bundle", "work", "plant", "threads", "gguf", "out", "spinning")
 DEFAULT_TIMEOUT_S = 1800
 
 
@@ -284,6 +284,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--out", type=Path, default=RESULTS_DIR, help=f"results folder (default {RESULTS_DIR})"
     )
     parser.add_argument(
+        "--no-spinning",
+        dest="spinning",
+        action="store_false",
+        help="engines' threads sleep between operators instead of spinning (for a box shared "
+        "with other busy jobs; see benchmarks/generation_bench.py GenerationBenchConfig.spinning)",
+    )
+    parser.add_argument(
         "--carry-over",
         type=Path,
         default=None,
@@ -327,6 +334,7 @@ def run(args: argparse.Namespace) -> int:
         "threads": threads,
         "gguf": gguf,
         "out": args.out.resolve(),
+        "spinning": getattr(args, "spinning", True),
     }
     machine = describe_machine()
     started = time.monotonic()

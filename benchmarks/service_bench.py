@@ -205,9 +205,9 @@ def run(
     from appliance.server.config import default_slots
 
     slots = default_slots()
-    # Bounded for a shared 2-core box: 32-token answers, 2 questions per client (at least 4).
+    # Bounded for a shared 2-core box: 32-token answers, one question per client (at least 2).
     max_tokens = 32
-    n_questions = {c: max(4, (1 if quick else 2) * c) for c in CONCURRENCY}
+    n_questions = {c: max(2, c) for c in CONCURRENCY}
     questions = _questions(plant, max(n_questions.values()))
     params = {"bundle": bundle.name, "slots": slots, "max_tokens": max_tokens, "threads": threads,
               "questions": "examples/plant/qa/eval.jsonl (answerable)", "k": 5,
