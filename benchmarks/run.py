@@ -222,7 +222,7 @@ def carry_over(records: list[dict], path: Path, modules: list[str]) -> list[dict
     ]
     for r in carried:
         r = dict(r)
-        r["params"] = {**(r.get("params") or {}), "carried_over_from": when}
+        r["params"] = {"carried_over_from": when, **(r.get("params") or {})}
         kept.append(r)
     return kept
 
@@ -342,6 +342,9 @@ def run(args: argparse.Namespace) -> int:
     sections = info.pop("sections", [])
     if getattr(args, "carry_over", None):
         records = carry_over(records, Path(args.carry_over), suites)
+        ran = {SUITE_MODULES.get(m, m) for m in suites}
+        old = json.loads(Path(args.carry_over).read_text())
+        sections = [s for s in old.get("sections") or [] if s.get("suite") not in ran] + sections
     meta = {
         "quick": args.quick,
         "threads": threads,

@@ -197,6 +197,7 @@ def run(
     threads: int | None = None,
     out: Path | None = None,
 ) -> dict:
+    out_dir = out  # `out` is the record list below
     bundle = Path(bundle) if bundle else _default_bundle()
     plant = Path(plant) if plant else REPO / "examples" / "plant"
     if bundle is None or not (bundle / "manifest.json").is_file():
@@ -241,7 +242,11 @@ def run(
             results["peer"]["peak_mib"] = parent.recv()["peak_mib"]
         finally:
             proc.terminate()
-            proc.wait(timeout=60)
+            try:
+                proc.wait(timeout=60)  # its graceful drain; a loaded box can make it slow
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=30)
             peer.join(timeout=60)
             if peer.is_alive():
                 peer.kill()
@@ -270,7 +275,7 @@ def run(
         )
     )  # fmt: skip
     sections = []
-    png = plot_concurrency(results, Path(out) / "service_concurrency.png") if out else None
+    png = plot_concurrency(results, Path(out_dir) / "service_concurrency.png") if out_dir else None
     if png is not None:
         rows = ["| concurrency | TTFT p50 / p95 s (ours) | total p50 / p95 s (ours) | "
                 "TTFT p50 / p95 s (in-process) |", "|---:|---:|---:|---:|"]  # fmt: skip
