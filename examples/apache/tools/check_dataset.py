@@ -39,7 +39,7 @@ def norm(s: str) -> str:
 
 
 def main() -> int:
-    errors = list(fetch_corpus.check())
+    errors = list(fetch_corpus.check(fetch_corpus.CORPUS))
     pages = {}
     for path in sorted((APACHE / "docs").glob("*.html")):
         text, _ = load_file(path, path.name).full_text()

@@ -106,7 +106,7 @@ def check_file(
 
 
 def main() -> int:
-    errors = list(fetch_corpus.check())
+    errors = list(fetch_corpus.check(fetch_corpus.CORPUS))
     raw = " ".join(p.read_text(encoding="utf-8").lower() for p in (CORPUS / "docs").glob("*"))
     total = 0
     for path, base in SETS:

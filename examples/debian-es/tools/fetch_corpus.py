@@ -20,7 +20,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
-from debian_corpus import DebianCorpus, main  # noqa: E402
+# `check` is re-exported for check_dataset.py.
+from debian_corpus import DebianCorpus, check, main  # noqa: E402, F401
 
 HERE = Path(__file__).resolve().parent.parent  # examples/debian-es
 
