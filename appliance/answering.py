@@ -27,12 +27,14 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Protocol
 
 from appliance.errors import UserFacingError
+from appliance.fields import asked_field
 from appliance.generation.base import GenerationParams, Generator
 from appliance.grounding import (
     Evidence,
     bears_value,
     best_sentence,
     contradicts,
+    is_small_number,
     new_values,
     occurs,
     value_spans,
@@ -157,6 +159,11 @@ class AnswerPolicy:
     # A model's refusal is replaced by a quote when a passage sentence matches at least this
     # share of the question (None: never).
     quote_over_abstention: float | None = DEFAULT_QUOTE_OVER_ABSTENTION
+    # A question that names an entry and asks for one of its labelled fields ("the default
+    # KeepAliveTimeout") is answered with that field, quoted, without the model
+    # (appliance.fields says how the rules were chosen). Such a named entry found among the
+    # shown passages also overrides the score threshold (a paraphrase can score low).
+    extract_fields: bool = True
 
     def __post_init__(self) -> None:
         t = self.abstain_threshold
@@ -263,6 +270,8 @@ class Answer:
     # or with a quote it made; `cited` minus these is what the model cited on its own.
     appended_citations: list[int] = field(default_factory=list)
     cached_tokens: int = 0  # prompt tokens whose KV the generator's prefix cache supplied
+    # The text is the named entry's labelled field, quoted (appliance.fields); no model ran.
+    extracted: bool = False
 
     @property
     def cited(self) -> list[int]:
@@ -288,6 +297,9 @@ class PreparedAnswer:
     # Shown passages that mention what the question names (a code or identifier in their
     # heading or text): the values of the answer must come from these.
     focus: list[int] = field(default_factory=list)
+    # The labelled field of the named entry that answers the question (appliance.fields):
+    # when set, it is the answer and the model is not run.
+    extracted: Evidence | None = None
 
 
 def _float(x) -> float:
@@ -330,6 +342,7 @@ def prepare(
     retrieval_s = 0.0
     best = None
     abstain_reason = None
+    extracted: Evidence | None = None
     if use_retrieval:
         if retriever is None:
             raise UserFacingError("retrieval was asked for but no document index is loaded")
@@ -347,10 +360,18 @@ def prepare(
                 # The retriever's best passage keeps the last slot (a spare-parts row found
                 # by its part number stays in when manual sections name the same valve).
                 passages[-1] = top
+        if passages and policy.extract_fields and policy.grounding:
+            extracted = asked_field(
+                question,
+                [p.text for p in passages],
+                [str(getattr(p, "section", "") or "") for p in passages],
+            )
         if not passages:
             abstain_reason = "no_passages"
-        elif policy.abstain_threshold is not None and (
-            best is None or best < policy.abstain_threshold
+        elif (
+            policy.abstain_threshold is not None
+            and (best is None or best < policy.abstain_threshold)
+            and extracted is None
         ):
             abstain_reason = "low_score"
         elif unknown:
@@ -370,7 +391,7 @@ def prepare(
         system = f"{base}\n\n{system_prompt}"
 
     budget = generator.context_length - params.max_new_tokens
-    if abstain_reason is not None:
+    if abstain_reason is not None or extracted is not None:
         # The same request must not be a 400 or a 200 depending on what retrieval found:
         # the question alone (with the system prompt) has to fit in any case.
         bare = generator.count_tokens(
@@ -378,17 +399,32 @@ def prepare(
         )
         if bare > budget:
             raise ContextOverflowError(bare, params.max_new_tokens, generator.context_length)
+        if abstain_reason is not None:
+            return PreparedAnswer(
+                question=question,
+                prompt="",
+                prompt_tokens=0,
+                params=params,
+                sources=[],
+                abstained=True,
+                abstain_reason=abstain_reason,
+                best_score=best,
+                retrieval_s=retrieval_s,
+                policy=policy,
+            )
         return PreparedAnswer(
             question=question,
             prompt="",
             prompt_tokens=0,
             params=params,
-            sources=[],
-            abstained=True,
-            abstain_reason=abstain_reason,
+            sources=[Source.from_passage(i, p) for i, p in enumerate(passages or [], start=1)],
+            abstained=False,
+            abstain_reason=None,
             best_score=best,
             retrieval_s=retrieval_s,
             policy=policy,
+            focus=_mentioning(question, passages or []),
+            extracted=extracted,
         )
 
     history = list(history)
@@ -579,6 +615,36 @@ class AnswerStream:
     def close(self) -> None:
         self._gen.close()
 
+    def _extracted(self) -> Iterator[str]:
+        """The named entry's field, quoted with its citation: supported by construction."""
+        p = self.prepared
+        ev = p.extracted
+        assert ev is not None
+        text = p.policy.wording.quote_of(ev.sentence, ev.passage)
+        t0 = time.perf_counter()
+        yield text
+        sources = [Source(**asdict(s)) for s in p.sources]
+        for s in sources:
+            s.cited = s.n == ev.passage
+        self.result = Answer(
+            text=text,
+            sources=sources,
+            abstained=False,
+            abstain_reason=None,
+            finish_reason="stop",
+            prompt_tokens=0,
+            completion_tokens=0,
+            best_score=p.best_score,
+            retrieval_s=p.retrieval_s,
+            first_token_s=time.perf_counter() - t0,
+            generation_s=time.perf_counter() - t0,
+            grounding="supported",
+            evidence=[ev],
+            model_text="",
+            appended_citations=[ev.passage],
+            extracted=True,
+        )
+
     def _run(self) -> Iterator[str]:
         p = self.prepared
         if p.abstained:
@@ -599,6 +665,9 @@ class AnswerStream:
                 grounding="abstained" if p.sources is not None and p.abstain_reason else None,
                 model_text="",
             )
+            return
+        if p.extracted is not None:
+            yield from self._extracted()
             return
         checking = p.policy.grounding and bool(p.sources)
         gate = _ReleaseGate([s.text for s in p.sources], p.focus) if checking else None
@@ -778,7 +847,11 @@ class _ReleaseGate:
     def _found(self, v) -> bool:
         key = (v.text, v.kind, v.unit)
         if key not in self.known:
-            self.known[key] = any(occurs(v, t) is not None for t in self.passages)
+            # A small number is judged by its sentence (grounding.is_small_number), which only
+            # the final check sees: it is held back until then.
+            self.known[key] = not is_small_number(v) and any(
+                occurs(v, t) is not None for t in self.passages
+            )
         return self.known[key]
 
     def safe_prefix(self, text: str) -> int:

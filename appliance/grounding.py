@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 import re
 import unicodedata
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 
 __all__ = [
@@ -35,6 +35,7 @@ __all__ = [
     "Verdict",
     "best_sentence",
     "check",
+    "is_small_number",
     "occurs",
     "sentence_spans",
     "value_spans",
@@ -328,6 +329,34 @@ def _closest(sentence: str, passages: Sequence[str], weights: dict[str, float]) 
     return [i for i, s in enumerate(scores, start=1) if s >= 0.8 * best]
 
 
+# A number of at most this many digits is "small": 0, 1, 10 and 60 stand in almost every
+# passage of a reference manual, so finding one anywhere in a passage proves nothing. It must
+# stand in a sentence of the passage that shares a word with the answer's sentence (other than
+# the number and its unit): "the default ThreadLimit is 1" is not supported by "1 child
+# process" three sentences away. Two digits: the plant's and Apache's small defaults (5, 10,
+# 60) are the values a neighbouring sentence repeats; three-digit values (256, 300, 600) were
+# not seen to pass by chance on the dev splits.
+SMALL_NUMBER_DIGITS = 2
+
+
+def is_small_number(v: ValueSpan) -> bool:
+    return v.kind == "number" and sum(c.isdigit() for c in v.text) <= SMALL_NUMBER_DIGITS
+
+
+def _stated_near(v: ValueSpan, answer_sentence: str, passage: str) -> bool:
+    """`v` stands in a sentence of `passage` that shares a word with `answer_sentence`."""
+    if occurs(v, passage) is None:
+        return False
+    mine = _words(answer_sentence) - _words(v.text) - (_words(v.unit) if v.unit else set())
+    if not mine:
+        return True  # a bare number as the whole answer: nothing to be near
+    for s, e in sentence_spans(passage, fields=False):
+        sent = passage[s:e]
+        if occurs(v, sent) is not None and mine & _words(sent):
+            return True
+    return False
+
+
 def _texts(passages: Iterable) -> list[str]:
     return [p if isinstance(p, str) else str(p.text) for p in passages]
 
@@ -380,7 +409,11 @@ def check(
             for i in _closest(sentence, texts, weights):
                 if i not in allowed:
                     allowed.append(i)
-        home = next((i for i in allowed if occurs(v, texts[i - 1]) is not None), None)
+        if is_small_number(v):
+            ss, se = _sentence_at(answer, v.start)
+            home = next((i for i in allowed if _stated_near(v, answer[ss:se], texts[i - 1])), None)
+        else:
+            home = next((i for i in allowed if occurs(v, texts[i - 1]) is not None), None)
         if home is None:
             if v.text not in unsupported:
                 unsupported.append(v.text)
@@ -417,6 +450,7 @@ def best_sentence(
     rank_bonus: float = 0.05,
     headings: Sequence[str] | None = None,
     valued: bool = False,
+    require: Callable[[str], bool] | None = None,
 ) -> Evidence | None:
     """The passage sentence that best matches `query` (a question, or an answer), or None.
 
@@ -426,7 +460,8 @@ def best_sentence(
     double (the fact sheet's "Default: ..." line for "what is the default ...?"). `min_share` is the least share of the query's weight the best
     sentence must cover (0: any shared word will do). `within` limits the passages.
     A table row is one sentence here (its fields together: the row is the entry). `valued`
-    keeps only sentences that state something the query does not (`bears_value`).
+    keeps only sentences that state something the query does not (`bears_value`); `require`
+    keeps only the sentences it accepts.
     `headings` (one per passage: its title, section path and entry name) count as words of
     every sentence of their passage: "Default: KeepAliveTimeout 5" under the heading
     "KeepAliveTimeout Directive" matches a question about that directive's default.
@@ -446,6 +481,8 @@ def best_sentence(
         for s, e in sentence_spans(text, fields=False):
             sent = text[s:e]
             if valued and not bears_value(sent, query):
+                continue
+            if require is not None and not require(sent):
                 continue
             score = _overlap(q, _words(sent) | head, weights)
             score += sum(2 * math.log(2) for v in q_values if occurs(v, sent) is not None)

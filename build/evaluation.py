@@ -348,6 +348,8 @@ class AnswerRecord:
     # what the model said before the grounding check, and the values the check refused
     model_text: str | None = None
     model_unsupported: list[str] = field(default_factory=list)
+    # the answer is the named entry's labelled field, quoted; no model ran (appliance.fields)
+    extracted: bool = False
     retrieved: list[str] = field(default_factory=list)
     best_score: float | None = None
     ttft_s: float | None = None
@@ -443,6 +445,7 @@ def evaluate_question(
         appended_citations=appended,
         model_text=getattr(result, "model_text", None),
         model_unsupported=list(getattr(result, "unsupported", None) or []),
+        extracted=bool(getattr(result, "extracted", False)),
         grounding=getattr(result, "grounding", None),
         evidence=[_as_dict(e) for e in (getattr(result, "evidence", None) or [])],
         unsupported_values=unsupported_values(result.text, result.sources)

@@ -50,11 +50,31 @@ def test_the_named_entry_and_its_fact_sheet_come_first(core_retriever):
     first = prepared.sources[0]
     assert first.section.endswith("TimeOut Directive") and "Default: TimeOut 60" in first.text
     assert 1 in prepared.focus and len(prepared.sources) <= AnswerPolicy().max_passages
-    # A value that is not in the passages is replaced by the entry's own Default line.
+    # The question names the entry and its "Default" label: the field is the answer, quoted,
+    # and the model is not asked (its reply here would be wrong).
+    assert prepared.extracted is not None and prepared.extracted.sentence == "Default: TimeOut 60"
+    wrong = FakeGenerator(reply="The default is 300 seconds [1].")
+    x = answer(q, generator=wrong, retriever=core_retriever, params=params)
+    assert x.extracted and x.grounding == "supported" and wrong.started == 0
+    assert x.text == 'The manual says: "Default: TimeOut 60" [1]' and x.cited == [1]
+    assert x.evidence[0].sentence == "Default: TimeOut 60" and x.prompt_tokens == 0
+    # Without extraction, the model answers and the check stands behind it: a value that is
+    # not in the passages is replaced by the entry's own Default line.
+    model = AnswerPolicy(extract_fields=False)
     a = answer(q, generator=FakeGenerator(reply="The default is 300 seconds [1]."),
-               retriever=core_retriever, params=params)  # fmt: skip
-    assert a.grounding == "quoted" and "300" not in a.text
+               retriever=core_retriever, params=params, policy=model)  # fmt: skip
+    assert a.grounding == "quoted" and "300" not in a.text and not a.extracted
     assert a.text == 'The manual says: "Default: TimeOut 60" [1]'
     b = answer(q, generator=FakeGenerator(reply="The default is 60 seconds [1]."),
-               retriever=core_retriever, params=params)  # fmt: skip
+               retriever=core_retriever, params=params, policy=model)  # fmt: skip
     assert b.grounding == "supported" and b.evidence[0].sentence == "Default: TimeOut 60"
+
+
+def test_a_named_entry_without_the_asked_field_goes_to_the_model(core_retriever):
+    """ThreadLimit-like: "Default: See usage for details" points elsewhere; nor does a label
+    the question does not name (Context) answer a question about the default."""
+    params = GenerationParams(max_new_tokens=32)
+    gen = FakeGenerator(reply="It is 60 [1].")
+    q = "Which directive sets the time the server waits for certain events (TimeOut)?"
+    a = answer(q, generator=gen, retriever=core_retriever, params=params)
+    assert not a.extracted and gen.started == 1

@@ -134,3 +134,32 @@ def test_contradiction_new_values_and_value_bearing_sentences():
     assert new_values("ThreadLimit sets the limit.", q) == []
     assert bears_value("Default: AllowOverride None", "What is the default of AllowOverride?")
     assert not bears_value("The limit applies per child process.", q)
+
+
+def test_a_small_number_must_stand_near_the_answers_words():
+    """0, 1, 10, 60 stand in almost every passage: found anywhere in it, they prove nothing."""
+    passage = (
+        "Default: KeepAliveTimeout 5\n"
+        "The number of seconds the server will wait for a subsequent request.\n"
+        "A cache holds up to 10 entries."
+    )
+    # "10" is in the passage, but in a sentence that shares nothing with the answer's.
+    v = check("The default KeepAliveTimeout is 10.", [passage])
+    assert not v.supported and v.unsupported == ("10",)
+    # The right value stands in the sentence that names the same things.
+    v = check("The default KeepAliveTimeout is 5.", [passage])
+    assert v.supported and v.evidence[0].sentence == "Default: KeepAliveTimeout 5"
+    # A small number in a sentence that names what the answer names is supported.
+    assert check("The cache holds 10 entries.", [passage]).supported
+    # Large numbers are still found anywhere in the allowed passage.
+    assert check(
+        "The default is 8190 bytes.", ["Default: LimitRequestFieldSize 8190 bytes"]
+    ).supported
+
+
+def test_best_sentence_require_filters_candidates():
+    text = "Default: See usage for details\nThe default value is 256; raise ServerLimit too."
+    ev = best_sentence(
+        "What is the default MaxRequestWorkers?", [text], require=lambda s: "256" in s
+    )
+    assert ev is not None and ev.sentence.startswith("The default value is 256")

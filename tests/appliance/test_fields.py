@@ -1,0 +1,154 @@
+# Run: .venv/bin/pytest tests/appliance/test_fields.py
+"""The extractive path: the labelled field of the entry a question names (fact sheets, table
+rows read with their header, fact lists; English and Spanish labels), and when it is not used."""
+
+from __future__ import annotations
+
+from appliance.fields import asked_field, label_matches, record_fields
+
+KEEPALIVE = (
+    "Description: Amount of time the server will wait for subsequent\n"
+    "requests on a persistent connection\n"
+    "Syntax: KeepAliveTimeout num [ms]\n"
+    "Default: KeepAliveTimeout 5\n"
+    "Context: server config, virtual host\n"
+    "Module: core\n"
+    "\n"
+    "The number of seconds Apache httpd will wait for a subsequent request. A value of 10 "
+    "is common."
+)
+THREADLIMIT = (
+    "Description: Sets the upper limit on the configurable number of threads\n"
+    "Syntax: ThreadLimit number\n"
+    "Default: See usage for details\n"
+    "Module: event , worker , mpm_winnt\n"
+)
+ALARM_ROW = (
+    "Code: E-47; Class: T; Equipment: LB-2; Condition: Vacuum drum vacuum low; "
+    "Threshold: weaker than −0.25 bar; Escalation: L1"
+)
+PROXY_ROW = "Parameter: retry; Default: 60; Description: Connection pool worker retry timeout."
+# Spanish: a fact list (a Markdown entry's bold labels, as the loader writes them) and an
+# alarm table row read with its header.
+APT_ES = (
+    "Descripción: Tiempo de espera de las descargas de apt\n"
+    "Valor predeterminado: 120 segundos\n"
+    "Archivo: /etc/apt/apt.conf.d/99timeout\n"
+)
+ALARMA_ES = (
+    "Código: E-47; Clase: T; Condición: Vacío del tambor bajo; Umbral: más débil que −0,25 bar"
+)
+
+
+def test_record_fields_of_a_fact_sheet_and_a_table_row():
+    f = {x.label: x.value for x in record_fields(KEEPALIVE)}
+    assert f["Default"] == "KeepAliveTimeout 5" and f["Module"] == "core"
+    # A value that wraps onto the next line is one field.
+    assert f["Description"].endswith("subsequent requests on a persistent connection")
+    row = record_fields(ALARM_ROW)
+    assert [x.label for x in row] == [
+        "Code", "Class", "Equipment", "Condition", "Threshold", "Escalation",
+    ]  # fmt: skip
+    t = next(x for x in row if x.label == "Threshold")
+    assert ALARM_ROW[t.start : t.end] == "Threshold: weaker than −0.25 bar"
+
+
+def test_label_matches_whole_label_words_by_prefix():
+    assert label_matches("Default", "What is the default TimeOut?")
+    assert label_matches("Default", "Which file does httpd read, by defaults?")
+    assert label_matches("Meaning", "What does alarm E-47 mean?")
+    assert label_matches("Valor predeterminado", "¿Cuál es el valor predeterminado de X?")
+    assert not label_matches("Valor predeterminado", "¿Cuál es el valor de X?")
+    assert not label_matches("Context", "What is the default TimeOut?")
+
+
+def test_the_named_entrys_default_is_quoted_from_its_fact_sheet():
+    ev = asked_field(
+        "What is the default KeepAliveTimeout?",
+        [THREADLIMIT, KEEPALIVE],
+        ["ThreadLimit Directive", "KeepAliveTimeout Directive"],
+    )
+    assert ev is not None and ev.passage == 2 and ev.sentence == "Default: KeepAliveTimeout 5"
+    assert KEEPALIVE[ev.start : ev.end] == ev.sentence
+    ev = asked_field(
+        "Which module provides KeepAliveTimeout?", [KEEPALIVE], ["KeepAliveTimeout Directive"]
+    )
+    assert ev is not None and ev.sentence == "Module: core"
+
+
+def test_a_table_row_field_and_not_the_rows_own_name():
+    sections = ["Alarm code table > E-47"]
+    ev = asked_field("What is the threshold of alarm E-47?", [ALARM_ROW], sections)
+    assert ev is not None and ev.sentence == "Threshold: weaker than −0.25 bar"
+    # "Code: E-47" only repeats the name the question gave: no answer from it.
+    assert asked_field("What does code E-47 stand for?", [ALARM_ROW], sections) is None
+    # "Parameter: retry" is the row's name; its "Default: 60" is what is asked.
+    ev = asked_field(
+        "What is the default of the ProxyPass retry parameter?",
+        [PROXY_ROW],
+        ["ProxyPass Directive > retry"],
+    )
+    assert ev is not None and ev.sentence == "Default: 60"
+
+
+def test_spanish_labels():
+    ev = asked_field(
+        "¿Cuál es el valor predeterminado de MaxDownloadTime?",
+        [APT_ES],
+        ["Configuración de APT > MaxDownloadTime"],
+    )
+    assert ev is not None and ev.sentence == "Valor predeterminado: 120 segundos"
+    ev = asked_field("¿Cuál es el umbral de la alarma E-47?", [ALARMA_ES], ["Alarmas > E-47"])
+    assert ev is not None and ev.sentence == "Umbral: más débil que −0,25 bar"
+
+
+def test_no_field_when_the_value_points_elsewhere_or_no_entry_is_named():
+    # "See usage for details" states nothing: the model and the evidence sentence answer.
+    assert (
+        asked_field("What is the default ThreadLimit?", [THREADLIMIT], ["ThreadLimit Directive"])
+        is None
+    )
+    # The question names no entry: the first passage may be a neighbour's.
+    assert (
+        asked_field(
+            "How long does the server wait by default?", [KEEPALIVE], ["KeepAliveTimeout Directive"]
+        )
+        is None
+    )
+    # The entry named only in the text, not as the passage's section: not its fact sheet.
+    assert (
+        asked_field(
+            "What is the default MaxKeepAliveRequests?",
+            [KEEPALIVE + " See MaxKeepAliveRequests."],
+            ["KeepAliveTimeout Directive"],
+        )  # fmt: skip
+        is None
+    )
+    # A label the question does not name.
+    assert (
+        asked_field("Is KeepAliveTimeout in seconds?", [KEEPALIVE], ["KeepAliveTimeout Directive"])
+        is None
+    )
+
+
+def test_a_pointer_field_gives_way_to_the_entrys_sentence_that_states_the_default():
+    prefork = (
+        "Syntax: MaxRequestWorkers number\n"
+        "Default: See usage for details\n"
+        "\n"
+        "For non-threaded servers (i.e., prefork), MaxRequestWorkers translates into the "
+        "maximum number of child processes. The default value is 256; to increase it, you "
+        "must also raise ServerLimit."
+    )
+    ev = asked_field(
+        "For the prefork MPM, what is the default MaxRequestWorkers?",
+        [prefork],
+        ["MaxRequestWorkers Directive"],
+    )
+    assert ev is not None and ev.sentence.startswith("The default value is 256")
+    assert prefork[ev.start : ev.end] == ev.sentence
+    # No sentence of the entry names the label with a value: nothing is extracted.
+    assert (
+        asked_field("What is the default ThreadLimit?", [THREADLIMIT], ["ThreadLimit Directive"])
+        is None
+    )
