@@ -21,7 +21,7 @@ serve = server_harness.serve
 small_index = server_harness.small_index
 
 # The fake model answers with the first passage's first sentence: right for a code lookup.
-ANSWERABLE = "What does alarm E-47 mean?"
+ANSWERABLE = "Explain alarm E-47."  # no field label named: the model answers
 OFF_TOPIC = "Who won the football match yesterday?"
 
 
@@ -268,3 +268,19 @@ def test_ui_page_is_served_without_external_assets(server):
         a = requests.get(f"{server.url}/ui/{asset}")
         assert a.status_code == 200 and "http" not in a.text
     assert requests.get(f"{server.url}/ui/../config.py").status_code == 404
+
+
+def test_a_named_entrys_field_is_answered_with_its_evidence(serve, retriever, embedder):
+    """ "What does alarm E-47 mean?" names the entry and its "Meaning" label: the answer is that
+    field, quoted, with its evidence, in JSON and in the last SSE chunk; no model runs."""
+    gen = FakeGenerator(reply="Alarm E-47 trips at 999 mbar [1].")
+    server = serve(generator=gen, retriever=retriever, embedder=embedder)
+    body = chat(server, "What does alarm E-47 mean?").json()
+    text = body["choices"][0]["message"]["content"]
+    assert body["grounding"] == "supported" and "999" not in text
+    ev = body["evidence"][0]
+    assert ev["sentence"].startswith("Meaning:") and " ".join(ev["sentence"].split()) in text
+    assert body["sources"][ev["passage"] - 1]["cited"] is True and gen.started == 0
+    events = sse_events(chat(server, "What does alarm E-47 mean?", stream=True).content)
+    last = [e for e in events if e != "[DONE]"][-1]
+    assert last["grounding"] == "supported" and last["evidence"] and events[-1] == "[DONE]"

@@ -21,7 +21,7 @@ serve = server_harness.serve
 small_index = server_harness.small_index
 
 
-QUESTION = "What does alarm E-47 mean?"  # the fake model answers it from passage 1
+QUESTION = "Explain alarm E-47."  # the fake model answers it from passage 1
 
 
 @pytest.fixture

@@ -81,7 +81,7 @@ def test_keyboard_only_chat_with_streaming_and_sources(serve, retriever, page):
     assert page.evaluate("document.activeElement.id") == "question"
     assert float(page.evaluate("parseFloat(getComputedStyle(document.body).fontSize)")) >= 20
 
-    ask(page, "What does alarm E-47 mean?")
+    ask(page, "Explain alarm E-47.")
     answer = page.locator(".turn.assistant").last
     # Streaming: text appears before the answer is complete.
     wait_js(
@@ -191,6 +191,7 @@ def test_evidence_sentence_is_highlighted_and_an_unsupported_value_is_replaced(
     server = serve(generator=FakeGenerator(token_delay_s=0.01), retriever=retriever)
     page.goto(server.url + "/")
     wait_ready(page)
+    # Asked for its meaning, the entry's "Meaning:" field is the answer (appliance.fields).
     ask(page, "What does alarm E-47 mean?")
     page.wait_for_selector(".turn.assistant[data-state=done]")
     turn = page.locator(".turn.assistant").last
@@ -207,7 +208,7 @@ def test_evidence_sentence_is_highlighted_and_an_unsupported_value_is_replaced(
     server = serve(generator=gen, retriever=retriever)
     page.goto(server.url + "/")
     wait_ready(page)
-    ask(page, "What does alarm E-47 mean?")
+    ask(page, "Explain alarm E-47.")
     page.wait_for_selector(".turn.assistant[data-state=done]")
     turn = page.locator(".turn.assistant").last
     text = turn.locator(".text").inner_text()
