@@ -27,12 +27,13 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Protocol
 
 from appliance.errors import UserFacingError
-from appliance.fields import asked_field
+from appliance.fields import asked_field, points_elsewhere
 from appliance.generation.base import GenerationParams, Generator
 from appliance.grounding import (
     Evidence,
     bears_value,
     best_sentence,
+    content_words,
     contradicts,
     is_small_number,
     new_values,
@@ -114,21 +115,30 @@ class ContextOverflowError(UserFacingError):
 # apache-dev-k3.json, apache-dev-k2.json, plant-dev-k2.json):
 # - DEFAULT_MAX_PASSAGES = 2: three passages gave a median prompt of 494 tokens on the Apache
 #   dev split, two give 384 (plant dev 323, against 644 with the five passages of before);
-#   with the entry head first, the second passage rarely holds the answer alone. Not compared
-#   on accuracy at equal settings (one run per setting did not fit the time).
+#   with the entry head first, the second passage rarely holds the answer alone. Compared on
+#   accuracy with field extraction on (Apache dev, threshold 0.53, one run each): 2 and 3
+#   passages both gave 23/33 (3 won one question and lost another), 4/7 unanswerable
+#   abstained each, median prompt 419 vs 488 tokens; the shorter prompt stays.
 # - DEFAULT_QUOTE_MIN_SHARE = 0.4: Apache dev fact accuracy is flat from 0 to 0.4 and loses
 #   answers from 0.5 on (needless abstentions 0 -> 2 -> 5); the highest flat value.
 # - DEFAULT_QUOTE_OVER_ABSTENTION = 0.7: on plant dev, quoting over a model refusal at 0.5 or
 #   0.6 raised fact accuracy from 4/23 to 9/23 but let an unanswerable question through (6/8);
 #   0.7 keeps 7/8 and gives 7/23 (10/23 once a table row is quoted whole); Apache dev has no
 #   model refusals.
+# - DEFAULT_EXTRACT_UNNAMED_SHARE = 0.4: a question that names no entry takes the first
+#   passage's asked field when a sentence of it covers 40% of the question. Apache dev (field
+#   extraction only, no model: the fields each setting extracts): 0.4 adds the 2 unnamed
+#   default questions (KeepAliveTimeout, AccessFileName), both right; 0.6 adds none; plant dev
+#   extracts nothing more at either. Below the score threshold only a named entry answers.
 DEFAULT_MAX_PASSAGES = 2
+DEFAULT_EXTRACT_UNNAMED_SHARE = 0.4
 DEFAULT_QUOTE_MIN_SHARE = 0.4
 DEFAULT_QUOTE_OVER_ABSTENTION = 0.7
 READER_CHOICES = {
     "max_passages": "2 (prompt length; see above)",
     "quote_min_share": "0.4 (highest value flat on Apache dev)",
     "quote_over_abstention": "0.7 (plant dev: most correct without losing an abstention)",
+    "extract_unnamed_share": "0.4 (Apache dev: 2 more right, 0.6 none; plant dev unchanged)",
 }
 # Where a grounded answer ends at the latest: the prompt's own markers, which a small model
 # that has answered goes on to write (a new "Question:", another passage).
@@ -164,6 +174,9 @@ class AnswerPolicy:
     # (appliance.fields says how the rules were chosen). Such a named entry found among the
     # shown passages also overrides the score threshold (a paraphrase can score low).
     extract_fields: bool = True
+    # A question that names no entry: the first passage's field is taken when one of its
+    # sentences covers at least this share of the question (None: never; see fields.py).
+    extract_unnamed_share: float | None = DEFAULT_EXTRACT_UNNAMED_SHARE
 
     def __post_init__(self) -> None:
         t = self.abstain_threshold
@@ -365,13 +378,19 @@ def prepare(
                 question,
                 [p.text for p in passages],
                 [str(getattr(p, "section", "") or "") for p in passages],
+                unnamed_min_share=policy.extract_unnamed_share,
             )
+            if extracted is None:
+                found = from_entry_body(question, retriever, passages, policy.max_passages)
+                if found is not None:
+                    extracted, passages = found
         if not passages:
             abstain_reason = "no_passages"
         elif (
             policy.abstain_threshold is not None
             and (best is None or best < policy.abstain_threshold)
-            and extracted is None
+            # Only an entry the question names overrides the threshold, not a guessed one.
+            and (extracted is None or not any(t.kind != "quoted" for t in _entry_terms(question)))
         ):
             abstain_reason = "low_score"
         elif unknown:
@@ -552,6 +571,69 @@ def with_entry_heads(
     return out
 
 
+def listed_only_filter(question: str, sections: Sequence[str]):
+    """For a question whose named code or identifier heads no shown passage (the documents
+    only list it, e.g. among "Related Directives"), a sentence to quote must share a word of
+    the question besides those names: a list that merely names the thing does not answer
+    what was asked about it. None (any sentence) when every name has its own entry.
+
+    Chosen on the Apache dev split: the only quote of a listing there was an unanswerable
+    question's ("What is the default CacheMaxFileSize?"); on plant dev every quoted answer's
+    code heads its passage, so none changes."""
+    names = [t for t in _entry_terms(question) if t.kind != "quoted"]
+    listed = [t for t in names if not any(occurs(t, h) is not None for h in sections)]
+    if not listed:
+        return None
+    asked = content_words(question) - {w for t in listed for w in content_words(t.text)}
+    return lambda sentence: bool(asked & content_words(sentence))
+
+
+def from_entry_body(
+    question: str,
+    retriever: RetrieverLike,
+    passages: list[PassageLike],
+    max_passages: int | None,
+) -> tuple[Evidence, list[PassageLike]] | None:
+    """The asked field of a named entry points into its body ("Default: See usage for
+    details"): the sentence of the entry's pieces (all chunks of its section, shown or not)
+    that names the label and states a value, e.g. "The default value is 256; ...". Returns the
+    evidence and the passages to show, the piece that holds it among them (in the last slot
+    when it was not shown), or None. Needs the retriever's `passages_of_path`.
+
+    Chosen on the Apache dev split: MaxRequestWorkers and ThreadLimit state their defaults
+    in the second piece of the entry, which the 2 shown passages did not hold."""
+    pieces_of = getattr(retriever, "passages_of_path", None)
+    if pieces_of is None:
+        return None
+    for p in passages:
+        section = str(getattr(p, "section", "") or "")
+        if not points_elsewhere(question, p.text, section):
+            continue
+        pieces = [c for c in pieces_of(p.path) if c.doc_id == p.doc_id and c.section == section]
+        ev = asked_field(question, [c.text for c in pieces], [c.section for c in pieces])
+        if ev is None:
+            continue
+        piece = pieces[ev.passage - 1]
+        shown = list(passages)
+        at = next((i for i, q in enumerate(shown) if q.chunk_id == piece.chunk_id), None)
+        if at is None:
+            piece = replace(
+                piece,
+                score=p.score,
+                dense_score=p.dense_score,
+                keyword_score=getattr(p, "keyword_score", None),
+            )
+            if max_passages is None or len(shown) < max_passages:
+                shown.append(piece)
+            else:
+                keep = shown.index(p)
+                slot = len(shown) - 1 if keep != len(shown) - 1 else max(0, keep - 1)
+                shown[slot] = piece
+            at = shown.index(piece)
+        return replace(ev, passage=at + 1), shown
+    return None
+
+
 def cited_numbers(text: str, n_sources: int) -> list[int]:
     """Valid [n] / [n, m] markers in text, in order of first appearance."""
     seen: list[int] = []
@@ -706,6 +788,7 @@ class AnswerStream:
         text = model_text
         cited: list[int] = []
         appended: list[int] = []
+        quotable = listed_only_filter(p.question, [s.section for s in sources])
         if abstained:
             status = "abstained" if checking else None
             if checking:
@@ -719,6 +802,7 @@ class AnswerStream:
                         within=p.focus or None,
                         min_share=policy.quote_over_abstention,
                         headings=[s.section for s in sources],
+                        require=quotable,
                     )
                 )
                 if over is not None:
@@ -748,6 +832,7 @@ class AnswerStream:
                     within=p.focus or None,
                     min_share=policy.quote_min_share,
                     headings=[s.section for s in sources],
+                    require=quotable,
                 )
                 if best is not None and (
                     contradicts(model_text, best)
@@ -767,6 +852,7 @@ class AnswerStream:
                     within=p.focus or None,
                     min_share=policy.quote_min_share,
                     headings=[s.section for s in sources],
+                    require=quotable,
                 )
                 if best is not None:
                     status, text, evidence = (

@@ -35,9 +35,16 @@ import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from appliance.grounding import Evidence, best_sentence, new_values, occurs, value_spans
+from appliance.grounding import (
+    Evidence,
+    ValueSpan,
+    best_sentence,
+    new_values,
+    occurs,
+    value_spans,
+)
 
-__all__ = ["Field", "asked_field", "label_matches", "record_fields"]
+__all__ = ["Field", "asked_field", "label_matches", "points_elsewhere", "record_fields"]
 
 # A label: up to four words, starting with a letter, no digits, at most 40 characters.
 _LABEL = r"[^\W\d_][^\W\d]*(?:[ \-][^\W\d]+){0,3}"
@@ -48,6 +55,11 @@ _ROW_PART_RE = re.compile(rf"^(?P<label>{_LABEL}):\s+(?P<value>\S.*)$", re.S)
 _WORD_RE = re.compile(r"[^\W\d_]+")
 # A value of this many words or fewer is a value even without a number or a name ("warn").
 MAX_PLAIN_WORDS = 3
+# A longer plain value with one of these words sends the reader elsewhere ("See usage for
+# details", "Véase el uso"): the value is then looked for in the entry's body. The one word
+# list here, in the appliance's two languages (appliance.i18n); a missing word only means a
+# pointer is quoted as the answer, which names no value.
+POINTER_WORDS = frozenset("see véase vea ver consulte consultar".split())
 
 
 @dataclass(frozen=True)
@@ -81,17 +93,23 @@ def record_fields(text: str) -> list[Field]:
         parts = line.split("; ")
         if len(parts) >= 2:
             matched = [_ROW_PART_RE.match(p.strip()) for p in parts]
-            if all(matched):
+            if matched[0] and sum(m is not None for m in matched) >= 2:
+                # A row: an unlabelled part belongs to the field before it (a cell that held
+                # "; " itself: "Task: Check belt condition; check interstage pressure").
+                row: list[list] = []  # [label, value, start, end]
                 at = 0  # where the next part may start, within the line
                 for p, m in zip(parts, matched, strict=True):
                     s = line.index(p, at)
                     lead = len(p) - len(p.lstrip())
-                    body = p.strip()
                     start = offsets[i] + s + lead
-                    fields.append(
-                        Field(m.group("label"), m.group("value").strip(), start, start + len(body))
-                    )
+                    end = start + len(p.strip())
+                    if m is not None:
+                        row.append([m.group("label"), m.group("value").strip(), start, end])
+                    else:
+                        row[-1][1] += "; " + p.strip()
+                        row[-1][3] = end
                     at = s + len(p)
+                fields.extend(Field(*f) for f in row)
                 i += 1
                 continue
         m = _LINE_FIELD_RE.match(line)
@@ -116,29 +134,61 @@ def _label_words(text: str) -> list[str]:
 
 
 def _same_word(a: str, b: str) -> bool:
-    """A shared prefix of 5 letters, or the whole of a 4-letter word."""
-    n = min(len(a), len(b), 5)
-    return n >= 4 and a[:n] == b[:n]
+    """One word begins the other ("mean"/"meaning", "default"/"defaults"), or they share
+    their first 6 letters ("predeterminado"/"predeterminada"); "interval" is not
+    "interstage"."""
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n >= 4 and (n == min(len(a), len(b)) or n >= 6)
 
 
-def label_matches(label: str, question: str) -> bool:
-    """Every (4-letter or longer) word of `label` stands in `question`."""
+def label_matches(label: str, question: str, half: bool = False) -> bool:
+    """Every (4-letter or longer) word of `label` stands in `question` (`half`: at least half
+    of them, and two)."""
     want = _label_words(label)
     have = _label_words(question)
-    return bool(want) and all(any(_same_word(w, h) for h in have) for w in want)
+    found = sum(any(_same_word(w, h) for h in have) for w in want)
+    if half:
+        return found >= 2 and 2 * found >= len(want)
+    return bool(want) and found == len(want)
+
+
+@dataclass(frozen=True)
+class _Pair(Field):
+    """A two-cell row ("Item: Normal interstage pressure; Value: 2.2–2.8 bar") read as one
+    field: its first cell names the thing, its second is the value."""
+
+
+def _is_pair(f: Field) -> bool:
+    return isinstance(f, _Pair)
+
+
+def _candidates(text: str, question: str) -> list[Field]:
+    """The fields of `text`; a one-line row of exactly two fields is also a name/value pair
+    (the table of a data sheet: "Item | Value"), matched by its first cell's words."""
+    fields = record_fields(text)
+    if len(fields) == 2 and "\n" not in text.strip():
+        a, b = fields
+        fields = [*fields, _Pair(a.value, b.value, a.start, b.end)]
+    return fields
 
 
 def _states_something(value: str, question: str) -> bool:
-    """A value the question does not name, or a short plain value ("warn") with a word the
-    question does not have ("Parameter: retry" under "the ProxyPass retry parameter" is
-    the entry's name, not its value)."""
+    """A value the question does not name; or plain words, with one the question does not
+    have ("Parameter: retry" under "the ProxyPass retry parameter" is the entry's name, not
+    its value), that do not send the reader elsewhere ("See usage for details")."""
     if any(occurs(v, question) is None for v in value_spans(value)):
         return True
-    words = value.split()
-    if not 0 < len(words) <= MAX_PLAIN_WORDS:
+    words = [_fold(w) for w in _WORD_RE.findall(value)]
+    if not words:
         return False
     asked = {_fold(w) for w in _WORD_RE.findall(question)}
-    return any(_fold(w) not in asked for w in _WORD_RE.findall(value))
+    if all(w in asked for w in words):
+        return False
+    return len(words) <= MAX_PLAIN_WORDS or not (POINTER_WORDS & set(words))
 
 
 def asked_field(
@@ -147,6 +197,7 @@ def asked_field(
     sections: Sequence[str],
     *,
     within: Sequence[int] | None = None,
+    unnamed_min_share: float | None = None,
 ) -> Evidence | None:
     """The field of the entry the question names that the question asks for, or None.
 
@@ -160,7 +211,24 @@ def asked_field(
     """
     terms = [v for v in value_spans(question) if v.kind in ("code", "identifier")]
     if not terms:
-        return None
+        if unnamed_min_share is None or not passages or not sections or not sections[0]:
+            return None
+        # No name given: the first passage is taken as the entry asked about when a sentence
+        # of it (its heading counted) covers `unnamed_min_share` of the question's words.
+        # (The asked field's own line does not count: "Default: ..." matches every question
+        # about a default.)
+        close = best_sentence(
+            question,
+            [passages[0]],
+            headings=[sections[0]],
+            min_share=unnamed_min_share,
+            require=lambda s: not any(label_matches(f.label, question) for f in record_fields(s)),
+        )
+        if close is None:
+            return None
+        terms = [ValueSpan(sections[0], 0, len(sections[0]), "quoted")]
+        sections = [sections[0]]
+        passages = [passages[0]]
     named = [
         i
         for i, section in enumerate(sections, start=1)
@@ -169,11 +237,10 @@ def asked_field(
         and any(occurs(t, section) is not None for t in terms)
     ]
     pointer: str | None = None  # the asked label, where its field points elsewhere
+    best: tuple[tuple, int, Field] | None = None
     for i in named:
-        text = passages[i - 1]
-        best: tuple[int, Field] | None = None
-        for f in record_fields(text):
-            if not label_matches(f.label, question):
+        for f in _candidates(passages[i - 1], question):
+            if not label_matches(f.label, question, half=_is_pair(f)):
                 continue
             # The value less the entry's own name ("Default: KeepAliveTimeout 5" -> "5";
             # a row's "Code: E-47" -> "", the name, not a fact about it).
@@ -182,12 +249,21 @@ def asked_field(
                 if rest and pointer is None:
                     pointer = f.label
                 continue
-            weight = len(_label_words(f.label))
+            # A label before a two-cell row's name; then the label of most words; between
+            # equals, the one the question names first (the asked thing comes in the
+            # question's opening: "How much grease goes into the DE bearing" asks for "DE
+            # grease", not "DE bearing"); then the earlier passage.
+            weight = (
+                not _is_pair(f),
+                len(_label_words(f.label)),
+                -_first_position(f.label, question),
+                -i,
+            )
             if best is None or weight > best[0]:
-                best = (weight, f)
-        if best is not None:
-            f = best[1]
-            return Evidence(i, f.start, f.end, text[f.start : f.end])
+                best = (weight, i, f)
+    if best is not None:
+        _, i, f = best
+        return Evidence(i, f.start, f.end, passages[i - 1][f.start : f.end])
     if pointer is not None:
         # "Default: See usage for details": the entry's sentence that names the label and
         # states a value ("The default value is 256; ..."), the one closest to the question.
@@ -200,6 +276,28 @@ def asked_field(
             require=lambda s: label_matches(label, s) and bool(new_values(s, question)),
         )
     return None
+
+
+def points_elsewhere(question: str, text: str, section: str) -> bool:
+    """The entry `section` names a code or identifier of the question, and its field that the
+    question asks for states nothing ("Default: See usage for details"): the value is in the
+    entry's body, maybe in a later piece of it."""
+    terms = [v for v in value_spans(question) if v.kind in ("code", "identifier")]
+    if not any(occurs(t, section) is not None for t in terms):
+        return False
+    for f in record_fields(text):
+        if label_matches(f.label, question):
+            rest = _strip_terms(f.value, terms)
+            if rest and not _states_something(rest, question):
+                return True
+    return False
+
+
+def _first_position(label: str, question: str) -> int:
+    """Index of the first question word that one of the label's words matches."""
+    words = _label_words(question)
+    want = _label_words(label)
+    return next((i for i, h in enumerate(words) if any(_same_word(w, h) for w in want)), 0)
 
 
 def _strip_terms(value: str, terms) -> str:

@@ -30,11 +30,13 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 
 __all__ = [
+    "CITATION_MARKER_RE",
     "Evidence",
     "ValueSpan",
     "Verdict",
     "best_sentence",
     "check",
+    "content_words",
     "is_small_number",
     "occurs",
     "sentence_spans",
@@ -44,8 +46,10 @@ __all__ = [
 SUPPORTED = "supported"
 UNSUPPORTED = "unsupported"
 
-# [1], [1, 2], [1][2]: citation markers are not values.
-_MARKER_RE = re.compile(r"\[\s*\d{1,3}(?:\s*,\s*\d{1,3})*\s*\]")
+# [1], [1, 2], [1; 2], [1][2]: citation markers are not values. The scorer
+# (build.eval_metrics) removes the same markers before it compares facts.
+CITATION_MARKER_RE = re.compile(r"\[\s*\d{1,3}(?:\s*[,;]\s*\d{1,3})*\s*\]")
+_MARKER_RE = CITATION_MARKER_RE
 # Quoted strings: "..." “...” «...» `...` ‘...’ (straight single quotes are apostrophes too).
 _QUOTED_RE = re.compile(
     r'"([^"\n]{1,120})"|“([^”\n]{1,120})”|«([^»\n]{1,120})»|`([^`\n]{1,120})`|‘([^’\n]{1,120})’'
@@ -303,6 +307,12 @@ def _words(text: str) -> set[str]:
             f = _fold(w)
             out.add(f[:5] if f.isalpha() else f)
     return out
+
+
+def content_words(text: str) -> set[str]:
+    """The words `best_sentence` compares (folded, 5-letter prefixes, short lower-case words
+    left out): what two texts share when they speak of the same thing."""
+    return _words(text)
 
 
 def _weights(passages: Sequence[str]) -> dict[str, float]:

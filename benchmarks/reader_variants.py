@@ -40,6 +40,8 @@ VARIANTS: dict[str, dict] = {
     "k5": {"max_passages": 5},
     "nofocus": {"focus_entries": False},
     "noextract": {"extract_fields": False},
+    "unnamed4": {"extract_unnamed_share": 0.4},
+    "unnamed6": {"extract_unnamed_share": 0.6},
     "k3noextract": {"max_passages": 3, "extract_fields": False},
     "q0": {"quote_min_share": 0.0},
     "q2": {"quote_min_share": 0.2},

@@ -59,12 +59,14 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
+from appliance.grounding import CITATION_MARKER_RE
 from appliance.prompting import NOT_IN_DOCUMENTS
 
 # --------------------------------------------------------------------------------------------
 # Normalisation
 
-_CITATION = re.compile(r"\[\s*\d{1,3}(?:\s*[,;]\s*\d{1,3})*\s*\]")
+# One definition of a citation marker for the service's check and the scorer.
+_CITATION = CITATION_MARKER_RE
 _DASHES = dict.fromkeys(map(ord, "\u2010\u2011\u2012\u2013\u2014\u2015\u2212\ufe63\uff0d"), "-")
 _QUOTES = {ord("\u2018"): "'", ord("\u2019"): "'", ord("\u201c"): '"', ord("\u201d"): '"'}
 # Thin and narrow no-break spaces used as thousands separators (NFKC would make them spaces).

@@ -327,3 +327,22 @@ def test_a_refusal_is_quoted_over_only_when_a_sentence_matches_closely():
     assert b.grounding == "abstained" and b.abstained and b.text == NOT_IN_DOCUMENTS
     _, c = _deltas(NOT_IN_DOCUMENTS, question=q, quote_over_abstention=None)
     assert c.grounding == "abstained" and c.text == NOT_IN_DOCUMENTS
+
+
+def test_a_name_the_documents_only_list_is_not_answered_with_the_list():
+    """ "What is the default CacheMaxFileSize?" where the passages only list the name among
+    related directives: the model's invented value is not replaced by a quote of the list."""
+    listing = StubPassage(
+        "Related Modules: mod_cache_disk; Related Directives: CacheRoot CacheMaxFileSize",
+        0.7,
+        section="Related Modules and Directives",
+    )
+    gen = FakeGenerator(reply="The default CacheMaxFileSize is 8192.")
+    a = answer("What is the default CacheMaxFileSize?", generator=gen,
+               retriever=StubRetriever([listing]), params=PARAMS)  # fmt: skip
+    assert a.grounding == "abstained" and a.abstained and "8192" not in a.text
+    # The same listing under the directive's own entry is quoted as before.
+    own = StubPassage(listing.text, 0.7, section="CacheMaxFileSize Directive")
+    b = answer("What is the default CacheMaxFileSize?", generator=gen,
+               retriever=StubRetriever([own]), params=PARAMS)  # fmt: skip
+    assert b.grounding == "quoted" and "8192" not in b.text

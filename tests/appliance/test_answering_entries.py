@@ -11,6 +11,7 @@ import pytest
 from appliance.answering import AnswerPolicy, answer, prepare
 from appliance.generation.base import GenerationParams
 from appliance.generation.fake import FakeGenerator
+from appliance.grounding import occurs
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -78,3 +79,40 @@ def test_a_named_entry_without_the_asked_field_goes_to_the_model(core_retriever)
     q = "Which directive sets the time the server waits for certain events (TimeOut)?"
     a = answer(q, generator=gen, retriever=core_retriever, params=params)
     assert not a.extracted and gen.started == 1
+
+
+@pytest.fixture(scope="module")
+def mpm_retriever(tmp_path_factory, embedder_onnx: Path):
+    import shutil
+
+    from appliance.embedding import OnnxEmbedder
+    from appliance.retrieval import Retriever, ingest_folder
+
+    src = tmp_path_factory.mktemp("mpm-docs")
+    shutil.copy(REPO / "examples" / "apache" / "docs" / "mpm_common.html", src)
+    index = tmp_path_factory.mktemp("mpm-index") / "index"
+    embedder = OnnxEmbedder(embedder_onnx)
+    ingest_folder(src, index, embedder, progress=False)
+    r = Retriever.open(index, embedder)
+    yield r
+    r.close()
+
+
+@pytest.mark.parametrize(
+    "question,value",
+    [
+        ("For the prefork MPM, what is the default MaxRequestWorkers?", "256"),
+        ("What is the default ThreadLimit for the event MPM?", "64"),
+    ],
+)
+def test_a_default_that_points_into_the_entrys_body_is_found_there(mpm_retriever, question, value):
+    """ "Default: See usage for details": the entry's own sentence that names the default and
+    states it is the answer, from whichever piece of the entry holds it (shown or not)."""
+    params = GenerationParams(max_new_tokens=32)
+    prepared = prepare(question, generator=FakeGenerator(), retriever=mpm_retriever, params=params)
+    ev = prepared.extracted
+    assert ev is not None and occurs(value, ev.sentence) and "default" in ev.sentence.lower()
+    source = prepared.sources[ev.passage - 1]
+    assert source.text[ev.start : ev.end] == ev.sentence
+    assert source.section.split(" > ")[-1].split()[0] in question  # the entry asked about
+    assert len(prepared.sources) <= AnswerPolicy().max_passages

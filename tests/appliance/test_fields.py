@@ -14,8 +14,8 @@ KEEPALIVE = (
     "Context: server config, virtual host\n"
     "Module: core\n"
     "\n"
-    "The number of seconds Apache httpd will wait for a subsequent request. A value of 10 "
-    "is common."
+    "The number of seconds Apache httpd will wait for a subsequent request before closing the "
+    "connection. A value of 10 is common."
 )
 THREADLIMIT = (
     "Description: Sets the upper limit on the configurable number of threads\n"
@@ -151,4 +151,15 @@ def test_a_pointer_field_gives_way_to_the_entrys_sentence_that_states_the_defaul
     assert (
         asked_field("What is the default ThreadLimit?", [THREADLIMIT], ["ThreadLimit Directive"])
         is None
+    )
+
+
+def test_an_unnamed_entry_is_the_first_passage_only_when_it_matches_the_question():
+    q = "How many seconds does httpd wait for the next request before closing the connection, by default?"
+    ev = asked_field(q, [KEEPALIVE], ["KeepAliveTimeout Directive"], unnamed_min_share=0.4)
+    assert ev is not None and ev.sentence == "Default: KeepAliveTimeout 5"
+    # A question the first passage hardly speaks of: no field is taken from it.
+    far = "What is the default log file of the server?"
+    assert (
+        asked_field(far, [KEEPALIVE], ["KeepAliveTimeout Directive"], unnamed_min_share=0.4) is None
     )

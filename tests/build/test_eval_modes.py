@@ -125,8 +125,9 @@ def test_fake_generator_through_the_answering_path(tiny_bundle: Path, mini_plant
         if r.service_abstained:
             assert r.abstained and r.completion_tokens == 0
         elif q.answerable:
-            assert r.prompt_tokens > 100 and r.retrieved
-            assert r.score["cited"] and r.cited[0]["n"] == 1
+            # a named entry's field is quoted without a prompt (appliance.fields)
+            assert (r.prompt_tokens > 100 or r.extracted and r.model_text == "") and r.retrieved
+            assert r.score["cited"] and r.cited[0]["n"] >= 1
             assert r.score["citation_correct"] is not None
     report = build_report(questions, modes, records)
     assert set(report["summary"]) == {"base", "base+rag"}
