@@ -27,13 +27,12 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Protocol
 
 from appliance.errors import UserFacingError
-from appliance.fields import asked_field, points_elsewhere
+from appliance.fields import asked_field, points_elsewhere, shared_words
 from appliance.generation.base import GenerationParams, Generator
 from appliance.grounding import (
     Evidence,
     bears_value,
     best_sentence,
-    content_words,
     contradicts,
     is_small_number,
     new_values,
@@ -584,8 +583,8 @@ def listed_only_filter(question: str, sections: Sequence[str]):
     listed = [t for t in names if not any(occurs(t, h) is not None for h in sections)]
     if not listed:
         return None
-    asked = content_words(question) - {w for t in listed for w in content_words(t.text)}
-    return lambda sentence: bool(asked & content_words(sentence))
+    names = " ".join(t.text for t in listed)
+    return lambda sentence: bool(shared_words(question, sentence, leave_out=names))
 
 
 def from_entry_body(

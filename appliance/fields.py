@@ -44,7 +44,14 @@ from appliance.grounding import (
     value_spans,
 )
 
-__all__ = ["Field", "asked_field", "label_matches", "points_elsewhere", "record_fields"]
+__all__ = [
+    "Field",
+    "asked_field",
+    "label_matches",
+    "points_elsewhere",
+    "record_fields",
+    "shared_words",
+]
 
 # A label: up to four words, starting with a letter, no digits, at most 40 characters.
 _LABEL = r"[^\W\d_][^\W\d]*(?:[ \-][^\W\d]+){0,3}"
@@ -154,6 +161,18 @@ def label_matches(label: str, question: str, half: bool = False) -> bool:
     if half:
         return found >= 2 and 2 * found >= len(want)
     return bool(want) and found == len(want)
+
+
+def shared_words(a: str, b: str, leave_out: str = "") -> list[str]:
+    """The (4-letter or longer) words of `a`, less those of `leave_out`, that `b` has too,
+    a word matching another that begins it or shares its first 6 letters ("take"/"takes")."""
+    skip = _label_words(leave_out)
+    have = _label_words(b)
+    return [
+        w
+        for w in _label_words(a)
+        if not any(_same_word(w, x) for x in skip) and any(_same_word(w, h) for h in have)
+    ]
 
 
 @dataclass(frozen=True)

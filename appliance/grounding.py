@@ -36,7 +36,6 @@ __all__ = [
     "Verdict",
     "best_sentence",
     "check",
-    "content_words",
     "is_small_number",
     "occurs",
     "sentence_spans",
@@ -307,12 +306,6 @@ def _words(text: str) -> set[str]:
             f = _fold(w)
             out.add(f[:5] if f.isalpha() else f)
     return out
-
-
-def content_words(text: str) -> set[str]:
-    """The words `best_sentence` compares (folded, 5-letter prefixes, short lower-case words
-    left out): what two texts share when they speak of the same thing."""
-    return _words(text)
 
 
 def _weights(passages: Sequence[str]) -> dict[str, float]:
