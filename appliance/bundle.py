@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from appliance.common.fsutil import sha256_file, sha256_fileobj
 from appliance.errors import BundleError
 
 log = logging.getLogger("appliance.bundle")
@@ -117,12 +118,6 @@ class SignaturePolicy:
 # Hashing and manifests (shared with build/bundle.py, which writes what this module reads)
 
 
-def sha256_file(path: Path) -> str:
-    """Streamed sha256 of a file (hashlib releases the GIL; ~1-2 GB/s on one core)."""
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
-
-
 def file_entries(root: Path) -> dict[str, dict[str, Any]]:
     """{posix relative path: {sha256, size}} for every file under root but the manifest."""
     return {
@@ -152,7 +147,7 @@ def _sha256_checked(path: Path, root: Path, size: int) -> str:
                 f"{path}: size {st.st_size} bytes, the manifest says {size}; the file is "
                 "truncated or was changed: copy the bundle again"
             )
-        return hashlib.file_digest(fh, "sha256").hexdigest()
+        return sha256_fileobj(fh)
 
 
 def _walk_files(root: Path) -> Iterator[tuple[str, Path]]:

@@ -22,6 +22,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from appliance.common.fsutil import sha256_file
+
 DIGEST_ALGORITHM = (
     "sha256 of the sorted lines '<name>\\t<sha256>\\n' over genai_config.json, *.onnx, "
     "*.onnx.data and *.data of the exported model folder"
@@ -52,8 +54,7 @@ def model_file_hashes(model_dir: Path) -> dict[str, str]:
     out = {}
     for path in sorted(model_dir.iterdir()):
         if path.is_file() and is_model_file(path.name):
-            with open(path, "rb") as fh:
-                out[path.name] = hashlib.file_digest(fh, "sha256").hexdigest()
+            out[path.name] = sha256_file(path)
     return out
 
 

@@ -124,7 +124,9 @@ def run(
     questions = []
     qpath = plant / "qa" / "eval.jsonl"
     if qpath.is_file():
-        questions = [json.loads(x)["question"] for x in qpath.read_text().splitlines() if x.strip()]
+        from appliance.common.questions import load_questions
+
+        questions = [q.question for q in load_questions(qpath)]
     overlap = None
     if questions:
         q32, q8 = ours.embed(questions), ours8.embed(questions)

@@ -35,6 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
+from appliance.common.fsutil import atomic_file
+
 log = logging.getLogger(__name__)
 
 # llama.cpp quantizations measured as peers (llama_ftype values from llama.h).
@@ -50,32 +52,30 @@ def make_f16_gguf(source: Path, out: Path) -> Path:
 
     reader = GGUFReader(str(source))
     arch = reader.fields["general.architecture"].contents()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".partial")
-    writer = GGUFWriter(str(tmp), arch)
-    skip = {"GGUF.version", "GGUF.tensor_count", "GGUF.kv_count", "general.architecture"}
-    for name, field in reader.fields.items():
-        if name in skip:
-            continue
-        value = field.contents()
-        if name == "general.file_type":
-            value = 1  # LLAMA_FTYPE_MOSTLY_F16
-        vtype = field.types[0]
-        sub = field.types[-1] if vtype == GGUFValueType.ARRAY else None
-        writer.add_key_value(name, value, vtype, sub_type=sub)
-    for t in reader.tensors:
-        data = dequantize(t.data, t.tensor_type)
-        shape = tuple(int(x) for x in reversed(t.shape.tolist()))  # numpy order
-        data = np.asarray(data, dtype=np.float32).reshape(shape)
-        if data.ndim > 1:
-            data = data.astype(np.float16)
-        writer.add_tensor(t.name, data)
-        del data
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    tmp.replace(out)
+    with atomic_file(out, overwrite=True) as tmp:
+        writer = GGUFWriter(str(tmp), arch)
+        skip = {"GGUF.version", "GGUF.tensor_count", "GGUF.kv_count", "general.architecture"}
+        for name, field in reader.fields.items():
+            if name in skip:
+                continue
+            value = field.contents()
+            if name == "general.file_type":
+                value = 1  # LLAMA_FTYPE_MOSTLY_F16
+            vtype = field.types[0]
+            sub = field.types[-1] if vtype == GGUFValueType.ARRAY else None
+            writer.add_key_value(name, value, vtype, sub_type=sub)
+        for t in reader.tensors:
+            data = dequantize(t.data, t.tensor_type)
+            shape = tuple(int(x) for x in reversed(t.shape.tolist()))  # numpy order
+            data = np.asarray(data, dtype=np.float32).reshape(shape)
+            if data.ndim > 1:
+                data = data.astype(np.float16)
+            writer.add_tensor(t.name, data)
+            del data
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
     # Sanity: the file reads back with the source's tensor names and shapes.
     back = GGUFReader(str(out))
     src = {t.name: tuple(t.shape.tolist()) for t in reader.tensors}
@@ -95,11 +95,10 @@ def quantize(f16: Path, out: Path, ftype: int, threads: int = 2) -> Path:
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = ftype
     params.nthread = threads
-    tmp = out.with_suffix(".partial")
-    rc = llama_cpp.llama_model_quantize(str(f16).encode(), str(tmp).encode(), params)
-    if rc != 0:
-        raise RuntimeError(f"llama_model_quantize({f16.name} -> ftype {ftype}) returned {rc}")
-    tmp.replace(out)
+    with atomic_file(out, overwrite=True) as tmp:
+        rc = llama_cpp.llama_model_quantize(str(f16).encode(), str(tmp).encode(), params)
+        if rc != 0:
+            raise RuntimeError(f"llama_model_quantize({f16.name} -> ftype {ftype}) returned {rc}")
     return out
 
 

@@ -16,6 +16,8 @@ import socket
 import sys
 from pathlib import Path
 
+from appliance.common.versions import package_versions
+
 # /proc/cpuinfo flag -> the name the summary shows. Only flags that change which kernels the
 # engines benchmarked here (MLAS, ggml, oneDNN) take.
 SIMD_FLAGS = {
@@ -139,19 +141,6 @@ def _cache_kib() -> dict[str, int]:
     return out
 
 
-def package_versions(names: tuple[str, ...] = PACKAGES) -> dict[str, str | None]:
-    """Installed versions (None = not installed), read from metadata without importing."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    out: dict[str, str | None] = {"python": sys.version.split()[0]}
-    for name in names:
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = None
-    return out
-
-
 def describe_machine() -> dict:
     """The `machine` object of a results file."""
     cpu = _cpuinfo()
@@ -169,7 +158,7 @@ def describe_machine() -> dict:
         "load_average": [round(x, 2) for x in os.getloadavg()]
         if hasattr(os, "getloadavg")
         else None,
-        "packages": package_versions(),
+        "packages": package_versions(PACKAGES, python=True),
     }
 
 

@@ -30,6 +30,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from appliance.common.stats import wilson_interval
+
 ROOT = Path(__file__).resolve().parent.parent
 SETS = (
     # name, corpus folder (docs/ inside), questions file
@@ -43,14 +45,10 @@ MODES = ("hybrid", "dense")
 THREADS = 2
 
 
-def wilson(successes: int, n: int, z: float = 1.96) -> list[float] | None:
-    if n == 0:
-        return None
-    p = successes / n
-    den = 1 + z * z / n
-    mid = (p + z * z / (2 * n)) / den
-    half = z * ((p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5) / den
-    return [round(max(0.0, mid - half), 4), round(min(1.0, mid + half), 4)]
+def wilson(successes: int, n: int) -> list[float] | None:
+    """The 95% Wilson interval (appliance.common.stats), rounded for the results file."""
+    interval = wilson_interval(successes, n)
+    return None if interval is None else [round(x, 4) for x in interval]
 
 
 def folder_size_mb(path: Path) -> float:
@@ -101,12 +99,12 @@ def speed(embedder, texts: list[str], queries: list[str]) -> dict:
 def run(
     candidates: dict[str, tuple[Callable[[], object], Path]], work: Path, wanted: set[str]
 ) -> dict:
+    from appliance.common.questions import load_questions
     from appliance.retrieval import Retriever
-    from appliance.retrieval.evaluation import load_questions
     from appliance.retrieval.ingest import ingest_folder
 
     sets = [(n, ROOT / c, ROOT / q) for n, c, q in SETS if n in wanted and (ROOT / q).is_file()]
-    es_questions = load_questions(ROOT / SETS[0][2])
+    es_questions = [q.to_dict() for q in load_questions(ROOT / SETS[0][2])]
     result = {
         "load_before": os.getloadavg(),
         "threads": THREADS,
@@ -126,7 +124,7 @@ def run(
                 row.setdefault("ingest_s", {})[corpus.name] = round(time.perf_counter() - t0, 1)
                 indexes[corpus] = Retriever.open(index_dir, embedder)
             retriever = indexes[corpus]
-            questions = load_questions(qfile)
+            questions = [q.to_dict() for q in load_questions(qfile)]
             test = [q for q in questions if q.get("split") == "test"]
             row.setdefault("sets", {})[set_name] = {
                 "all": score_set(retriever, questions),

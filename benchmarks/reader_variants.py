@@ -18,12 +18,13 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import math
 import statistics
 import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+
+from appliance.common.stats import wilson_interval
 
 REPO = Path(__file__).resolve().parents[1]
 VALUED = __import__("os").environ.get("VALUED") == "1"  # replay: quote value-bearing sentences
@@ -50,14 +51,9 @@ VARIANTS: dict[str, dict] = {
 }
 
 
-def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    if n == 0:
-        return (0.0, 1.0)
-    p = k / n
-    d = 1 + z * z / n
-    c = (p + z * z / (2 * n)) / d
-    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
-    return (max(0.0, c - h), min(1.0, c + h))
+def wilson(k: int, n: int) -> tuple[float, float]:
+    """The 95% Wilson interval (appliance.common.stats); (0, 1), knowing nothing, for n = 0."""
+    return wilson_interval(k, n) or (0.0, 1.0)
 
 
 def build_index(corpus: Path, embedder, out_root: Path) -> Path:
@@ -248,13 +244,13 @@ def main(argv: list[str] | None = None) -> int:
 
     sys.path.insert(0, str(REPO))
     from appliance.answering import AnswerPolicy, answer_stream
+    from appliance.common.questions import load_questions
     from appliance.embedding import OnnxEmbedder
     from appliance.generation.base import GenerationParams
     from appliance.generation.genai import GenaiGenerator
     from appliance.grounding import occurs, value_spans
     from appliance.prompting import PLANT_WORDING, wording
     from appliance.retrieval import Retriever
-    from build.evaluation import load_questions
 
     metrics = load_metrics(args.metrics)
 

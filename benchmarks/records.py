@@ -14,6 +14,8 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 
+from appliance.common.stats import percentile
+
 SUITES = ("generation", "retrieval", "embedding", "training", "service")
 BETTER = ("higher", "lower")
 REQUIRED = ("suite", "metric", "unit", "ours", "peer", "peer_name", "ratio", "better")
@@ -31,18 +33,6 @@ def median(values: Sequence[float]) -> float:
     s = sorted(values)
     mid = len(s) // 2
     return float(s[mid]) if len(s) % 2 else float((s[mid - 1] + s[mid]) / 2)
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """The q-th percentile (0-100), linear interpolation between closest ranks (numpy's default)."""
-    if not values:
-        raise ValueError("percentile of no values")
-    if not 0 <= q <= 100:
-        raise ValueError(f"q must be in [0, 100], got {q}")
-    s = sorted(values)
-    pos = (len(s) - 1) * q / 100
-    lo, hi = math.floor(pos), math.ceil(pos)
-    return float(s[lo] + (s[hi] - s[lo]) * (pos - lo))
 
 
 def summarize(values: Sequence[float]) -> dict:

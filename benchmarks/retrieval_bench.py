@@ -31,7 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.records import make_record, percentile, skipped_record
+from appliance.common.stats import percentile
+from benchmarks.records import make_record, skipped_record
 
 log = logging.getLogger(__name__)
 
@@ -174,9 +175,10 @@ def _find_embedder(bundle: Path | None, work: Path | None) -> Path | None:
 
 
 def plant_records(bundle: Path | None, work: Path | None, plant: Path | None, threads: int) -> list[dict]:  # fmt: skip
+    from appliance.common.questions import load_questions
     from appliance.embedding import OnnxEmbedder
     from appliance.retrieval import Retriever, ingest_folder
-    from appliance.retrieval.evaluation import evaluate_retrieval, load_questions
+    from appliance.retrieval.evaluation import evaluate_retrieval
 
     plant = plant or Path("examples/plant")
     questions_path = plant / "qa" / "eval.jsonl"
@@ -196,7 +198,7 @@ def plant_records(bundle: Path | None, work: Path | None, plant: Path | None, th
     retriever = Retriever.open(index_dir, embedder)
     store = retriever._snap.store
     labels, data = store.embeddings()
-    questions = load_questions(questions_path)
+    questions = [q.to_dict() for q in load_questions(questions_path)]
     queries = embedder.embed([q["question"] for q in questions], kind="query")
     out = compare("plant", data, queries, threads, index=retriever._snap.vectors, labels=labels)
     quality = evaluate_retrieval(retriever, questions, modes=("hybrid", "dense", "keyword"))

@@ -47,10 +47,9 @@ def _default_bundle() -> Path | None:
 
 
 def _questions(plant: Path, n: int) -> list[str]:
-    rows = [
-        json.loads(x) for x in (plant / "qa" / "eval.jsonl").read_text().splitlines() if x.strip()
-    ]
-    return [r["question"] for r in rows if r.get("answerable")][:n]
+    from appliance.common.questions import load_questions
+
+    return [q.question for q in load_questions(plant / "qa" / "eval.jsonl") if q.answerable][:n]
 
 
 def _vm(pid: int, field: str) -> float:

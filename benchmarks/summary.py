@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import os
 import re
-import tempfile
 from pathlib import Path
 
+from appliance.common.fsutil import atomic_write_text
 from benchmarks.records import (
     PARITY_BAND,
     RESULTS_FORMAT_VERSION,
@@ -63,19 +62,6 @@ def _safe_host(host: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", host or "host").strip("-.") or "host"
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_results(out_dir: Path, document: dict, *, date: str | None = None) -> dict[str, Path]:
     """Write the run's JSON and Markdown files into `out_dir`; returns their paths by kind."""
     out_dir = Path(out_dir)
@@ -90,7 +76,7 @@ def write_results(out_dir: Path, document: dict, *, date: str | None = None) -> 
         "latest_markdown": out_dir / "latest.md",
     }
     for kind, path in paths.items():
-        _atomic_write(path, markdown if kind.endswith("markdown") else text)
+        atomic_write_text(path, markdown if kind.endswith("markdown") else text, overwrite=True)
     return paths
 
 

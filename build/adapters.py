@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import shutil
 import tempfile
@@ -38,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
+from appliance.common.fsutil import atomic_dir
 from appliance.errors import UserFacingError
 from build.export_llm import (
     EXPORT_RECORD,
@@ -467,9 +467,7 @@ def export_runtime_adapters(
         )
     modules = set().union(*(a.pairs for a in loaded))
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
-    try:
+    with atomic_dir(out_dir, overwrite=force) as work:  # force was checked above
         with tempfile.TemporaryDirectory(prefix="expert-adapters-") as scratch:
             base_onnx = export_llm(
                 base_model_dir,
@@ -521,12 +519,6 @@ def export_runtime_adapters(
             for adapter in loaded:
                 run_with_adapter_smoke(work, adapter.name)
         _normalise_permissions(work)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(work, out_dir)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
     log.info(
         "exported base %s with %d LoRA sites and adapters %s to %s",
         base_model_dir,

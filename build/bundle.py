@@ -32,7 +32,6 @@ import shutil
 import socket
 import tempfile
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +44,8 @@ from appliance.bundle import (
     load_bundle,
     public_key_id,
 )
+from appliance.common.fsutil import atomic_dir
+from appliance.common.versions import package_versions
 from appliance.errors import UserFacingError
 from appliance.quality_gate import (
     FIGURES,
@@ -284,16 +285,6 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data
 
 
-def _package_versions() -> dict[str, str]:
-    versions = {}
-    for name in RECORDED_PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return versions
-
-
 def _first(mapping: dict[str, Any], *keys: str) -> Any:
     for key in keys:
         if mapping.get(key) not in (None, ""):
@@ -386,7 +377,7 @@ def build_manifest(
         ),
         "chunking": index.get("chunking"),
         "index": {k: v for k, v in index.items() if k not in ("files", "previous")} or None,
-        "packages": _package_versions(),
+        "packages": package_versions(RECORDED_PACKAGES),
         "built_with": {"python": platform.python_version(), "machine": platform.machine()},
     }
     manifest.update(spec.extra)
@@ -558,9 +549,8 @@ def build_bundle(
         raise UserFacingError(
             f"{final}: exists; bundles are immutable: pass a new --version or remove the old one"
         )
-    out_root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=out_root))
-    try:
+    # Bundles are immutable: never overwrite (refused above; atomic_dir refuses a late arrival).
+    with atomic_dir(final, overwrite=False) as tmp:
         parts = [("llm", spec.llm_dir), ("embedder", spec.embedder_dir), ("index", spec.index_dir)]
         if spec.adapters_dir is not None:
             parts.append(("adapters", spec.adapters_dir))
@@ -588,12 +578,6 @@ def build_bundle(
             for fname in filenames:
                 os.chmod(os.path.join(dirpath, fname), 0o444)
         os.chmod(tmp, 0o755)
-        if final.exists():
-            raise UserFacingError(f"{final}: appeared while building; not overwriting it")
-        os.rename(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return final
 
 

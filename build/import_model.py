@@ -14,15 +14,13 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import hashlib
 import json
 import logging
-import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from appliance.common.fsutil import atomic_dir, sha256_file
 from appliance.errors import UserFacingError
 
 log = logging.getLogger(__name__)
@@ -134,14 +132,6 @@ ROUND_TRIP_SAMPLE = [
     "  leading and trailing spaces   \n\n\nnewlines",
     "<|im_start|>user\nWhat is E-47?<|im_end|>\n<|im_start|>assistant\n",
 ]
-
-
-def _sha256(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _gguf_fields(gguf_path: Path) -> dict:
@@ -464,7 +454,7 @@ def _import_gguf(gguf: Path, work: Path) -> dict:
         "source": {
             "kind": "gguf",
             "path": str(gguf),
-            "sha256": _sha256(gguf),
+            "sha256": sha256_file(gguf),
             "name": fields.get("general.name"),
             "file_type": fields.get("general.file_type"),
         },
@@ -587,19 +577,10 @@ def import_model(
             raise UserFacingError(
                 f"{out} exists and is not empty; choose an empty --out or --force"
             )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    work.chmod(0o755)
-    try:
+    with atomic_dir(out, overwrite=force) as work:  # force was checked above
         record = _import_gguf(src, work) if gguf is not None else _import_hf(src, work)
         record["imported"] = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
         (work / IMPORT_RECORD).write_text(json.dumps(record, indent=2, default=str))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(work, out)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
     log.info("imported %s -> %s (%s)", src, out, record.get("model_type"))
     return out
 

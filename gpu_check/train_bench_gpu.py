@@ -19,11 +19,13 @@ import os
 import sys
 import tempfile
 import time
-from importlib import metadata
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from appliance.common.versions import package_versions  # noqa: E402
+
 PACKAGES = (
     "torch",
     "transformers",
@@ -36,12 +38,7 @@ PACKAGES = (
 
 
 def environment() -> dict:
-    env: dict = {"python": sys.version.split()[0], "packages": {}}
-    for name in PACKAGES:
-        try:
-            env["packages"][name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            env["packages"][name] = None
+    env: dict = {"python": sys.version.split()[0], "packages": package_versions(PACKAGES)}
     try:
         import torch
 

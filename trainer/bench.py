@@ -27,6 +27,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from appliance.common.versions import package_versions
+
 log = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -133,16 +135,8 @@ def _dtype_name(config: Any) -> str:
     return str(device_and_dtype(config)[1]).replace("torch.", "")
 
 
-def _versions() -> dict[str, str]:
-    from importlib import metadata
-
-    out = {}
-    for name in ("torch", "transformers", "peft", "bitsandbytes", "accelerate"):
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = "missing"
-    return out
+def _versions() -> dict[str, str | None]:
+    return package_versions(("torch", "transformers", "peft", "bitsandbytes", "accelerate"))
 
 
 def measure_in_subprocess(

@@ -18,11 +18,11 @@ import argparse
 import json
 import logging
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from appliance.common.fsutil import atomic_dir
 from appliance.errors import UserFacingError
 
 log = logging.getLogger(__name__)
@@ -158,9 +158,7 @@ def merge_adapter(
     max_diff = verify_merge(base, adapter, merged) if verify else None
     merged = merged.to(save_dtype)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    try:
+    with atomic_dir(out, overwrite=False) as tmp:  # an existing --out was refused unless empty
         merged.save_pretrained(str(tmp), safe_serialization=True)
         for item in sorted(base.iterdir()):
             if item.is_file() and item.name not in OWN_FILES and item.suffix not in WEIGHT_SUFFIXES:
@@ -177,12 +175,6 @@ def merge_adapter(
         (tmp / MERGE_INFO).write_text(
             json.dumps(record, indent=2, default=str) + "\n", encoding="utf-8"
         )
-        if out.exists():
-            out.rmdir()  # checked empty above
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     del merged, model
     if torch.cuda.is_available():
         torch.cuda.empty_cache()

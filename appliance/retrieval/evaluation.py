@@ -16,13 +16,14 @@ Test: .venv/bin/pytest tests/appliance/test_retrieval_eval.py
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from appliance.common.questions import load_questions
+from appliance.common.stats import percentile
 from appliance.errors import UserFacingError
 from appliance.retrieval.hybrid import MODES
 from appliance.retrieval.keywords import code_terms
@@ -33,25 +34,6 @@ _SPACES = re.compile(r"[\s\u00a0\u2009\u202f]+")
 
 def _norm(text: str) -> str:
     return _SPACES.sub(" ", text).strip().lower()
-
-
-def load_questions(path: Path) -> list[dict]:
-    questions = []
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise UserFacingError(f"cannot read questions {path}: {exc}") from exc
-    for n, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            q = json.loads(line)
-        except ValueError as exc:
-            raise UserFacingError(f"{path}:{n} is not valid JSON ({exc})") from exc
-        if not isinstance(q, dict) or not isinstance(q.get("question"), str):
-            raise UserFacingError(f"{path}:{n} needs a 'question' string")
-        questions.append(q)
-    return questions
 
 
 def _same_path(passage_path: str, source: str) -> bool:
@@ -86,13 +68,6 @@ def _count_relevant(retriever, q: dict, cache: dict) -> int:
     return sum(1 for p in cache[source] if _relevant(p, q))
 
 
-def _percentile(values: list[float], pct: float) -> float:
-    if not values:
-        return 0.0
-    s = sorted(values)
-    return s[min(len(s) - 1, int(round(pct / 100 * (len(s) - 1))))]
-
-
 def _threshold(pos: list[float], neg: list[float]) -> dict:
     """The best-dense-score cut that best separates answerable from unanswerable questions."""
     if not pos or not neg:
@@ -106,8 +81,8 @@ def _threshold(pos: list[float], neg: list[float]) -> dict:
     return {
         "suggested_threshold": round(best[1], 4),
         "balanced_accuracy": round(best[0], 4),
-        "answerable_median": round(_percentile(pos, 50), 4),
-        "unanswerable_median": round(_percentile(neg, 50), 4),
+        "answerable_median": round(percentile(pos, 50), 4),
+        "unanswerable_median": round(percentile(neg, 50), 4),
     }
 
 
@@ -120,7 +95,7 @@ def evaluate_retrieval(
 ) -> dict:
     """Metrics per mode on the labelled questions (a list of dicts or a JSONL path)."""
     if isinstance(questions, str | Path):
-        questions = load_questions(Path(questions))
+        questions = [q.to_dict() for q in load_questions(questions)]
     for m in modes:
         if m not in MODES:
             raise UserFacingError(f"unknown mode {m!r}; choose from {MODES}")
@@ -172,8 +147,8 @@ def evaluate_retrieval(
                 "fact_recall@5": round(fact_cover / n, 4),
                 "code_questions": code_total,
                 "code_recall@5": round(code_hits / code_total, 4) if code_total else None,
-                "latency_ms_p50": round(_percentile(latencies, 50), 2),
-                "latency_ms_p99": round(_percentile(latencies, 99), 2),
+                "latency_ms_p50": round(percentile(latencies, 50), 2),
+                "latency_ms_p99": round(percentile(latencies, 99), 2),
             }
         )
         result["modes"][mode] = metrics

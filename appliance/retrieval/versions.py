@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import os
 import re
@@ -31,6 +30,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from appliance.common.fsutil import atomic_write_text, fsync_path, partial_prefix, sha256_file
 from appliance.errors import UserFacingError
 
 INDEX_FORMAT_VERSION = 1
@@ -50,23 +50,6 @@ class IndexCorruptError(UserFacingError):
 
 class IndexLockedError(UserFacingError):
     """Another process is writing this index."""
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def fsync_path(path: Path) -> None:
-    """fsync a file or a folder (a folder's fsync makes renames inside it durable)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def is_index(index_dir: Path) -> bool:
@@ -200,14 +183,8 @@ def publish(index_dir: Path, tmp: Path, version: str) -> Path:
     fsync_path(tmp)
     os.rename(tmp, final)
     fsync_path(vroot)
-    ptr_tmp = index_dir / f"{POINTER}.tmp-{os.getpid()}"
-    with open(ptr_tmp, "w", encoding="utf-8") as f:
-        json.dump({"format_version": INDEX_FORMAT_VERSION, "version": version}, f)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(ptr_tmp, index_dir / POINTER)
-    fsync_path(index_dir)
+    pointer = {"format_version": INDEX_FORMAT_VERSION, "version": version}
+    atomic_write_text(index_dir / POINTER, json.dumps(pointer) + "\n", overwrite=True)
     return final
 
 
@@ -225,7 +202,9 @@ def collect_garbage(index_dir: Path, keep: int = 2) -> None:
     for p in vroot.iterdir():
         if p.name.startswith(TMP_PREFIX):
             shutil.rmtree(p, ignore_errors=True)
-    for p in index_dir.glob(f"{POINTER}.tmp-*"):
+    for p in index_dir.glob(f"{POINTER}.tmp-*"):  # left by versions before the shared writer
+        p.unlink(missing_ok=True)
+    for p in index_dir.glob(partial_prefix(index_dir / POINTER) + "*"):
         p.unlink(missing_ok=True)
     names = existing_versions(index_dir)
     for name in names[:-keep] if keep > 0 else names:

@@ -13,13 +13,12 @@ import datetime as dt
 import hashlib
 import hmac
 import json
-import os
 import re
 import secrets
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from appliance.common.fsutil import atomic_write_text
 from appliance.errors import UserFacingError
 
 KEYS_FORMAT_VERSION = 1
@@ -107,16 +106,7 @@ def _write(path: Path, keys: list[StoredKey]) -> None:
         "format_version": KEYS_FORMAT_VERSION,
         "keys": [{"name": k.name, "sha256": k.sha256, "created": k.created} for k in keys],
     }
-    fd, tmp = tempfile.mkstemp(prefix=".api_keys.", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n", overwrite=True, mode=0o600)
 
 
 def add_key(path: Path, name: str) -> str:

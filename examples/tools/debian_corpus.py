@@ -12,7 +12,6 @@ any mismatch, with the file named.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import shutil
 import subprocess
@@ -20,6 +19,10 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository, for appliance/
+
+from appliance.common.fsutil import sha256_file  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -43,10 +46,6 @@ class DebianCorpus:
         return self.here / "SOURCE.json"
 
 
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def download(c: DebianCorpus, tmp: Path) -> Path:
     if shutil.which("apt-get") is None:
         sys.exit("apt-get not found: run this on Debian/Ubuntu, or pass --deb FILE")
@@ -64,7 +63,7 @@ def download(c: DebianCorpus, tmp: Path) -> Path:
 
 
 def extract(c: DebianCorpus, deb: Path, tmp: Path) -> Path:
-    digest = sha256(deb)
+    digest = sha256_file(deb)
     if digest != c.deb_sha256:
         sys.exit(f"{deb}: sha256 {digest} is not the pinned {c.deb_sha256} ({c.version})")
     if shutil.which("dpkg-deb") is None:
@@ -84,7 +83,7 @@ def check(c: DebianCorpus) -> list[str]:
         path = c.here / name
         if not path.is_file():
             problems.append(f"{name}: missing")
-        elif sha256(path) != digest:
+        elif sha256_file(path) != digest:
             problems.append(f"{name}: sha256 differs from SOURCE.json")
     extra = {str(p.relative_to(c.here)) for p in c.docs.glob("*.html")} - set(meta["files"])
     problems.extend(f"{name}: not in SOURCE.json" for name in sorted(extra))
@@ -115,9 +114,9 @@ def main(c: DebianCorpus, argv: list[str] | None = None) -> int:
                 sys.exit(f"{src.relative_to(root)} is not in the package")
             dst = c.docs / f"{stem}.html"
             shutil.copyfile(src, dst)
-            files[str(dst.relative_to(c.here))] = sha256(dst)
+            files[str(dst.relative_to(c.here))] = sha256_file(dst)
         shutil.copyfile(root / c.copyright, c.here / "COPYRIGHT.debian")
-        files["COPYRIGHT.debian"] = sha256(c.here / "COPYRIGHT.debian")
+        files["COPYRIGHT.debian"] = sha256_file(c.here / "COPYRIGHT.debian")
     meta = {
         "package": c.package,
         "version": c.version,

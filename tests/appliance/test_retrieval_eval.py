@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from appliance.common.questions import load_questions
 from appliance.embedding import OnnxEmbedder
 from appliance.retrieval import Retriever
-from appliance.retrieval.evaluation import evaluate_retrieval, format_report, load_questions
+from appliance.retrieval.evaluation import evaluate_retrieval, format_report
 
 
 @pytest.fixture(scope="module")
@@ -41,11 +42,11 @@ def test_hybrid_is_at_least_as_good_as_the_best_single_method(plant_eval: dict) 
 
 
 def test_code_lookups_are_found(plant_retriever, plant_dir: Path) -> None:
-    questions = {q["id"]: q for q in load_questions(plant_dir / "qa" / "eval.jsonl")}
-    code_questions = [q for q in questions.values() if "E-47" in q["question"]]
+    questions = {q.id: q for q in load_questions(plant_dir / "qa" / "eval.jsonl")}
+    code_questions = [q for q in questions.values() if "E-47" in q.question]
     assert code_questions
     for q in code_questions:
-        top = plant_retriever.search(q["question"], k=3)
+        top = plant_retriever.search(q.question, k=3)
         assert any("E-47" in p.text for p in top[:1]), [p.text[:80] for p in top]
     for spelling in ("E-47", "e47", "E47"):
         assert "E-47" in plant_retriever.search(spelling, k=1)[0].text
@@ -53,10 +54,10 @@ def test_code_lookups_are_found(plant_retriever, plant_dir: Path) -> None:
 
 def test_scoped_questions_stay_on_their_line(plant_retriever, plant_dir: Path) -> None:
     for q in load_questions(plant_dir / "qa" / "eval.jsonl"):
-        if q.get("filters"):
-            line = q["filters"]["line"]
-            for p in plant_retriever.search(q["question"], k=10, filters=q["filters"]):
-                assert p.metadata.get("line") in (line, "all"), (q["id"], p.path)
+        if q.filters:
+            line = q.filters["line"]
+            for p in plant_retriever.search(q.question, k=10, filters=q.filters):
+                assert p.metadata.get("line") in (line, "all"), (q.id, p.path)
 
 
 def test_evaluation_on_handmade_questions(plant_retriever) -> None:

@@ -8,13 +8,13 @@ import math
 
 import pytest
 
+from appliance.common.stats import percentile
 from benchmarks.machine import describe_machine, parse_cpuinfo
 from benchmarks.records import (
     SUITES,
     make_record,
     median,
     normalize_records,
-    percentile,
     skipped_record,
     summarize,
     validate_record,

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from appliance.common.questions import load_questions, stratified_split
 from appliance.errors import UserFacingError
-from build.evaluation import load_questions, stratified_split
 
 ROOT = Path(__file__).resolve().parents[2]
 EVAL_FILES = {

@@ -1,10 +1,10 @@
 # Run from the repository root:  PYTHONPATH=. python3 examples/apache/tools/make_eval.py
 """Write examples/apache/qa/eval.jsonl from tools/questions.py, with fixed dev/test splits.
 
-Splits come from build.evaluation.stratified_split (seed SPLIT_SEED, strata: answerable x
-source page), so both splits hold answerable and unanswerable questions from every page. A
-question already in eval.jsonl keeps its split; new ones are assigned. Run check_dataset.py
-afterwards.
+Splits come from appliance.common.questions.stratified_split (seed SPLIT_SEED, strata:
+answerable x source page), so both splits hold answerable and unanswerable questions from
+every page. A question already in eval.jsonl keeps its split; new ones are assigned. Run
+check_dataset.py afterwards.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ sys.path.insert(0, str(APACHE.parent.parent))
 
 from questions import QUESTIONS  # noqa: E402
 
-from build.evaluation import stratified_split  # noqa: E402
+from appliance.common.questions import stratified_split  # noqa: E402
 
 SPLIT_SEED = 20261130
 OUT = APACHE / "qa" / "eval.jsonl"

@@ -2,8 +2,8 @@
 """Give every question of qa/eval.jsonl a fixed "split": "dev" or "test".
 
 dev is where tuned values are chosen (the abstention threshold, prompt variants, training
-steps); test is only reported. build.evaluation.stratified_split does the cut (seed SPLIT_SEED,
-strata: answerable x source document), so both splits hold answerable and unanswerable
+steps); test is only reported. appliance.common.questions.stratified_split does the cut (seed
+SPLIT_SEED, strata: answerable x source document), so both splits hold answerable and unanswerable
 questions. Questions that already have a split keep it; only new ones are assigned.
 """
 
@@ -16,7 +16,7 @@ from pathlib import Path
 PLANT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PLANT.parent.parent))
 
-from build.evaluation import stratified_split  # noqa: E402
+from appliance.common.questions import stratified_split  # noqa: E402
 
 SPLIT_SEED = 20261130
 EVAL = PLANT / "qa" / "eval.jsonl"
