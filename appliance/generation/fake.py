@@ -16,8 +16,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 
-from appliance.generation.base import GenerationParams
-from appliance.generation.genai import GenerationStream, StopScanner
+from appliance.generation.base import GenerationParams, GenerationStream, scan_tokens
 
 _TOKEN = re.compile(r"\w+|[^\w\s]|\s+")
 _PASSAGE = re.compile(r'<passage id="(\d+)"[^\n]*>\n(.*?)\n</passage>', re.S)
@@ -117,22 +116,15 @@ class FakeGenerator:
         try:
             if self.first_token_delay_s:
                 time.sleep(self.first_token_delay_s)
-            scanner = StopScanner(params.stop)
-            for i, piece in enumerate(pieces[: params.max_new_tokens]):
-                if i and self.token_delay_s:
-                    time.sleep(self.token_delay_s)
-                stream.completion_tokens += 1
-                out = scanner.feed(piece)
-                if out:
-                    yield out
-                if scanner.stopped:
-                    stream.finish_reason = "stop"
-                    return
-            tail = scanner.finish()
-            if tail:
-                yield tail
-            stream.finish_reason = "length" if len(pieces) > params.max_new_tokens else "stop"
+            yield from scan_tokens(self._paced(pieces), params, stream)
         finally:
             with self._lock:
                 self.active -= 1
                 self.closed += 1
+
+    def _paced(self, pieces: list[str]) -> Iterator[str]:
+        """The answer's tokens, `token_delay_s` apart."""
+        for i, piece in enumerate(pieces):
+            if i and self.token_delay_s:
+                time.sleep(self.token_delay_s)
+            yield piece

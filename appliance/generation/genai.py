@@ -31,7 +31,7 @@ from datetime import datetime
 from pathlib import Path
 
 from appliance.errors import BundleError
-from appliance.generation.base import GenerationParams
+from appliance.generation.base import GenerationParams, GenerationStream, scan_tokens
 from appliance.generation.tuning import GenaiTuning, PrefixCache, apply_tuning
 
 log = logging.getLogger(__name__)
@@ -48,76 +48,13 @@ DEFAULT_PREFIX_CACHE_TOKENS = 2048
 DEFAULT_PREFILL_CHUNK = 256
 
 
-class StopScanner:
-    """Cuts streamed text at the first stop string without ever emitting part of one.
-
-    Text that could be the start of a stop string is held back until the next delta shows
-    whether it is; `finish()` releases what is held when generation ends normally.
-    """
-
-    def __init__(self, stop: Sequence[str]) -> None:
-        self.stop = tuple(s for s in stop if s)
-        self.text = ""
-        self.sent = 0
-        self.stopped = False
-
-    def feed(self, delta: str) -> str:
-        if self.stopped:
-            return ""
-        self.text += delta
-        if not self.stop:
-            out, self.sent = self.text[self.sent :], len(self.text)
-            return out
-        start = max(0, self.sent - max(len(s) for s in self.stop))
-        hits = [i for i in (self.text.find(s, start) for s in self.stop) if i >= 0]
-        if hits:
-            cut = min(hits)
-            out = self.text[self.sent : cut]
-            self.sent = cut
-            self.stopped = True
-            return out
-        hold = 0
-        for s in self.stop:
-            for n in range(min(len(s) - 1, len(self.text)), hold, -1):
-                if self.text.endswith(s[:n]):
-                    hold = n
-                    break
-        end = max(self.sent, len(self.text) - hold)
-        out, self.sent = self.text[self.sent : end], end
-        return out
-
-    def finish(self) -> str:
-        if self.stopped:
-            return ""
-        out, self.sent = self.text[self.sent :], len(self.text)
-        return out
-
-
-class GenerationStream:
-    """An iterator of text deltas that also reports how generation ended.
-
-    After iteration: `finish_reason` is "stop" (end-of-sequence token or a stop string) or
-    "length" (max_new_tokens or the context was reached); `completion_tokens` counts the
-    tokens generated. `close()` cancels and frees the generation.
-    """
-
-    def __init__(self, prompt_tokens: int = 0) -> None:
-        self.prompt_tokens = prompt_tokens
-        self.completion_tokens = 0
-        self.reused_tokens = 0  # prompt tokens whose KV came from the prefix cache
-        self.finish_reason: str | None = None
-        self._inner: Iterator[str] = iter(())
-
-    def __iter__(self) -> GenerationStream:
-        return self
-
-    def __next__(self) -> str:
-        return next(self._inner)
-
-    def close(self) -> None:
-        close = getattr(self._inner, "close", None)
-        if close is not None:
-            close()
+def _decoded_tokens(generator, decoder) -> Iterator[str]:
+    """The text of each new token of an og.Generator until it is done. is_done() covers the
+    end-of-sequence token (and a fresh generator's buffer end); scan_tokens stops at
+    max_new_tokens, which a cached generator's longer buffer would not."""
+    while not generator.is_done():
+        generator.generate_next_token()
+        yield decoder.decode(int(generator.get_next_tokens()[0]))
 
 
 def load_chat_template(llm_dir: Path) -> tuple[str | None, dict]:
@@ -347,26 +284,11 @@ class GenaiGenerator:
             chunk = self.prefill_chunk or len(ids)
             for i in range(start, len(ids), chunk):
                 generator.append_tokens(ids[i : i + chunk])
-            decoder = self._tokenizer.create_stream()
-            scanner = StopScanner(params.stop)
-            # A cached generator's buffer may be longer than this request: stop at
-            # max_new_tokens here; is_done() covers the end-of-sequence token (and a fresh
-            # generator's buffer end).
-            while stream.completion_tokens < params.max_new_tokens and not generator.is_done():
-                generator.generate_next_token()
-                token = int(generator.get_next_tokens()[0])
-                stream.completion_tokens += 1
-                out = scanner.feed(decoder.decode(token))
-                if out:
-                    yield out
-                if scanner.stopped:
-                    stream.finish_reason = "stop"
-                    return
-            tail = scanner.finish()
-            if tail:
-                yield tail
-            hit_length = stream.completion_tokens >= params.max_new_tokens
-            stream.finish_reason = "length" if hit_length else "stop"
+            tokens = _decoded_tokens(generator, self._tokenizer.create_stream())
+            try:
+                yield from scan_tokens(tokens, params, stream)
+            finally:
+                tokens.close()  # drops its reference to the generator now
         except Exception:
             failed = True
             raise

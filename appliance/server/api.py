@@ -24,7 +24,7 @@ from appliance.documents.limits import LimitExceeded
 from appliance.errors import UserFacingError
 from appliance.generation.base import GenerationParams
 from appliance.retrieval.versions import IndexLockedError
-from appliance.server.app import RequestInfo, record_request, service
+from appliance.server.context import RequestInfo, record_request, service
 from appliance.server.slots import Overloaded
 from appliance.server.validation import (
     ApiError,

@@ -8,58 +8,30 @@ control characters escaped so a client cannot forge log lines.
 
 from __future__ import annotations
 
-import logging
-import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from appliance.generation.base import Generator
+from appliance.server.api import bp as api_bp
 from appliance.server.auth import KeyStore, require_keys_for_bind
 from appliance.server.config import ServeConfig, host_allowed, is_loopback
+from appliance.server.context import (
+    EXTENSION,
+    escape_for_log,
+    log,
+    record_request,
+)
+from appliance.server.ops import bp as ops_bp
 from appliance.server.runtime import Runtime, Service, answer_policy, load_runtime
+from appliance.server.ui import bp as ui_bp
 from appliance.server.validation import ApiError
 
-log = logging.getLogger("appliance.server")
-
-EXTENSION = "expert"
 # Routes answered without an API key: liveness/readiness probes and the UI's static shell
 # (it holds no data; every API call it makes carries the key the operator types in).
 PUBLIC_ENDPOINTS = frozenset({"ops.healthz", "ops.readyz", "ui.index", "ui.asset"})
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
-
-
-def escape_for_log(value: object, limit: int = 2000) -> str:
-    """One log line per event: control characters become visible escapes (\\n, \\x1b)."""
-    text = str(value)
-    if len(text) > limit:
-        text = text[:limit] + "..."
-    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
-
-
-class EscapingFilter(logging.Filter):
-    """Escapes the formatted message of every record of the server's logger."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        try:
-            message = record.getMessage()
-        except Exception:  # a bad format string must not lose the record
-            message = f"{record.msg!r} {record.args!r}"
-        record.msg, record.args = escape_for_log(message, limit=8000), None
-        return True
-
-
-if not any(isinstance(f, EscapingFilter) for f in log.filters):
-    log.addFilter(EscapingFilter())
-
-
-def service() -> Service:
-    from flask import current_app
-
-    return current_app.extensions[EXTENSION]
 
 
 def error_response(err: ApiError) -> Response:
@@ -164,10 +136,6 @@ def create_app(
     app.json.ensure_ascii = False
     app.extensions[EXTENSION] = svc
 
-    from appliance.server.api import bp as api_bp
-    from appliance.server.ops import bp as ops_bp
-    from appliance.server.ui import bp as ui_bp
-
     app.register_blueprint(api_bp)
     app.register_blueprint(ops_bp)
     app.register_blueprint(ui_bp)
@@ -244,42 +212,3 @@ def create_app(
         )
 
     return app
-
-
-def route_label() -> str:
-    rule = request.url_rule
-    return rule.rule if rule is not None else "unmatched"
-
-
-@dataclass(frozen=True)
-class RequestInfo:
-    """What the access log and the metrics need, captured so a stream can log after the
-    request context is gone."""
-
-    method: str
-    path: str
-    route: str
-    t_start: float
-    key_name: str | None
-
-    @classmethod
-    def current(cls) -> RequestInfo:
-        return cls(
-            request.method,
-            request.path,
-            route_label(),
-            getattr(g, "t_start", time.perf_counter()),
-            getattr(g, "key_name", None),
-        )
-
-
-def record_request(
-    svc: Service, status: int, info: RequestInfo | None = None, note: str = ""
-) -> None:
-    """Count a finished request and log one escaped access line."""
-    info = info or RequestInfo.current()
-    elapsed = time.perf_counter() - info.t_start
-    svc.metrics.requests.inc(info.route, str(status))
-    svc.metrics.latency.observe(elapsed, info.route)
-    key = f" key={info.key_name}" if info.key_name else ""
-    log.info("%s %s %s %.3fs%s%s", info.method, info.path, status, elapsed, key, note)

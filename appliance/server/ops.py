@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify
 
-from appliance.server.app import service
+from appliance.server.context import service
 
 bp = Blueprint("ops", __name__)
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from flask import Blueprint, Response, render_template_string, request, send_from_directory
 
 from appliance.i18n import LANGUAGES, negotiate, ui_messages
+from appliance.server.context import service
 
 STATIC = Path(__file__).with_name("static")
 # No inline script or style and nothing from elsewhere: the page works on an air-gapped box
@@ -34,8 +35,6 @@ def _send(name: str):
 
 
 def ui_language() -> str:
-    from appliance.server.app import service
-
     asked = request.args.get("lang", "").strip().lower()
     if asked in LANGUAGES:
         return asked

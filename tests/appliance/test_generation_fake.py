@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from appliance.generation.base import GenerationParams, Generator
+from appliance.generation.base import GenerationParams, Generator, StopScanner
 from appliance.generation.fake import FakeGenerator
-from appliance.generation.genai import StopScanner
 from appliance.prompting import PromptPassage, build_messages
 
 
