@@ -126,12 +126,12 @@ test-all: $(STAMP) browser ## run every test, slow ones included
 	$(PY) -m pytest -q -m "not gpu and not bench"
 
 lint: $(STAMP) ## ruff lint + format check (build/ included)
-	$(VENV)/bin/ruff check appliance trainer build tests benchmarks gpu_check
-	$(VENV)/bin/ruff format --check appliance trainer build tests benchmarks gpu_check
+	$(VENV)/bin/ruff check appliance trainer build tests benchmarks
+	$(VENV)/bin/ruff format --check appliance trainer build tests benchmarks
 
 format: $(STAMP)
-	$(VENV)/bin/ruff format appliance trainer build tests benchmarks gpu_check
-	$(VENV)/bin/ruff check --fix appliance trainer build tests benchmarks gpu_check
+	$(VENV)/bin/ruff format appliance trainer build tests benchmarks
+	$(VENV)/bin/ruff check --fix appliance trainer build tests benchmarks
 
 package: bundle ## one tarball for an air-gapped box: bundle + wheelhouse + systemd unit + install.sh
 	$(PY) -m build.package --bundle $(BUNDLE) --out dist $(if $(PUBKEY),--public-key $(PUBKEY))

@@ -7,7 +7,7 @@ Both methods fine-tune SmolLM2-135M on the example plant's Q&A data in one run, 
 rank, batch, sequence limit and steps, each in a fresh process (trainer.bench). Records:
 training tokens/s, memory of the frozen base weights (the design target: QLoRA <= 30% of
 LoRA), and peak memory (torch.cuda.max_memory_allocated on CUDA; on the CPU the process's peak
-RSS, which includes Python and torch themselves). gpu_check/ runs the same measurement on CUDA.
+RSS, which includes Python and torch themselves). benchmarks/gpu/ runs the same measurement on CUDA.
 """
 
 from __future__ import annotations

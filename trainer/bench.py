@@ -1,7 +1,7 @@
 """Training throughput and memory of one method, measured through the real `train()` path.
 
 Run: .venv/bin/python -m trainer.bench --base DIR --data FILE --method qlora --steps 20 --json OUT
-Used by benchmarks/training_bench.py (CPU) and gpu_check/ (CUDA); each method runs in a fresh
+Used by benchmarks/training_bench.py (CPU) and benchmarks/gpu/ (CUDA); each method runs in a fresh
 process (`measure_in_subprocess`) so one method's peak memory cannot leak into the other's.
 
 Measured:

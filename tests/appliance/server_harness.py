@@ -1,7 +1,7 @@
-"""Shared pieces of the service tests: a real waitress server on loopback, a small real index.
+"""Helpers of the service tests: a real waitress server on loopback, raw HTTP, SSE parsing.
 
-Imported by tests/appliance/test_server*.py, test_ui*.py and test_answering*.py; the
-fixtures defined here are imported into those modules by name.
+The fixtures built on them (`serve`, `small_index`, `embedder`, `retriever`) are in
+tests/appliance/conftest.py.
 """
 
 from __future__ import annotations
@@ -12,55 +12,11 @@ import shutil
 import socket
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
-from appliance.generation.fake import FakeGenerator
-from appliance.server import ServeConfig, create_app
-from appliance.server.app import EXTENSION
-from tests.conftest import REPO, cached_dir
-
-# Two manuals of the example plant: enough for grounded answers, quick to embed (~10 s once).
-INDEX_DOCS = ("pump-maintenance-manual.md", "alarm-fault-codes.md")
-
-
-@pytest.fixture(scope="session")
-def small_index(embedder_onnx: Path, plant_dir: Path) -> Path:
-    """A real hnswlib + SQLite index of INDEX_DOCS (read-only: copy it before writing)."""
-    from appliance.embedding import OnnxEmbedder
-    from appliance.retrieval import ingest_folder
-
-    def make(tmp: Path) -> None:
-        src = tmp / "docs"
-        src.mkdir(parents=True)
-        for name in INDEX_DOCS:
-            shutil.copy(plant_dir / "docs" / name, src / name)
-        ingest_folder(src, tmp / "index", OnnxEmbedder(embedder_onnx), progress=False)
-
-    sources = tuple(f"examples/plant/docs/{n}" for n in INDEX_DOCS) + (
-        "build/export_embedder.py",
-        "appliance/retrieval/ingest.py",
-        "appliance/retrieval/store.py",
-        "appliance/retrieval/versions.py",
-        "appliance/documents/chunking.py",
-    )
-    return cached_dir("service-small-index", sources, make) / "index"
-
-
-@pytest.fixture(scope="session")
-def embedder(embedder_onnx: Path):
-    from appliance.embedding import OnnxEmbedder
-
-    return OnnxEmbedder(embedder_onnx)
-
-
-@pytest.fixture(scope="session")
-def retriever(small_index: Path, embedder):
-    from appliance.retrieval import Retriever
-
-    return Retriever.open(small_index, embedder)
+from appliance.server import ServeConfig
+from appliance.server.context import EXTENSION
+from tests.conftest import REPO
 
 
 def writable_retriever(small_index: Path, embedder, tmp: Path):
@@ -121,29 +77,6 @@ def test_config(tmp: Path, **kw) -> ServeConfig:
 
 
 test_config.__test__ = False  # a helper, not a test
-
-
-@pytest.fixture
-def serve(tmp_path: Path) -> Iterator:
-    """serve(generator=..., retriever=..., **config) -> LiveServer; stopped after the test."""
-    servers: list[LiveServer] = []
-
-    def start(*, generator=None, retriever=None, embedder=None, loader=None, **kw) -> LiveServer:
-        config = test_config(tmp_path, **kw)
-        app = create_app(
-            config,
-            generator=generator or FakeGenerator(),
-            retriever=retriever,
-            embedder=embedder,
-            loader=loader,
-        )
-        server = LiveServer(app, config)
-        servers.append(server)
-        return server
-
-    yield start
-    for s in servers:
-        s.stop()
 
 
 def raw_request(port: int, data: bytes, timeout: float = 10.0) -> tuple[int, dict, bytes]:

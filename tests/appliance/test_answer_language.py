@@ -20,12 +20,6 @@ from appliance.prompting import (
     wording,
     wording_from_manifest,
 )
-from tests.appliance import server_harness
-
-embedder = server_harness.embedder
-retriever = server_harness.retriever
-serve = server_harness.serve
-small_index = server_harness.small_index
 
 PARAMS = GenerationParams(max_new_tokens=48)
 ES_ABSTAIN = "Los documentos no tratan esta pregunta."

@@ -20,12 +20,9 @@ from appliance.answering import (
     best_dense_score,
     calibrate_abstain_threshold,
 )
-from tests.appliance import test_retrieval_eval
 
 # Re-checks the README's threshold in every make test (seconds: the plant index is cached).
 pytestmark = pytest.mark.claim
-# The whole-plant index the retrieval tests build and cache (built once for both).
-plant_retriever = test_retrieval_eval.plant_retriever
 
 
 def test_default_threshold_matches_the_calibration(plant_retriever, plant_dir: Path):

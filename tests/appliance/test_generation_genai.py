@@ -13,7 +13,6 @@ from appliance.errors import BundleError
 from appliance.generation.base import GenerationParams, Generator
 from appliance.generation.genai import GenaiGenerator, compile_chat_template, load_chat_template
 from appliance.prompting import PromptPassage, build_messages
-from tests.appliance import server_harness
 
 QUESTION = "What is the capital of France? Answer in one word."
 
@@ -183,9 +182,6 @@ def test_bad_cache_settings_are_refused(smollm2_onnx_int4: Path):
         GenaiGenerator(smollm2_onnx_int4, prefix_cache_tokens=-1)
     with pytest.raises(ValueError, match="prefill_chunk"):
         GenaiGenerator(smollm2_onnx_int4, prefill_chunk=0)
-
-
-serve = server_harness.serve  # the live-service fixture
 
 
 def test_follow_up_turn_through_http_reuses_the_earlier_turns(

@@ -13,9 +13,6 @@ import requests
 from appliance.errors import UserFacingError
 from appliance.i18n import LANGUAGES, MESSAGES, detect_language, negotiate, ui_messages
 from appliance.server import ServeConfig
-from tests.appliance import server_harness
-
-serve = server_harness.serve
 
 REPO = Path(__file__).resolve().parents[2]
 STATIC = REPO / "appliance" / "server" / "static"

@@ -12,16 +12,7 @@ from pathlib import Path
 import pytest
 
 from appliance.common.questions import load_questions
-from appliance.embedding import OnnxEmbedder
-from appliance.retrieval import Retriever
 from appliance.retrieval.evaluation import evaluate_retrieval, format_report
-
-
-@pytest.fixture(scope="module")
-def plant_retriever(plant_index: Path, embedder_onnx: Path):
-    r = Retriever.open(plant_index, OnnxEmbedder(embedder_onnx))
-    yield r
-    r.close()
 
 
 @pytest.fixture(scope="module")

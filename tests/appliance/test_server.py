@@ -11,14 +11,7 @@ import requests
 
 from appliance.generation.fake import FakeGenerator
 from appliance.prompting import NOT_IN_DOCUMENTS
-from tests.appliance import server_harness
 from tests.appliance.server_harness import sse_events, writable_retriever
-
-# Shared fixtures (tests/appliance/server_harness.py), bound here so pytest finds them.
-embedder = server_harness.embedder
-retriever = server_harness.retriever
-serve = server_harness.serve
-small_index = server_harness.small_index
 
 # The fake model answers with the first passage's first sentence: right for a code lookup.
 ANSWERABLE = "Explain alarm E-47."  # no field label named: the model answers

@@ -13,12 +13,7 @@ import requests
 
 from appliance.generation.fake import FakeGenerator
 from appliance.server.validation import MAX_MESSAGES
-from tests.appliance import server_harness
 from tests.appliance.server_harness import post_raw, raw_request, sse_events
-
-# Shared fixtures (tests/appliance/server_harness.py), bound here so pytest finds them.
-serve = server_harness.serve
-
 
 PATHLIKE = re.compile(r"(?<![\w.])/(?:[\w.-]+/)+[\w.-]+")
 OK_MESSAGES = [{"role": "user", "content": "hello"}]

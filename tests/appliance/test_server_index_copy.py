@@ -17,11 +17,7 @@ from pathlib import Path
 import pytest
 
 from appliance.retrieval import DocumentInput, Retriever, ingest, open_writable_copy
-from tests.appliance import server_harness
 from tests.appliance.server_harness import offline_env
-
-small_index = server_harness.small_index
-embedder = server_harness.embedder
 
 NOTE = "Pump P-777 has a blue handle. The blue handle of P-777 opens the bypass valve V-777."
 

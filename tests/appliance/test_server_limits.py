@@ -19,11 +19,6 @@ from appliance.generation.fake import FakeGenerator
 from appliance.server.auth import add_key
 from tests.appliance import server_harness
 
-# Shared fixtures (tests/appliance/server_harness.py), bound here so pytest finds them.
-serve = server_harness.serve
-embedder = server_harness.embedder
-small_index = server_harness.small_index
-
 
 @pytest.fixture
 def small_index_copy(small_index, embedder, tmp_path: Path):

@@ -12,11 +12,6 @@ import requests
 
 from appliance.generation.fake import FakeGenerator
 from appliance.server.slots import SlotPool
-from tests.appliance import server_harness
-
-# Shared fixtures (tests/appliance/server_harness.py), bound here so pytest finds them.
-serve = server_harness.serve
-
 
 LONG_REPLY = " ".join(f"word{i}" for i in range(200))  # 400 deltas
 

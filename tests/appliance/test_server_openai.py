@@ -12,14 +12,6 @@ import pytest
 
 from appliance.generation.fake import FakeGenerator
 from appliance.server.auth import add_key
-from tests.appliance import server_harness
-
-# Shared fixtures (tests/appliance/server_harness.py), bound here so pytest finds them.
-embedder = server_harness.embedder
-retriever = server_harness.retriever
-serve = server_harness.serve
-small_index = server_harness.small_index
-
 
 QUESTION = "Explain alarm E-47."  # the fake model answers it from passage 1
 

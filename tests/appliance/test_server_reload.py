@@ -16,12 +16,7 @@ from appliance.errors import BundleError
 from appliance.generation.fake import FakeGenerator
 from appliance.server.runtime import Runtime, answer_policy
 from appliance.server.serve import install_signal_handlers
-from tests.appliance import server_harness
 from tests.appliance.server_harness import sse_events
-
-# Shared fixtures (tests/appliance/server_harness.py), bound here so pytest finds them.
-serve = server_harness.serve
-
 
 LONG_REPLY = " ".join(f"w{i}" for i in range(100))  # 200 deltas
 

@@ -18,14 +18,7 @@ from appliance.generation.fake import FakeGenerator
 from appliance.server import ServeConfig, create_app
 from appliance.server.auth import KeyStore, add_key, hash_key, revoke_key
 from appliance.server.runtime import Runtime, answer_policy
-from tests.appliance import server_harness
 from tests.appliance.server_harness import offline_env
-
-# Shared fixtures (tests/appliance/server_harness.py), bound here so pytest finds them.
-serve = server_harness.serve
-small_index = server_harness.small_index
-embedder = server_harness.embedder
-
 
 PROTECTED = [
     ("GET", "/v1/models", None),

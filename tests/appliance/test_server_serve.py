@@ -15,13 +15,8 @@ import openai
 import pytest
 import requests
 
-from tests.appliance import server_harness
 from tests.appliance.server_harness import free_port, offline_env
 from tests.conftest import cached_dir
-
-# Shared fixtures (tests/appliance/server_harness.py), bound here so pytest finds them.
-small_index = server_harness.small_index
-
 
 QUESTION = "What is the torque for the P-101 impeller nut?"
 

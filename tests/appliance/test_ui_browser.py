@@ -11,14 +11,6 @@ import pytest
 
 from appliance.generation.fake import FakeGenerator
 from appliance.server.auth import add_key
-from tests.appliance import server_harness
-
-# Shared fixtures (tests/appliance/server_harness.py), bound here so pytest finds them.
-embedder = server_harness.embedder
-retriever = server_harness.retriever
-serve = server_harness.serve
-small_index = server_harness.small_index
-
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = [

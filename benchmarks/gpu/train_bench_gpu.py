@@ -1,7 +1,7 @@
 """LoRA vs QLoRA on CUDA: the training benchmark's GPU run, in one short self-checking script.
 
-Run: bash gpu_check/run_gpu_check.sh SMOLLM2_HF_DIR      (wraps this with a time limit)
-     python3 gpu_check/train_bench_gpu.py --base SMOLLM2_HF_DIR --out result.json [--steps 40]
+Run: bash benchmarks/gpu/run_gpu_check.sh SMOLLM2_HF_DIR      (wraps this with a time limit)
+     python3 benchmarks/gpu/train_bench_gpu.py --base SMOLLM2_HF_DIR --out result.json [--steps 40]
 
 Needs only this repository's trainer/ and benchmarks/records.py, the checkpoint folder, and
 torch (CUDA), transformers, peft, accelerate, bitsandbytes. Each method trains in a fresh
@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from appliance.common.versions import package_versions  # noqa: E402

@@ -1,6 +1,6 @@
 """A randomly initialised checkpoint of a given architecture, for speed and memory runs only.
 
-Run: python3 gpu_check/random_checkpoint.py --config-dir DIR --out OUT [--phi3-mini] [--dtype bf16]
+Run: python3 benchmarks/gpu/random_checkpoint.py --config-dir DIR --out OUT [--phi3-mini] [--dtype bf16]
 
 Training throughput and peak memory depend on the architecture, not on the weight values, so a
 GPU box that cannot receive the real weights (the device link carries at most 64 MiB) measures

@@ -1,14 +1,14 @@
 """`expert train` under the committed FSDP accelerate config on CUDA, beside a plain run.
 
-Run: bash gpu_check/fsdp_run.sh        (on a lent CUDA box; see that script for what it carries)
-     python3 gpu_check/fsdp_check.py --base DIR --out result.json [--steps 30] [--phi3-base DIR]
+Run: bash benchmarks/gpu/fsdp_run.sh        (on a lent CUDA box; see that script for what it carries)
+     python3 benchmarks/gpu/fsdp_check.py --base DIR --out result.json [--steps 30] [--phi3-base DIR]
 
 Each run is a fresh process of the real CLI (`python3 -m appliance.cli train`, or the same under
 `accelerate launch --config_file trainer/accelerate/fsdp.yaml --num_processes 1`), LoRA, bf16, on
 examples/plant/qa/train.jsonl. One GPU means one FSDP process: this checks that the FSDP path
 (wrapping the PEFT model, mixed precision, gathering the adapter on save) runs and writes an
 adapter with the same tensors as the plain run; it cannot show memory split over GPUs.
-The bases are random-weight checkpoints (gpu_check/random_checkpoint.py): loss values are
+The bases are random-weight checkpoints (benchmarks/gpu/random_checkpoint.py): loss values are
 recorded but mean nothing; throughput and peak memory do.
 Checks in the JSON: both runs finish, the FSDP adapter has the plain adapter's tensor names and
 shapes, no empty tensor, and its lora_B weights moved from zero.
@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DATA = REPO / "examples" / "plant" / "qa" / "train.jsonl"
 FSDP_CONFIG = REPO / "trainer" / "accelerate" / "fsdp.yaml"
 
