@@ -63,7 +63,8 @@ PACKAGES = (
 
 
 def parse_cpuinfo(text: str) -> dict:
-    """CPU model name and SIMD flags from the text of /proc/cpuinfo (x86 or ARM)."""
+    """CPU model name and SIMD flags from the text of /proc/cpuinfo (x86 or ARM). psutil, used
+    for cores and memory below, reports neither, and the flags decide which kernels run."""
     model = None
     flags: set[str] = set()
     for line in text.splitlines():
@@ -98,26 +99,16 @@ def usable_cores() -> int:
 
 
 def _physical_cores() -> int | None:
-    """Distinct (package, core) pairs from sysfs; None where sysfs does not say."""
-    seen = set()
-    for topo in Path("/sys/devices/system/cpu").glob("cpu[0-9]*/topology"):
-        try:
-            package = (topo / "physical_package_id").read_text().strip()
-            core = (topo / "core_id").read_text().strip()
-        except OSError:
-            continue
-        seen.add((package, core))
-    return len(seen) or None
+    """Physical cores (psutil; None where the platform does not say)."""
+    import psutil
+
+    return psutil.cpu_count(logical=False)
 
 
-def _memory_gib() -> float | None:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                return round(int(line.split()[1]) / 1024**2, 1)
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
+def _memory_gib() -> float:
+    import psutil
+
+    return round(psutil.virtual_memory().total / 1024**3, 1)
 
 
 def _cache_kib() -> dict[str, int]:
