@@ -112,6 +112,7 @@ PLANT_INDEX_CODE = (
     "appliance/documents/loaders.py",
     "appliance/documents/chunking.py",
     "appliance/retrieval/ingest.py",
+    "appliance/retrieval/writer.py",
     "appliance/retrieval/store.py",
     "appliance/retrieval/keywords.py",
     "appliance/retrieval/vectors.py",

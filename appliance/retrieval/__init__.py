@@ -8,17 +8,15 @@ Quality:  `appliance.retrieval.evaluation.evaluate_retrieval(retriever, question
 """
 
 from appliance.retrieval.hybrid import MODES, Passage, Retriever
-from appliance.retrieval.ingest import (
+from appliance.retrieval.ingest import IngestReport, ingest_folder
+from appliance.retrieval.updates import (
     AddReport,
-    DocumentInput,
-    IndexWriter,
-    IngestReport,
     add_documents,
     delete_document,
-    ingest_folder,
     open_writable_copy,
 )
 from appliance.retrieval.versions import IndexCorruptError, IndexLockedError
+from appliance.retrieval.writer import DocumentInput, IndexWriter
 
 __all__ = [
     "MODES",

@@ -310,7 +310,7 @@ class Retriever:
 
     def add_documents(self, inputs: Sequence) -> object:
         """Add or replace `DocumentInput`s; returns an `AddReport`. Searchable on return."""
-        from appliance.retrieval.ingest import add_documents
+        from appliance.retrieval.updates import add_documents
 
         report = add_documents(self.index_dir, self.embedder, inputs)
         self.refresh()
@@ -318,7 +318,7 @@ class Retriever:
 
     def delete_document(self, doc_id: str) -> bool:
         """Delete one document by id; True if it existed. Gone from search on return."""
-        from appliance.retrieval.ingest import delete_document
+        from appliance.retrieval.updates import delete_document
 
         existed = delete_document(self.index_dir, self.embedder, doc_id)
         self.refresh()

@@ -38,6 +38,7 @@ def small_index(embedder_onnx: Path, plant_dir: Path) -> Path:
     sources = tuple(f"examples/plant/docs/{n}" for n in INDEX_DOCS) + (
         "build/export_embedder.py",
         "appliance/retrieval/ingest.py",
+        "appliance/retrieval/writer.py",
         "appliance/retrieval/store.py",
         "appliance/retrieval/versions.py",
         "appliance/documents/chunking.py",

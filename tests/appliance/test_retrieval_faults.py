@@ -26,7 +26,7 @@ from appliance.retrieval import (
     ingest_folder,
 )
 from appliance.retrieval import versions as V
-from appliance.retrieval.ingest import check_relative, resolve_inside
+from appliance.retrieval.writer import check_relative, resolve_inside
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from appliance.retrieval import DocumentInput, Retriever, ingest, open_writable_copy
+from appliance.retrieval import DocumentInput, Retriever, open_writable_copy, updates
 from tests.appliance.server_harness import offline_env
 
 NOTE = "Pump P-777 has a blue handle. The blue handle of P-777 opens the bypass valve V-777."
@@ -34,13 +34,13 @@ def two_bundle_indexes(small_index: Path, embedder, tmp_path: Path) -> tuple[Pat
             if f.is_file():
                 f.chmod(0o644)
     extra = DocumentInput(name="bundle-b-notes.md", text="Release notes of bundle B: filter F-2.")
-    ingest.add_documents(b, embedder, [extra])
+    updates.add_documents(b, embedder, [extra])
     return a, b
 
 
 def _state_with_api_doc(bundle_index: Path, state: Path, embedder) -> str:
     index = open_writable_copy(bundle_index, state, embedder)
-    report = ingest.add_documents(index, embedder, [DocumentInput(name="p777.md", text=NOTE)])
+    report = updates.add_documents(index, embedder, [DocumentInput(name="p777.md", text=NOTE)])
     return report.added[0]
 
 
@@ -66,7 +66,7 @@ def test_a_failed_carry_over_loses_no_api_document(
         raise OSError(28, "No space left on device")
 
     with monkeypatch.context() as m:
-        m.setattr(ingest.IndexWriter, "_carry_over", fail)
+        m.setattr(updates.IndexWriter, "_carry_over", fail)
         with pytest.raises(OSError, match="No space left"):
             open_writable_copy(b, state, embedder)
     # The failed switch left the old version (bundle A + the API document) current.
@@ -84,12 +84,12 @@ KILL_SCRIPT = textwrap.dedent(
     import os, signal, sys
     from pathlib import Path
     from appliance.embedding import OnnxEmbedder
-    from appliance.retrieval import ingest, open_writable_copy
+    from appliance.retrieval import open_writable_copy, updates
 
     def die(*_a, **_k):
         os.kill(os.getpid(), signal.SIGKILL)  # power cut right after the copy
 
-    ingest.IndexWriter._carry_over = die
+    updates.IndexWriter._carry_over = die
     open_writable_copy(Path(sys.argv[1]), Path(sys.argv[2]), OnnxEmbedder(Path(sys.argv[3])))
     """
 )

@@ -312,11 +312,11 @@ def test_configured_names_and_origins_are_accepted(serve, tmp_path: Path):
 def test_a_concurrent_ingest_is_a_conflict_not_a_bad_request(
     serve, small_index, embedder, tmp_path: Path, monkeypatch
 ):
-    from appliance.retrieval import ingest
+    from appliance.retrieval import updates
     from appliance.retrieval import versions as V
     from tests.appliance.server_harness import writable_retriever
 
-    monkeypatch.setattr(ingest, "API_LOCK_TIMEOUT_S", 0.3, raising=False)
+    monkeypatch.setattr(updates, "API_LOCK_TIMEOUT_S", 0.3, raising=False)
     retr = writable_retriever(small_index, embedder, tmp_path)
     server = serve(generator=FakeGenerator(), retriever=retr, embedder=embedder)
     doc = {"name": "note.md", "text": "Valve V-12 is closed before the pump P-101 is opened."}

@@ -35,7 +35,7 @@ def bundles(smollm2_onnx_int4: Path, embedder_onnx: Path, small_index: Path) -> 
 
     sources = (
         "build/bundle.py", "appliance/bundle.py", "build/export_llm.py", "build/import_model.py",
-        "build/export_embedder.py", "appliance/retrieval/ingest.py", "examples/plant/docs/pump-maintenance-manual.md",
+        "build/export_embedder.py", "appliance/retrieval/ingest.py", "appliance/retrieval/writer.py", "examples/plant/docs/pump-maintenance-manual.md",
     )  # fmt: skip
     root = cached_dir("service-bundles", sources, make)
     return root / "bundle-plant-1.0.0", root / "bundle-plant-2.0.0"
