@@ -50,6 +50,9 @@ class EmbedderConfig:
     quantization: str = "none"
     query_prefix: str = ""
     passage_prefix: str = ""
+    # How much hybrid search trusts the keyword side against this model's dense side
+    # (appliance.retrieval.hybrid); 1.0 = equal votes. A strong multilingual model carries less.
+    keyword_weight: float = 1.0
 
     def __post_init__(self) -> None:
         if self.format_version != EMBEDDER_FORMAT_VERSION:
@@ -68,6 +71,9 @@ class EmbedderConfig:
         for name in ("query_prefix", "passage_prefix"):
             if not isinstance(getattr(self, name), str):
                 raise ValueError(f"{name} must be a string, got {getattr(self, name)!r}")
+        w = self.keyword_weight
+        if isinstance(w, bool) or not isinstance(w, int | float) or not 0 <= w <= 4:
+            raise ValueError(f"keyword_weight must be a number in [0, 4], got {w!r}")
 
     def prefix(self, kind: str) -> str:
         if kind not in KINDS:

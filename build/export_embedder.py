@@ -164,6 +164,7 @@ def export_embedder(
     query_prefix: str | None = None,
     passage_prefix: str | None = None,
     source_label: str | None = None,
+    keyword_weight: float = 1.0,
 ) -> Path:
     """Write model.onnx, tokenizer.json and embedder.json to `out`; returns `out`.
 
@@ -217,6 +218,7 @@ def export_embedder(
             quantization="int8-dynamic" if int8 else "none",
             query_prefix=query_prefix,
             passage_prefix=passage_prefix,
+            keyword_weight=keyword_weight,
         )
         meta = config.to_dict() | {
             "format_version": EMBEDDER_FORMAT_VERSION,
@@ -296,6 +298,7 @@ def export_packaged(
             optimize=optimize,
             overwrite=overwrite,
             source_label=f"{PACKAGED[name].requirement} ({PACKAGED[name].member})",
+            keyword_weight=PACKAGED[name].keyword_weight,
         )
 
 

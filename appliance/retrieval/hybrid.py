@@ -26,10 +26,12 @@ from pathlib import Path
 
 import numpy as np
 
+from appliance.documents.chunking import SECTION_JOIN
 from appliance.errors import UserFacingError
+from appliance.i18n import detect_language
 from appliance.prompting import PromptPassage
 from appliance.retrieval import versions as V
-from appliance.retrieval.keywords import code_terms, fts_query
+from appliance.retrieval.keywords import code_terms, fold, fts_query, quoted_terms
 from appliance.retrieval.store import DocumentRow, Store
 from appliance.retrieval.vectors import HnswParams, VectorIndex
 
@@ -39,6 +41,7 @@ MODES = ("hybrid", "dense", "keyword")
 MAX_K = 100
 RRF_K = 60
 CODE_BONUS = 1.0 / (RRF_K + 1)
+ENTRY_BONUS = CODE_BONUS
 
 
 @dataclass
@@ -62,6 +65,10 @@ class Passage:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def _fold_entry(name: str) -> str:
+    return fold(" ".join(name.split()).lower())
 
 
 class _Snapshot:
@@ -116,6 +123,9 @@ class Retriever:
         self._reload_lock = threading.Lock()
         self._bad_stamp = None
         self.candidates = 50  # per method, before fusion
+        # The embedder's own trust in the keyword side (embedder.json `keyword_weight`).
+        config = getattr(embedder, "config", None)
+        self.keyword_weight = float(getattr(config, "keyword_weight", 1.0))
 
     @classmethod
     def open(cls, index_dir: Path, embedder, *, hnsw: HnswParams | None = None) -> Retriever:
@@ -194,7 +204,7 @@ class Retriever:
         if mode in ("hybrid", "dense"):
             dense = snap.vectors.search(qvec, n, allowed)
         if mode in ("hybrid", "keyword"):
-            match = fts_query(query)
+            match = fts_query(query, language=detect_language(query))
             if match:
                 keyword = snap.store.keyword_search(match, n, filters)
         if mode == "dense":
@@ -203,9 +213,9 @@ class Retriever:
             scores = {i: s for i, s in keyword}
         else:
             scores = {}
-            for ranked in (dense, keyword):
+            for ranked, weight in ((dense, 1.0), (keyword, self.keyword_weight)):
                 for rank, (i, _) in enumerate(ranked, start=1):
-                    scores[i] = scores.get(i, 0.0) + 1.0 / (RRF_K + rank)
+                    scores[i] = scores.get(i, 0.0) + weight / (RRF_K + rank)
             # A code the question names (E-47, P-101) found in the chunk counts as one more
             # first-place vote, split across the codes asked for.
             asked = set(code_terms(query, prefixes=False))
@@ -214,6 +224,15 @@ class Retriever:
                     matched = len(asked & codes)
                     if matched:
                         scores[i] += CODE_BONUS * matched / len(asked)
+            # A chunk that is the entry a question quotes ("¿qué hace la tecla «_»?", the row
+            # named "_" of a key table) gets the same vote: the keyword side cannot find a
+            # symbol, and a table's rows all look alike to the dense side.
+            quoted = quoted_terms(query)
+            if quoted and scores:
+                for i, r in snap.store.chunk_rows(scores).items():
+                    entry = r.section.rsplit(SECTION_JOIN, 1)[-1] if r.section else ""
+                    if entry and _fold_entry(entry) in quoted:
+                        scores[i] += ENTRY_BONUS
         top = sorted(scores, key=lambda i: (-scores[i], i))[:k]
         if not top:
             return []

@@ -28,7 +28,7 @@ STOPWORDS = frozenset(
     about after before during tell give show explain please there's what's""".split()
 )
 # Spanish question words and function words, written without accents: the FTS5 tokenizer
-# (unicode61 remove_diacritics 2) folds "qué" to "que", and so does `_fold` below.
+# (unicode61 remove_diacritics 2) folds "qué" to "que", and so does `fold` below.
 STOPWORDS_ES = frozenset(
     """a al ante con como cual cuales cuando cuanto cuanta cuantos cuantas de del desde donde
     el ella ellos en entre es esta estas este estos esa ese hay la las le les lo los mas me mi
@@ -37,7 +37,7 @@ STOPWORDS_ES = frozenset(
 )
 
 
-def _fold(word: str) -> str:
+def fold(word: str) -> str:
     """'Qué' -> 'que', 'año' -> 'ano': the folding of FTS5's remove_diacritics 2."""
     return "".join(c for c in unicodedata.normalize("NFD", word) if not unicodedata.combining(c))
 
@@ -66,28 +66,76 @@ def code_terms(text: str, prefixes: bool = True) -> list[str]:
     return list(out)
 
 
+# A term the question quotes: «_», "x", “en pruebas”, ‘q’, `ip neigh`; up to 40 characters.
+# (Not '...': an apostrophe is not a quote.)
+_QUOTED_RE = re.compile(
+    r'«([^»\n]{1,40})»|“([^”\n]{1,40})”|‘([^’\n]{1,40})’|"([^"\n]{1,40})"|`([^`\n]{1,40})`'
+)
+
+
+def quoted_terms(text: str) -> set[str]:
+    """The terms a question puts in quotes, folded and lower-cased ('«Intro»' -> 'intro')."""
+    out = set()
+    for m in _QUOTED_RE.finditer(text):
+        term = " ".join(next(g for g in m.groups() if g is not None).split())
+        if term:
+            out.add(fold(term.lower()))
+    return out
+
+
 def codes_column(text: str) -> str:
     """The text of the FTS `codes` column for a chunk."""
     return " ".join(code_terms(text))
 
 
-def fts_query(text: str, max_terms: int = 32) -> str | None:
+# Spanish light stemming (plural and gender endings, after Savoy's light stemmer for
+# Spanish): "paquetes" and "paquete" meet at "paquet", "instalados" and "instalada" at "instalad",
+# "archivos" and "archivo" at "archiv". FTS5 has no Spanish stemmer, so the stem is searched as a
+# prefix ("paquet"*), which also finds derived forms (configura -> configur* -> configurar,
+# configuración). Applied only to a question detected as Spanish (appliance.i18n), so English
+# questions keep exactly the terms they had. MIN_STEM: a stem shorter than 4 letters would
+# match too much ("red"* would find "redes" and "redirección"), so short words stay whole.
+MIN_STEM = 4
+
+
+def spanish_stem(word: str) -> str:
+    """'paquetes' -> 'paquet', 'configuración' -> 'configuracion', 'red' -> 'red' (folded)."""
+    w = fold(word.lower())
+    if len(w) <= MIN_STEM or not w.isalpha():
+        return w
+    if w.endswith("iones") and len(w) - 5 >= MIN_STEM:  # configuraciones -> configuracion
+        w = w[:-2]
+    elif w.endswith("es") and len(w) - 2 >= MIN_STEM and w[-3] not in "aeiou":  # redes, leyes
+        w = w[:-2]
+    elif w.endswith("s") and len(w) - 1 >= MIN_STEM:
+        w = w[:-1]
+    if w[-1] in "aoe" and len(w) - 1 >= MIN_STEM:
+        w = w[:-1]
+    return w
+
+
+def fts_query(text: str, max_terms: int = 32, language: str = "en") -> str | None:
     """An FTS5 MATCH expression for a free-text question, or None if nothing is searchable.
 
-        Terms are quoted (so FTS5 operators in user text are inert) and OR-ed; BM25 ranks chunks
-        that hold more and rarer terms higher. English and Spanish stop words are dropped (Spanish
-    compared without accents, as FTS5 folds them).
+    Terms are quoted (so FTS5 operators in user text are inert) and OR-ed; BM25 ranks chunks
+    that hold more and rarer terms higher. English and Spanish stop words are dropped (Spanish
+    compared without accents, as FTS5 folds them). With `language="es"` every other word is
+    searched by its light stem as a prefix (`spanish_stem`); codes and numbers stay exact.
     """
     terms: dict[str, None] = {}
     for code in code_terms(text):
-        terms[code] = None
+        terms['"' + code + '"'] = None
     for word in _WORD_RE.findall(text.lower()):
-        if word in STOPWORDS or _fold(word) in STOPWORDS_ES:
+        if word in STOPWORDS or fold(word) in STOPWORDS_ES:
             continue
         if len(word) < 2 and not word.isdigit():
             continue
-        terms[word] = None
+        quoted = '"' + word.replace('"', '""') + '"'
+        if language == "es" and word.isalpha():
+            stem = spanish_stem(word)
+            if stem != fold(word):
+                quoted = '"' + stem + '"*'
+        terms[quoted] = None
     if not terms:
         return None
-    quoted = ['"' + t.replace('"', '""') + '"' for t in list(terms)[:max_terms]]
-    return " OR ".join(quoted)
+    return " OR ".join(list(terms)[:max_terms])

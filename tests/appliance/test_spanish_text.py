@@ -127,3 +127,110 @@ def test_role_prefixes_come_from_embedder_json(embedder_onnx: Path, tmp_path: Pa
     )
     with pytest.raises(ValueError, match="kind"):
         prefixed.embed([text], kind="question")
+
+
+def test_spanish_light_stem_joins_plural_and_gender_forms() -> None:
+    from appliance.retrieval.keywords import spanish_stem
+
+    assert spanish_stem("paquetes") == spanish_stem("paquete") == "paquet"
+    assert spanish_stem("instalados") == spanish_stem("instalada") == "instalad"
+    assert spanish_stem("configuraciones") == spanish_stem("configuración") == "configuracion"
+    # Short words stay whole: "red"* would also find "redirección".
+    assert spanish_stem("red") == "red" and spanish_stem("redes") == "rede"
+    assert spanish_stem("Contraseñas") == "contrasen"
+
+
+def test_a_spanish_question_finds_other_forms_of_its_words(fts) -> None:
+    # "permiso" (singular) finds "permisos", "contraseñas" finds "contraseña"; only for a
+    # question detected as Spanish, whose words are searched by stem prefix.
+    q = fts_query("¿Qué permiso tiene el archivo de contraseñas?", language="es")
+    assert q == '"permis"* OR "archiv"* OR "contrasen"*'
+    rows = fts.execute("SELECT rowid FROM t WHERE t MATCH ? ORDER BY bm25(t, 1.0, 2.0)", (q,))
+    assert [r[0] for r in rows] == [1]
+    assert fts_query("¿Qué permiso tiene el archivo de contraseñas?") == (
+        '"permiso" OR "archivo" OR "contraseñas"'
+    )
+    # Codes and numbers stay exact.
+    assert fts_query("¿Qué significa la alarma E-47 en 2024?", language="es") == (
+        '"e47" OR "signific"* OR "alarm"* OR "47" OR "2024"'
+    )
+
+
+def test_quoted_terms() -> None:
+    from appliance.retrieval.keywords import quoted_terms
+
+    assert quoted_terms('¿Qué hace la tecla «_» y la tecla "Intro"?') == {"_", "intro"}
+    assert quoted_terms("la distribución “en  pruebas” y `ip neigh`") == {"en pruebas", "ip neigh"}
+    assert quoted_terms("it's the user's key") == set()
+
+
+KEYS_HTML = """<html><body><h1>Referencia</h1><h2>2.2.4. Combinaciones de teclado en aptitude</h2>
+<table><tr><th>tecla</th><th>función</th></tr>
+<tr><td>+</td><td>marca el paquete para ser actualizado o instalado</td></tr>
+<tr><td>-</td><td>marca el paquete para ser eliminado (mantiene los archivos de configuración)</td></tr>
+<tr><td>_</td><td>marca el paquete para ser purgado (borra los archivos de configuración)</td></tr>
+<tr><td>=</td><td>marca el paquete para ser conservado (hold)</td></tr>
+<tr><td>C</td><td>muestra el registro de cambios del paquete</td></tr>
+<tr><td>u</td><td>actualiza la información de archivo del paquete</td></tr>
+<tr><td>Intro</td><td>muestra la información de un paquete</td></tr>
+</table><h2>2.2.5. Otras órdenes</h2><p>La orden apt-get install instala un paquete.</p>
+</body></html>"""
+
+
+def test_a_quoted_entry_name_ranks_its_entry_first(embedder_onnx: Path, tmp_path: Path) -> None:
+    # The keyword side cannot search a symbol such as "_", and every row of a key table looks
+    # alike to the dense side; the row the question quotes gets a first-place vote.
+    from appliance.retrieval import Retriever
+    from appliance.retrieval.ingest import ingest_folder
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "ch02.html").write_text(KEYS_HTML, encoding="utf-8")
+    emb = OnnxEmbedder(embedder_onnx, threads=1)
+    ingest_folder(docs, tmp_path / "index", emb, progress=False)
+    r = Retriever.open(tmp_path / "index", emb)
+    try:
+        for question, want in (
+            ("En aptitude, ¿qué hace la tecla «_» sobre un paquete?", "purgado"),
+            ("¿Qué hace la tecla «=» en aptitude?", "conservado"),
+            ('What does the "Intro" key do in aptitude?', "muestra la información"),
+        ):
+            top = r.search(question, k=3)[0]
+            assert want in top.text, (question, [p.text for p in r.search(question, k=3)])
+    finally:
+        r.close()
+
+
+def test_keyword_weight_comes_from_embedder_json(embedder_onnx: Path, tmp_path: Path) -> None:
+    # A multilingual embedder whose dense side is the stronger one carries a lower keyword vote
+    # (build/packaged_embedders.E5_KEYWORD_WEIGHT); the retriever fuses with it.
+    from appliance.embedding import EmbedderConfig
+    from appliance.retrieval import Retriever
+    from appliance.retrieval.ingest import ingest_folder
+
+    folder = tmp_path / "weighted"
+    shutil.copytree(embedder_onnx, folder)
+    meta = json.loads((folder / "embedder.json").read_text())
+    (folder / "embedder.json").write_text(json.dumps(meta | {"keyword_weight": 0.3}))
+    plain, weighted = OnnxEmbedder(embedder_onnx, threads=1), OnnxEmbedder(folder, threads=1)
+    assert plain.config.keyword_weight == 1.0 and weighted.config.keyword_weight == 0.3
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "ch02.html").write_text(KEYS_HTML, encoding="utf-8")
+    ingest_folder(docs, tmp_path / "index", plain, progress=False)
+    r = Retriever.open(tmp_path / "index", weighted)
+    try:
+        assert r.keyword_weight == 0.3
+        q = "¿Qué orden instala un paquete?"
+        dense = r.search(q, k=10, mode="dense")
+        kw = {p.chunk_id: i for i, p in enumerate(r.search(q, k=10, mode="keyword"), 1)}
+        top = r.search(q, k=1)[0]
+        want = 1 / 61 + (0.3 / (60 + kw[dense[0].chunk_id]) if dense[0].chunk_id in kw else 0)
+        assert top.score >= want - 1e-9
+        r.keyword_weight = 0.0  # the keyword side has no vote: hybrid ranks as dense does
+        assert [p.chunk_id for p in r.search(q, k=5)] == [p.chunk_id for p in dense[:5]]
+    finally:
+        r.close()
+    for bad in (-1, 5, "high", True):
+        with pytest.raises(ValueError, match="keyword_weight"):
+            EmbedderConfig(model_id="m", dim=8, max_length=16, keyword_weight=bad)

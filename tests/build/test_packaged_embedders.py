@@ -26,6 +26,7 @@ from appliance.embedding import OnnxEmbedder
 from appliance.errors import UserFacingError
 from build.export_embedder import export_embedder, export_packaged
 from build.packaged_embedders import (
+    E5_KEYWORD_WEIGHT,
     E5_PROMPTS,
     PACKAGED,
     dequantize_q4_0,
@@ -311,6 +312,7 @@ def test_real_multilingual_e5_matches_the_packages_engine(tmp_path) -> None:
     assert handle
     emb = OnnxEmbedder(out)
     assert emb.config.query_prefix == "query: "
+    assert emb.config.keyword_weight == E5_KEYWORD_WEIGHT  # the fusion weight chosen on dev
     for kind, is_query in (("query", 1), ("passage", 0)):
         ours = emb.embed(REAL_TEXTS, kind=kind)
         for text, vec in zip(REAL_TEXTS, ours, strict=True):
