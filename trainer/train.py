@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from appliance.common.fsutil import atomic_write_text
 from appliance.errors import UserFacingError
 from trainer.config import (
     METHOD_DEFAULTS,
@@ -221,9 +222,7 @@ def _is_main_process() -> bool:
 
 
 def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps(data, indent=2, default=str) + "\n", overwrite=True)
 
 
 # --- the run ---------------------------------------------------------------------------------

@@ -147,8 +147,8 @@ def evaluate_retrieval(
                 "fact_recall@5": round(fact_cover / n, 4),
                 "code_questions": code_total,
                 "code_recall@5": round(code_hits / code_total, 4) if code_total else None,
-                "latency_ms_p50": round(percentile(latencies, 50), 2),
-                "latency_ms_p99": round(percentile(latencies, 99), 2),
+                "latency_ms_p50": round(percentile(latencies, 50), 2) if latencies else 0.0,
+                "latency_ms_p99": round(percentile(latencies, 99), 2) if latencies else 0.0,
             }
         )
         result["modes"][mode] = metrics
