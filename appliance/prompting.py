@@ -153,6 +153,11 @@ def wording(domain: str | None = None, language: str = "en") -> Wording:
     )
 
 
+def abstain_sentences() -> tuple[str, ...]:
+    """The generic abstention sentence of every language (what a bundle says by default)."""
+    return tuple(t["abstain"] for t in _TEMPLATES.values())
+
+
 def wording_from_manifest(manifest: Mapping | None) -> Wording:
     """A bundle's wording from its manifest's `prompting` section (absent: the plant's)."""
     section = (manifest or {}).get("prompting") or {}

@@ -44,10 +44,11 @@ Strict rules (issue "honest numbers"):
   abstention.
 
 Abstention counts the service's flag (retrieval scored under the threshold), the appliance's own
-sentence (`appliance.prompting.NOT_IN_DOCUMENTS`) and paraphrases of it ("the documents do not
-mention ...", `NOT_IN_DOCUMENTS_PATTERNS`). A model asked without retrieval has no passages and no
-sentence to say, so for those modes clear "I don't know"-style refusals count too
-(`REFUSAL_PATTERNS`). `abstention_kind` says which of these applied.
+sentence (`appliance.prompting.NOT_IN_DOCUMENTS`, or any language's generic one such as "Los
+documentos no tratan esta pregunta.") and paraphrases of it in English and Spanish ("the
+documents do not mention ...", `NOT_IN_DOCUMENTS_PATTERNS`). A model asked without retrieval has
+no passages and no sentence to say, so for those modes clear "I don't know"-style refusals count
+too (`REFUSAL_PATTERNS`, "no lo sé" included). `abstention_kind` says which of these applied.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
 from appliance.grounding import CITATION_MARKER_RE
-from appliance.prompting import NOT_IN_DOCUMENTS
+from appliance.prompting import NOT_IN_DOCUMENTS, abstain_sentences
 
 # --------------------------------------------------------------------------------------------
 # Normalisation
@@ -342,8 +343,20 @@ NOT_IN_DOCUMENTS_PATTERNS: tuple[re.Pattern[str], ...] = tuple(
         r"passages?|context|manuals?|sources?)",
         r"\bno (?:information|data|details|mention) (?:about|on|of|regarding)? ?.{0,80}?in the "
         r"(?:plant |provided |given )?(?:documents?|passages?|context|manuals?)",
+        # Spanish: "los documentos no tratan / no mencionan ...", "no se menciona en los pasajes"
+        r"\b(?:documentos?|pasajes?|manual(?:es)?|textos?|fuentes?|contexto) (?:de la planta |"
+        r"proporcionados? |dados? )?no (?:tratan?|contienen?|mencionan?|incluyen?|indican?|dicen?|"
+        r"especifican?|cubren?|responden?|dan?|recogen?)\b",
+        r"\bno (?:se )?(?:menciona|trata|indica|especifica|encuentra|aparece|recoge)n? en (?:los |"
+        r"el |las )?(?:documentos?|pasajes?|manual|textos?|fuentes?)",
+        r"\bno hay (?:informaci[oó]n|datos|menci[oó]n) .{0,80}?en (?:los |el |las )?(?:documentos?|"
+        r"pasajes?|manual|textos?|fuentes?)",
     )
 )
+
+# The appliance's own abstention sentences: the plant's and each language's generic one ("Los
+# documentos no tratan esta pregunta."), so a Spanish answer that says it counts as one.
+ABSTAIN_SENTENCES: tuple[str, ...] = (NOT_IN_DOCUMENTS, *abstain_sentences())
 
 # Clear first-person refusals ("I don't know"-style). A model asked without retrieval has no
 # passages and so no sentence of its own to say: for those modes these count as abstentions.
@@ -360,6 +373,10 @@ REFUSAL_PATTERNS: tuple[re.Pattern[str], ...] = tuple(
         r"\b(?:i have|there is|there's) no (?:information|data|record|details|knowledge|mention)",
         r"\bno (?:information|data|details) (?:is |are )?(?:available|provided|given)",
         r"\b(?:unknown|not known) to me\b",
+        # Spanish: "no lo sé", "no tengo información", "no puedo responder"
+        r"\bno (?:lo )?sé\b",
+        r"\bno (?:tengo|dispongo de|hay) (?:informaci[oó]n|datos)\b",
+        r"\bno (?:puedo|podr[ií]a) (?:responder|saber|decir|determinar|confirmar|encontrar)\b",
     )
 )
 
@@ -370,9 +387,12 @@ def _plain(text: str) -> str:
     return " ".join(unicodedata.normalize("NFKC", text).translate(_QUOTES).lower().split())
 
 
-def says_not_in_documents(text: str, message: str = NOT_IN_DOCUMENTS) -> bool:
-    """The appliance's abstention sentence is in the text (case and spacing aside)."""
-    return _plain(message).rstrip(".") in _plain(text)
+def says_not_in_documents(text: str, message: str | None = None) -> bool:
+    """The appliance's abstention sentence is in the text (case and spacing aside): `message`,
+    or else any of the appliance's own sentences (`ABSTAIN_SENTENCES`, every language)."""
+    plain = _plain(text)
+    messages = ABSTAIN_SENTENCES if message is None else (message,)
+    return any(_plain(m).rstrip(".") in plain for m in messages)
 
 
 def paraphrases_not_in_documents(text: str) -> bool:
@@ -392,7 +412,7 @@ def abstention_kind(
 ) -> str | None:
     """How an answer declined, or None when it did not:
     "service"    the service abstained (retrieval scored under the threshold, no passages);
-    "sentence"   the model said the appliance's NOT_IN_DOCUMENTS sentence;
+    "sentence"   the model said one of the appliance's sentences (ABSTAIN_SENTENCES, any language);
     "paraphrase" the model said the documents do not hold the answer, in other words;
     "refusal"    (modes without retrieval only) a clear "I don't know"-style refusal.
     A model's sentence, paraphrase or refusal counts only when the answer asserts nothing else:

@@ -9,7 +9,7 @@ from pathlib import Path
 from appliance.embedding import OnnxEmbedder
 from appliance.retrieval import Retriever
 from appliance.retrieval.ingest import ingest_folder
-from benchmarks.multilingual_embedders import _MemoEmbedder, markdown, weight_sweep
+from benchmarks.multilingual_embedders import _MemoEmbedder, markdown, speed, weight_sweep
 
 DOC = """# Teclas de aptitude
 
@@ -49,6 +49,7 @@ def test_weight_sweep_scores_each_weight_and_restores_the_retriever(
         assert row["graded"] == 2 and 0 <= row["recall@5_hits"] <= 2
         assert 0.0 <= row["mrr@10"] <= 1.0
     assert len(emb._memo) == 2  # each question embedded once for the whole sweep
+    assert speed(emb._inner, [DOC], ["q"])["query_ms_p50"] > 0  # timed without the memo
     result = {
         "sets": [],
         "candidates": {

@@ -185,6 +185,31 @@ def test_abstention_detection() -> None:
         assert not detect_abstention(text, use_retrieval=False), text
 
 
+def test_spanish_abstentions_and_refusals() -> None:
+    # The Spanish bundle's own sentence and its paraphrases are abstentions; Spanish answers
+    # that merely contain "no" are not.
+    assert abstention_kind("Los documentos no tratan esta pregunta.") == "sentence"
+    assert abstention_kind("Los documentos no tratan esta pregunta", question="x") == "sentence"
+    for text in (
+        "Los documentos no mencionan el puerto de PostgreSQL.",
+        "Los pasajes proporcionados no contienen esa información.",
+        "Eso no se menciona en los documentos.",
+        "No hay información sobre el precio en los documentos.",
+    ):
+        assert abstention_kind(text, use_retrieval=True) == "paraphrase", text
+    for text in ("No lo sé.", "No tengo información sobre eso.", "No puedo responder a eso."):
+        assert abstention_kind(text, use_retrieval=False) == "refusal", text
+        assert abstention_kind(text, use_retrieval=True) is None, text
+    for text in (
+        "El puerto de pop3s es 995 [1].",
+        "No se puede instalar sin la orden apt-get install [1].",
+        "La orden no sé cuál: dpkg --configure -a.",
+    ):
+        assert abstention_kind(text, use_retrieval=True) is None, text
+    # A refusal that also states a value is an answer (a hallucinated one), in Spanish too.
+    assert abstention_kind("Los documentos no tratan esto, pero el puerto es 5432.") is None
+
+
 def test_score_answerable() -> None:
     s = score_answer(
         text="Final torque 24 Nm [1].",
