@@ -66,7 +66,7 @@ else
 	$(EXPERT) import-model --gguf "$$gguf" --out $(WORK)/$(LLM)-hf --force
 endif
 
-$(WORK)/$(LLM)-int4/export.json: $(WORK)/$(LLM)-hf/import.json
+$(WORK)/$(LLM)-int4/export.json: $(WORK)/$(LLM)-hf/import.json build/export_llm.py
 	$(EXPERT) export --model $(WORK)/$(LLM)-hf --out $(WORK)/$(LLM)-int4 --precision int4 --force
 
 $(WORK)/embedder/embedder.json: | $(STAMP)

@@ -202,6 +202,10 @@ def onnx_logits(model_dir: Path, threads: int):
         gen.append_tokens(ids)
         out = np.asarray(gen.get_output("logits"))[0].astype(np.float32)
         del gen
+        if out.shape[0] != len(ids):  # LM head pruned to the last position: one token a pass
+            from build.quality_gate import last_position_logits
+
+            return last_position_logits(og, model, ids, len(ids) + 1)
         return out
 
     return logits_of

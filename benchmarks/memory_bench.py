@@ -1,16 +1,22 @@
 """Where the generator's memory goes: resident memory by stage, ours against llama.cpp.
 
 Run (all suites):  `expert bench --bundle var/bundles/bundle-plant-0.1.0 --work var/work`
-Run (this suite):  .venv/bin/python -m benchmarks.memory_bench --onnx DIR --gguf FILE
+Run (this suite):  .venv/bin/python -m benchmarks.memory_bench --onnx DIR [--ours NAME=DIR ...]
+                       [--gguf NAME=FILE ...]
 
 Each configuration runs in a fresh process that reads its own /proc/self/status (VmRSS,
-RssAnon, RssFile, VmHWM) after each stage of one ~800-token grounded request with 128 new
-tokens: the interpreter with numpy, the runtime imported, the model loaded, the tokenizer,
-the request's KV cache, after the prompt (peak), after decoding. Configurations:
-- ours as served (GenaiGenerator: prompt in 256-token chunks, prefix cache sized to the request),
-- ours with the prompt in one pass (prefill_chunk=None): the all-position logits buffer,
+RssAnon, RssFile, VmHWM) after each stage: the interpreter with numpy, the runtime imported,
+the model and tokenizer loaded, then a ~800-token and a ~1,600-token grounded request with 128
+new tokens each (first token, then all tokens; the longer request is the peak, as in the
+generation suite). At the peak it also sums /proc/self/smaps by what the pages belong to:
+allocations (heap + anonymous: prepacked weights, KV cache, scratch), the mapped model file,
+shared libraries. Configurations:
+- ours as served (GenaiGenerator with its defaults: prompt in 256-token chunks, prefix cache
+  sized to the request), for every `--ours` export given (e.g. before/after an export change),
+- ours with the prompt in one pass (prefill_chunk=None),
 - ours with the KV buffer at the model's full context (genai_config's default max_length),
-- llama.cpp (llama-cpp-python, flash attention on) on the GGUF given.
+- llama.cpp (llama-cpp-python, flash attention on, KV for the request) on each GGUF given.
+Memory does not depend on the machine's load, so the configurations run one after another.
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ import sys
 from pathlib import Path
 
 SUITE = "generation"
+PROMPTS = (800, 1600)
+NEW_TOKENS = 128
 
 
 def _status() -> dict:
@@ -33,7 +41,30 @@ def _status() -> dict:
     return out
 
 
-def _ours(conn, model_dir: str, text: str, threads: int, options: dict, full_kv: bool) -> None:
+def smaps_breakdown() -> dict:
+    """Resident MB of this process by owner: allocations, model file, libraries, other."""
+    sums = {"allocations (heap + anonymous)": 0, "model file (mapped)": 0, "shared libraries": 0}
+    other = 0
+    name = ""
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        head = line.split(maxsplit=5)
+        if head and "-" in head[0] and len(head) >= 5 and ":" not in head[0]:
+            name = head[5] if len(head) > 5 else ""
+        elif line.startswith("Rss:"):
+            kib = int(head[1])
+            if name in ("", "[heap]") or name.startswith("[anon"):
+                sums["allocations (heap + anonymous)"] += kib
+            elif name.endswith((".onnx", ".onnx.data", ".gguf", ".data")):
+                sums["model file (mapped)"] += kib
+            elif ".so" in Path(name).name:
+                sums["shared libraries"] += kib
+            else:
+                other += kib
+    sums["other (stack, vdso, files)"] = other
+    return {k: round(v * 1024 / 1e6, 1) for k, v in sums.items()}
+
+
+def _ours(conn, model_dir: str, prompts: dict, threads: int, options: dict, full_kv: bool):
     stages = [("interpreter + numpy", None)]
     import numpy  # noqa: F401
 
@@ -49,17 +80,20 @@ def _ours(conn, model_dir: str, text: str, threads: int, options: dict, full_kv:
     if full_kv:
         gen._prefix.max_length = gen.context_length
         gen._prefix.headroom = gen.context_length
-    stream = gen.generate(text, GenerationParams(max_new_tokens=128))
-    next(stream)
-    stages.append(("prompt processed (first token)", _status()))
-    for _ in stream:
-        pass
-    stages.append(("128 tokens decoded", _status()))
-    stats = gen.prefix_stats() or {}
-    conn.send({"stages": stages, "kv_tokens": stats.get("kv_length")})
+    kv = []
+    for size, (text, _) in sorted(prompts.items()):
+        gen.drop_cache()  # a new conversation: the buffer is sized to this request
+        stream = gen.generate(text, GenerationParams(max_new_tokens=NEW_TOKENS))
+        next(stream)
+        stages.append((f"~{size}-token prompt processed (first token)", _status()))
+        for _ in stream:
+            pass
+        stages.append((f"~{size}-token request, {NEW_TOKENS} tokens decoded", _status()))
+        kv.append((gen.prefix_stats() or {}).get("kv_length"))
+    conn.send({"stages": stages, "kv_tokens": kv, "breakdown": smaps_breakdown()})
 
 
-def _llama(conn, gguf: str, ids: list[int], threads: int, passive: bool = False) -> None:
+def _llama(conn, gguf: str, prompts: dict, threads: int, passive: bool = False) -> None:
     import os
 
     if passive:
@@ -70,7 +104,8 @@ def _llama(conn, gguf: str, ids: list[int], threads: int, passive: bool = False)
     from llama_cpp import Llama
 
     stages.append(("llama-cpp-python imported", _status()))
-    n_ctx = int(-(-(len(ids) + 128) // 256) * 256)
+    longest = max(len(ids) for _, ids in prompts.values())
+    n_ctx = int(-(-(longest + NEW_TOKENS) // 256) * 256)
     llm = Llama(
         model_path=gguf,
         n_ctx=n_ctx,
@@ -80,15 +115,17 @@ def _llama(conn, gguf: str, ids: list[int], threads: int, passive: bool = False)
         verbose=False,
     )
     stages.append(("model loaded (KV cache for n_ctx allocated)", _status()))
-    stream = llm.generate(ids, top_k=1, temp=0.0, repeat_penalty=1.0, reset=True)
-    next(stream)
-    stages.append(("prompt processed (first token)", _status()))
-    for i, _ in enumerate(stream):
-        if i >= 126:
-            break
-    stream.close()
-    stages.append(("128 tokens decoded", _status()))
-    conn.send({"stages": stages, "kv_tokens": n_ctx})
+    for size, (_, ids) in sorted(prompts.items()):
+        stream = llm.generate(ids, top_k=1, temp=0.0, repeat_penalty=1.0, reset=True)
+        next(stream)
+        stages.append((f"~{size}-token prompt processed (first token)", _status()))
+        for i, _ in enumerate(stream):
+            if i >= NEW_TOKENS - 2:
+                break
+        stream.close()
+        stages.append((f"~{size}-token request, {NEW_TOKENS} tokens decoded", _status()))
+        llm.reset()
+    conn.send({"stages": stages, "kv_tokens": [n_ctx], "breakdown": smaps_breakdown()})
 
 
 def _in_child(target, *args) -> dict:
@@ -110,38 +147,53 @@ def _in_child(target, *args) -> dict:
 
 
 def measure(
-    onnx_dir: Path, gguf: Path | None, plant: Path | None, threads: int = 2, passive: bool = False
+    ours: dict[str, Path],
+    ggufs: dict[str, Path],
+    plant: Path | None,
+    threads: int = 2,
+    passive: bool = False,
+    variants: bool = True,
 ) -> dict:
+    """`ours`: name -> export folder (the first is also run without chunks and with the full
+    context's KV when `variants`); `ggufs`: peer name -> GGUF file."""
     from benchmarks.generation_bench import build_prompt_texts
 
-    text, ids = build_prompt_texts(onnx_dir, (800,), plant)[800]
-    configs = {
-        "ours as served": (_ours, str(onnx_dir), text, threads, {}, False),
-        "ours, prompt in one pass": (
+    first = next(iter(ours.values()))
+    prompts = build_prompt_texts(first, PROMPTS, plant)
+    configs: dict[str, tuple] = {}
+    for name, onnx_dir in ours.items():
+        configs[name] = (_ours, str(onnx_dir), prompts, threads, {}, False)
+    if variants:
+        configs["ours, prompt in one pass"] = (
             _ours,
-            str(onnx_dir),
-            text,
+            str(first),
+            prompts,
             threads,
             {"prefill_chunk": None},
             False,
-        ),
-        "ours, KV for the full context": (_ours, str(onnx_dir), text, threads, {}, True),
-    }
-    if gguf is not None:
-        configs[f"llama.cpp ({Path(gguf).name})"] = (_llama, str(gguf), ids, threads, passive)
+        )
+        configs["ours, KV for the full context"] = (_ours, str(first), prompts, threads, {}, True)
+    for name, gguf in ggufs.items():
+        configs[name] = (_llama, str(gguf), prompts, threads, passive)
     out = {}
     for name, (target, *args) in configs.items():
         try:
             out[name] = _in_child(target, *args)
         except (RuntimeError, TimeoutError) as exc:
             out[name] = {"error": str(exc)}
-    return {"prompt_tokens": len(ids), "configs": out}
+    return {"prompt_tokens": {s: len(ids) for s, (_, ids) in prompts.items()}, "configs": out}
+
+
+def peak(result: dict, name: str) -> float | None:
+    r = result["configs"].get(name) or {}
+    return max((st.get("VmHWM") or 0 for _, st in r.get("stages", [])), default=None)
 
 
 def section(result: dict) -> dict:
+    sizes = ", ".join(f"~{s} ({n} tokens)" for s, n in result["prompt_tokens"].items())
     lines = [
-        f"Resident memory (MB) of one fresh process per configuration, after each stage of one "
-        f"{result['prompt_tokens']}-token request with 128 new tokens "
+        f"Resident memory (MB) of one fresh process per configuration, after each stage of a "
+        f"{sizes}-token request with {NEW_TOKENS} new tokens each "
         "(benchmarks/memory_bench.py). RSS = anonymous + file-backed (mapped libraries and "
         "model files); peak = VmHWM.",
         "",
@@ -158,8 +210,58 @@ def section(result: dict) -> dict:
                 f"{st.get('RssFile')} | {st.get('VmHWM')} |"
             )
         if r.get("kv_tokens"):
-            lines.append(f"| {name} | KV buffer length (tokens) | {r['kv_tokens']} | | | |")
+            kv = " / ".join(str(k) for k in r["kv_tokens"])
+            lines.append(f"| {name} | KV buffer length (tokens) | {kv} | | | |")
+    owners = sorted({k for r in result["configs"].values() for k in (r.get("breakdown") or {})})
+    if owners:
+        lines += [
+            "",
+            "Resident MB by owner at the end (after the longest request; /proc/self/smaps):",
+            "",
+            "| configuration | peak (VmHWM) | " + " | ".join(owners) + " |",
+            "|---|---:|" + "---:|" * len(owners),
+        ]
+        for name, r in result["configs"].items():
+            b = r.get("breakdown") or {}
+            if b:
+                cells = " | ".join(str(b.get(k, "")) for k in owners)
+                lines.append(f"| {name} | {peak(result, name)} | {cells} |")
     return {"title": "Generation: where the memory goes", "markdown": "\n".join(lines)}
+
+
+def records(result: dict, ours: str) -> list[dict]:
+    """Peak RSS of ours as served against each llama.cpp peer, same requests, one record each."""
+    from benchmarks.records import make_record
+
+    mine = peak(result, ours)
+    out = []
+    if not mine:
+        return out
+    for name, r in result["configs"].items():
+        if not name.startswith("llama.cpp") or "error" in r:
+            continue
+        theirs = peak(result, name)
+        if theirs:
+            out.append(
+                make_record(
+                    SUITE,
+                    "peak resident memory, 800 + 1,600-token requests (memory suite)",
+                    "MB",
+                    mine,
+                    theirs,
+                    name,
+                    "lower",
+                    conditions={
+                        "new_tokens": NEW_TOKENS,
+                        "prompt_tokens": list(result["prompt_tokens"].values()),
+                        "kv_tokens_ours": (result["configs"][ours].get("kv_tokens")),
+                        "kv_tokens_peer": r.get("kv_tokens"),
+                    },
+                    note="fresh process per engine: interpreter, runtime, model, tokenizer, "
+                    "KV cache and scratch (VmHWM); breakdown in 'where the memory goes'",
+                )
+            )
+    return out
 
 
 def run(
@@ -181,21 +283,49 @@ def run(
         return {"records": [], "sections": [{"title": "Generation: where the memory goes",
                                              "markdown": "Not run: no int4 model."}]}  # fmt: skip
     ggufs, _ = gguf_peers(gguf or paths["gguf"], Path(work or "var/work") / "gguf-peers", threads)
-    peer = ggufs.get("llama.cpp Q4_0") or ggufs.get("llama.cpp Q4_1")
-    result = measure(paths["onnx"], peer, plant, threads, passive=not spinning)
-    return {"records": [], "sections": [section(result)], "raw": result}
+    wanted = ("llama.cpp Q8_0", "llama.cpp Q4_K_M", "llama.cpp Q4_0", "llama.cpp Q4_1")
+    peers = {n: ggufs[n] for n in wanted if n in ggufs}
+    result = measure(
+        {"ours as served": paths["onnx"]}, peers, plant, threads, passive=not spinning,
+        variants=not quick,
+    )  # fmt: skip
+    return {
+        "records": records(result, "ours as served"),
+        "sections": [section(result)],
+        "raw": result,
+    }
+
+
+def _named(text: str) -> tuple[str, Path]:
+    name, sep, path = text.partition("=")
+    if not sep or not name or not path:
+        raise argparse.ArgumentTypeError(f"expected NAME=PATH, got {text!r}")
+    return name, Path(path)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--onnx", type=Path, required=True)
-    parser.add_argument("--gguf", type=Path)
+    parser.add_argument("--onnx", type=Path, help="the export measured as 'ours as served'")
+    parser.add_argument("--ours", type=_named, action="append", default=[], help="NAME=DIR")
+    parser.add_argument("--gguf", type=_named, action="append", default=[], help="NAME=FILE")
     parser.add_argument("--plant", type=Path, default=Path("examples/plant"))
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--no-variants", action="store_true", help="skip one-pass and full-KV")
+    parser.add_argument("--json", type=Path, help="write the raw result here")
     args = parser.parse_args(argv)
-    result = measure(args.onnx, args.gguf, args.plant, args.threads)
+    ours = dict(args.ours)
+    if args.onnx is not None:
+        ours = {"ours as served": args.onnx, **ours}
+    if not ours:
+        parser.error("give --onnx DIR or --ours NAME=DIR")
+    for name, path in [*ours.items(), *args.gguf]:
+        if not path.exists():
+            parser.error(f"{name}: {path} does not exist")
+    result = measure(ours, dict(args.gguf), args.plant, args.threads, variants=not args.no_variants)
     print(section(result)["markdown"])
-    print(json.dumps(result)[:200])
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=1))
     return 0
 
 

@@ -159,7 +159,7 @@ def run_suite(
         reason = f"benchmarks/{module_name}.py returned no records"
         records = [skipped_record(default_suite, module_name, reason, source=module_name)]
     sections = [
-        {"suite": default_suite, **s}
+        {"suite": default_suite, "source": module_name, **s}
         for s in result.get("sections") or []
         if isinstance(s, dict) and "title" in s and "markdown" in s
     ]
@@ -224,6 +224,23 @@ def carry_over(records: list[dict], path: Path, modules: list[str]) -> list[dict
         r = dict(r)
         r["params"] = {"carried_over_from": when, **(r.get("params") or {})}
         kept.append(r)
+    return kept
+
+
+def carry_over_sections(old: dict, modules: list[str], new: list[dict]) -> list[dict]:
+    """The earlier file's report sections that this run did not remake: a section is remade
+    when its module ran (by `source`) or, for sections written before they named their
+    module, when this run wrote one with the same title. Carried ones say so in their title."""
+    when = str(old.get("created", "?"))[:10]
+    titles = {s.get("title") for s in new}
+    kept = []
+    for s in old.get("sections") or []:
+        if s.get("source") in modules or s.get("title") in titles:
+            continue
+        title = str(s.get("title", ""))
+        if "(carried over from" not in title:
+            title = f"{title} (carried over from {when})"
+        kept.append({**s, "title": title})
     return kept
 
 
@@ -342,9 +359,8 @@ def run(args: argparse.Namespace) -> int:
     sections = info.pop("sections", [])
     if getattr(args, "carry_over", None):
         records = carry_over(records, Path(args.carry_over), suites)
-        ran = {SUITE_MODULES.get(m, m) for m in suites}
         old = json.loads(Path(args.carry_over).read_text())
-        sections = [s for s in old.get("sections") or [] if s.get("suite") not in ran] + sections
+        sections = carry_over_sections(old, suites, sections) + sections
     meta = {
         "quick": args.quick,
         "threads": threads,

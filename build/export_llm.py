@@ -348,13 +348,16 @@ def export_llm(
     force: bool = False,
     verify: bool = True,
     memory_check: bool = True,
+    prune_lm_head: bool = True,
 ) -> Path:
     """Export `model_dir` (an HF checkpoint) to `out_dir`, a folder onnxruntime-genai opens.
 
     `adapter_dir` (a peft LoRA folder) is merged into the weights before export; for adapters
     chosen per request at run time use `build.adapters.export_runtime_adapters` instead.
     `verify` opens the result with onnxruntime-genai and generates a few tokens (CPU only).
-    Returns `out_dir`.
+    `prune_lm_head` (genai backend): the LM head runs on the last prompt position only, so
+    processing a prompt returns one row of logits, not one per position (see
+    `genai_extra_options`). Returns `out_dir`.
     """
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     int4 = int4 or Int4Options()
@@ -377,7 +380,15 @@ def export_llm(
             if adapter_dir is not None:
                 source = merge_adapter(model_dir, Path(adapter_dir), Path(scratch) / "merged")
             if backend == "genai":
-                _export_genai(source, work, precision, execution_provider, int4, Path(scratch))
+                _export_genai(
+                    source,
+                    work,
+                    precision,
+                    execution_provider,
+                    int4,
+                    Path(scratch),
+                    prune_lm_head=prune_lm_head,
+                )
             else:
                 _export_optimum(
                     source, work, precision, execution_provider, int4, arch, Path(scratch)
@@ -396,6 +407,7 @@ def export_llm(
             adapter_dir=adapter_dir,
             out=work,
             duration_s=time.monotonic() - started,
+            lm_head_last_position_only=backend == "genai" and prune_lm_head,
         )
         (work / EXPORT_RECORD).write_text(json.dumps(record, indent=2) + "\n")
         _normalise_permissions(work)
@@ -426,10 +438,20 @@ def read_export_record(onnx_dir: Path) -> dict:
 
 
 def genai_extra_options(
-    precision: str, execution_provider: str, int4: Int4Options
+    precision: str, execution_provider: str, int4: Int4Options, *, prune_lm_head: bool = True
 ) -> dict[str, str]:
-    """The builder's --extra_options (strings, as its CLI passes them) for these settings."""
+    """The builder's --extra_options (strings, as its CLI passes them) for these settings.
+
+    `prune_lm_head`: the LM head (SmolLM2: 49,152 x 576) runs on the last prompt position only.
+    The served path only ever reads the last position's logits, and they are bit-identical to
+    the unpruned export's; what goes is the [prompt x vocabulary] fp32 logits buffer (157 MB for
+    an 800-token SmolLM2 prompt in one pass, 50 MB per 256-token chunk) and the LM head's share
+    of the prompt's compute. Measured in benchmarks/OPTIMISATION.md and results/latest.md (memory
+    breakdown). The quality gate scores a pruned export position by position
+    (build/quality_gate.py)."""
     opts = {"hf_token": "false"}
+    if prune_lm_head:
+        opts["prune_lm_head"] = "true"
     if precision in ("int4", "int8"):
         opts.update(
             block_size=str(int4.block_size),
@@ -477,12 +499,14 @@ def _export_genai(
     execution_provider: str,
     int4: Int4Options,
     scratch: Path,
+    *,
+    prune_lm_head: bool = True,
 ) -> None:
     from onnxruntime_genai.models.builder import check_extra_options, create_model
 
     from build.stream_quantize import streaming_quantization
 
-    opts = genai_extra_options(precision, execution_provider, int4)
+    opts = genai_extra_options(precision, execution_provider, int4, prune_lm_head=prune_lm_head)
     cache_dir = scratch / "builder-cache"
     log.info(
         "genai builder: %s -> %s (%s, %s, %s)", model_dir, out, precision, execution_provider, opts
@@ -832,6 +856,7 @@ def _export_record(
     adapter_dir: Path | None,
     out: Path,
     duration_s: float,
+    lm_head_last_position_only: bool = False,
 ) -> dict:
     source: dict = {
         "path": str(model_dir.resolve()),
@@ -870,6 +895,7 @@ def _export_record(
         "genai": {
             "model_type": genai_cfg["model"]["type"],
             "context_length": genai_cfg["model"]["context_length"],
+            "lm_head_last_position_only": lm_head_last_position_only,
         },
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "duration_s": round(duration_s, 2),

@@ -350,11 +350,19 @@ class _GenaiModel:
         return self.og.Generator(self.model, params)
 
     def logits(self, ids: list[int]) -> np.ndarray:
+        """Logits at every position of `ids` ([len(ids), vocab]).
+
+        An export whose LM head is pruned to the last position (the default, see
+        build.export_llm.genai_extra_options) returns one row per forward pass, so its
+        positions are teacher-forced one token at a time through the KV cache: the same
+        computation as decoding, ~len(ids) small passes instead of one."""
         gen = self._generator(len(ids) + 1)
         gen.append_tokens(ids)
         out = np.asarray(gen.get_output("logits"))[0].astype(np.float32)
         del gen
-        return out
+        if out.shape[0] == len(ids):
+            return out
+        return last_position_logits(self.og, self.model, ids, self.context)
 
     def greedy(self, ids: list[int], n: int) -> list[int]:
         gen = self._generator(len(ids) + n)
@@ -365,6 +373,20 @@ class _GenaiModel:
             out.append(int(gen.get_next_tokens()[0]))
         del gen
         return _until_eos(out, self.eos)
+
+
+def last_position_logits(og, model, ids: list[int], context: int) -> np.ndarray:
+    """[len(ids), vocab] logits of an onnxruntime-genai model whose forward pass returns the last
+    position only (a pruned LM head): one token per pass, the KV cache carrying the rest."""
+    params = og.GeneratorParams(model)
+    params.set_search_options(do_sample=False, max_length=min(len(ids) + 1, context))
+    gen = og.Generator(model, params)
+    rows = []
+    for token in ids:
+        gen.append_tokens([int(token)])
+        rows.append(np.asarray(gen.get_output("logits"), dtype=np.float32)[0, -1])
+    del gen
+    return np.stack(rows)
 
 
 def _until_eos(tokens: list[int], eos: set[int]) -> list[int]:

@@ -11,8 +11,10 @@ caller stops iterating, so a client that disconnects frees its memory at once.
 
 The decoder session takes its threads and spinning from `GenaiTuning.for_this_machine` (the
 settings benchmarks/OPTIMISATION.md measured). Prompts are processed in chunks of
-`prefill_chunk` tokens: the model returns logits for every prompt position, so one 800-token
-pass holds an 800 x 49,152 float buffer (157 MB for SmolLM2); chunks bound it.
+`prefill_chunk` tokens, which bounds a pass's scratch: the attention scores (heads x chunk x
+context floats) and, in an export made before `expert export` pruned the LM head to the last
+position, the logits of every prompt position (800 x 49,152 floats = 157 MB for SmolLM2 in one
+pass).
 
 The chat template is the Hugging Face one that was exported with the model (chat_template.jinja
 or tokenizer_config.json), rendered with a sandboxed Jinja2 environment configured as
@@ -43,8 +45,9 @@ ADAPTER_SUFFIX = ".onnx_adapter"
 # Bounds its memory (SmolLM2: 46 KB of fp32 KV per token, 94 MB at 2,048); 0 turns it off.
 DEFAULT_PREFIX_CACHE_TOKENS = 2048
 # Prompt tokens per forward pass. Chosen from benchmarks/results/latest.md (memory breakdown):
-# 256 cuts the 800-token request's peak RSS by ~125 MB (the all-position logits buffer) for a
-# small time-to-first-token cost; None processes the prompt in one pass.
+# on an unpruned export 256 cut the 800-token request's peak RSS by ~125 MB (the all-position
+# logits); on the pruned default export it bounds the attention scratch (9 heads x 256 x 1,728
+# floats = 16 MB at a 1,600-token prompt, against 100 MB in one pass). None: one pass.
 DEFAULT_PREFILL_CHUNK = 256
 
 

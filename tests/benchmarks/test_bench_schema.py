@@ -229,3 +229,29 @@ def test_carry_over_keeps_other_modules_records_marked_with_their_date(tmp_path)
     assert carried and all(r["source"] != "service_bench" for r in carried)
     assert not any(r.get("skipped") and r["suite"] == "retrieval" for r in merged)
     assert sum(r["suite"] == "service" for r in merged) == 1
+
+
+def test_carry_over_sections_keeps_what_this_run_did_not_remake():
+    from benchmarks.run import carry_over_sections
+
+    old = {
+        "created": "2026-11-30T17:20:49+00:00",
+        "sections": [
+            {"suite": "generation", "title": "Generation: where the memory goes", "markdown": "x"},
+            {"suite": "generation", "title": "Generation: scaling", "markdown": "y"},
+            {"suite": "service", "source": "service_bench", "title": "Service", "markdown": "z"},
+        ],
+    }
+    new = [{"suite": "generation", "source": "memory_bench",
+            "title": "Generation: where the memory goes", "markdown": "new"}]  # fmt: skip
+    kept = carry_over_sections(old, ["memory_bench", "service_bench"], new)
+    assert [s["title"] for s in kept] == ["Generation: scaling (carried over from 2026-11-30)"]
+
+
+def test_memory_breakdown_accounts_for_the_resident_set():
+    from benchmarks.memory_bench import _status, smaps_breakdown
+
+    parts = smaps_breakdown()
+    rss = _status()["VmRSS"]
+    assert parts["shared libraries"] > 0 and parts["allocations (heap + anonymous)"] > 0
+    assert abs(sum(parts.values()) - rss) < 0.1 * rss

@@ -53,6 +53,34 @@ def test_fp32_export_passes_with_no_loss(tiny_phi3_hf, tiny_reference, tmp_path)
     assert result.reference["description"] == "HF checkpoint from tiny-random-phi3, run in fp32"
 
 
+def test_a_pruned_lm_head_is_scored_position_by_position(tiny_phi3_hf, tmp_path):
+    """The default export runs the LM head on the last prompt position only; the gate still
+    gets every position's logits, equal to an unpruned export's."""
+    import numpy as np
+
+    from build.quality_gate import _GenaiModel
+
+    pruned = export_llm(tiny_phi3_hf, tmp_path / "pruned", precision="fp32", verify=False)
+    full = export_llm(
+        tiny_phi3_hf, tmp_path / "full", precision="fp32", verify=False, prune_lm_head=False
+    )
+    record = json.loads((pruned / "export.json").read_text())
+    assert record["genai"]["lm_head_last_position_only"] is True
+    assert (
+        json.loads((full / "export.json").read_text())["genai"]["lm_head_last_position_only"]
+        is False
+    )
+    ids = list(range(5, 45))
+    a, b = _GenaiModel(pruned), _GenaiModel(full)
+    gen = a._generator(len(ids) + 1)
+    gen.append_tokens(ids)
+    assert np.asarray(gen.get_output("logits")).shape[1] == 1  # one row per pass
+    del gen
+    la, lb = a.logits(ids), b.logits(ids)
+    assert la.shape == lb.shape == (len(ids), lb.shape[1])
+    np.testing.assert_allclose(la, lb, rtol=1e-3, atol=1e-3)
+
+
 def test_int4_export_fails_strict_thresholds_with_reasons(tiny_phi3_hf, tiny_reference, tmp_path):
     onnx = export_llm(tiny_phi3_hf, tmp_path / "int4", verify=False)
     strict = GateThresholds(
