@@ -117,8 +117,13 @@ class GenaiRunner:
         gen = self.og.Generator(self.model, params)
         if adapter:
             gen.set_active_adapter(self.adapters, adapter)
-        gen.append_tokens(PROMPT)
-        return np.asarray(gen.get_output("logits"))[0].copy()
+        # One token per pass: the export's LM head runs on the last position only (the
+        # default), so every position's logits come from its own pass, as in decoding.
+        rows = []
+        for token in PROMPT:
+            gen.append_tokens([token])
+            rows.append(np.asarray(gen.get_output("logits"))[0, -1].copy())
+        return np.stack(rows)
 
 
 @pytest.fixture(scope="module")
