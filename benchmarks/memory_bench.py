@@ -268,7 +268,7 @@ def records(result: dict, ours: str) -> list[dict]:
                     theirs,
                     name,
                     "lower",
-                    conditions={
+                    params={
                         "new_tokens": result.get("new_tokens", NEW_TOKENS),
                         "prompt_tokens": list(result["prompt_tokens"].values()),
                         "kv_tokens_ours": (result["configs"][ours].get("kv_tokens")),
