@@ -50,12 +50,13 @@ QK = 32
 
 # How much hybrid search trusts the keyword (BM25) side against multilingual-e5-small's dense
 # side (appliance.retrieval.hybrid; all-MiniLM-L6-v2 keeps 1.0). Chosen on the dev splits only,
-# with e5, Spanish light stems and the quoted-entry vote, over 0.1-1.0: Spanish questions over
-# the Spanish pages keep recall@5 28/28 from 0.25 to 1.0 (27/28 at 0.2 and below); among those,
-# 0.25 and 0.3 have the highest summed recall@5 over the five dev sets (Spanish, English over
-# Spanish, Spanish over the plant, plant, Apache: 93 of 102, against 92 at 0.4-1.0), and 0.3
-# the higher mean MRR@10 (0.742 vs 0.734; 0.693 at 1.0). Reproduce with
-# `python -m benchmarks.multilingual_embedders --keyword-weights ...` (its "weights" table).
+# with e5, Spanish light stems and the quoted-entry vote, over 0, 0.1, 0.2, 0.3, 0.5, 0.7, 1:
+# Spanish questions over the Spanish pages keep recall@5 28/28 from 0.3 to 1 (27/28 at 0.2 and
+# below); among those, 0.3 has the highest summed recall@5 over the five dev sets (Spanish,
+# plant, Apache, Spanish over the plant, English over Spanish: 93 of 102, against 92) and the
+# best mean MRR@10 (0.742; 0.729 at 0.5, 0.693 at 1). Reproduce with
+# `python -m benchmarks.multilingual_embedders --keyword-weights 0,0.1,0.2,0.3,0.5,0.7,1`
+# (benchmarks/results/multilingual/run3-spanish-stems-weights.md, second table).
 E5_KEYWORD_WEIGHT = 0.3
 
 
