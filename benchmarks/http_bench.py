@@ -30,6 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.processes import child_env, free_port, status_kib, wait_ready
 from benchmarks.records import make_record, skipped_record, summarize
 
 log = logging.getLogger(__name__)
@@ -98,60 +99,33 @@ def _stream(url: str, messages: list[dict], max_tokens: int, headers: dict) -> d
     }
 
 
-def _wait_ready(proc: subprocess.Popen, url: str, path: str, timeout_s: float = 300) -> float:
-    import requests
-
-    t0 = time.perf_counter()
-    while True:
-        if proc.poll() is not None:
-            err = proc.stderr.read().decode(errors="replace")[-2000:] if proc.stderr else ""
-            raise RuntimeError(f"server exited before it was ready: {err}")
-        try:
-            if requests.get(url + path, timeout=1).status_code == 200:
-                return time.perf_counter() - t0
-        except requests.ConnectionError:
-            pass
-        if time.perf_counter() - t0 > timeout_s:
-            proc.kill()
-            raise RuntimeError(f"{url} was not ready within {timeout_s:.0f} s")
-        time.sleep(0.1)
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _env() -> dict:
-    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
-    return {**os.environ, "PYTHONPATH": path, "HF_HUB_OFFLINE": "1"}
-
-
 def _start_ours(bundle: Path, state: Path, threads: int, cache_tokens: int | None):
-    port = _free_port()
+    port = free_port()
     cmd = [sys.executable, "-m", "appliance.cli", "serve", "--bundle", str(bundle),
            "--state-dir", str(state), "--host", "127.0.0.1", "--port", str(port),
            "--slots", "1", "--threads", str(threads)]  # fmt: skip
     if cache_tokens is not None:
         cmd += ["--prefix-cache-tokens", str(cache_tokens)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=_env())
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=child_env())
     url = f"http://127.0.0.1:{port}"
-    _wait_ready(proc, url, "/readyz")
+    wait_ready(proc, url, "/readyz")
     return proc, url
 
 
 def _start_llama(gguf: Path, threads: int, n_ctx: int, passive: bool = False):
-    port = _free_port()
+    port = free_port()
     cmd = [sys.executable, "-m", "benchmarks.llama_http", "--gguf", str(gguf), "--port",
            str(port), "--threads", str(threads), "--n-ctx", str(n_ctx)]  # fmt: skip
-    env = {**_env(), **({"OMP_WAIT_POLICY": "PASSIVE"} if passive else {})}
+    env = {**child_env(), **({"OMP_WAIT_POLICY": "PASSIVE"} if passive else {})}
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     url = f"http://127.0.0.1:{port}"
-    _wait_ready(proc, url, "/health")
+    wait_ready(proc, url, "/health")
     return proc, url
+
+
+def _peak_mb(pid: int) -> float | None:
+    kib = status_kib(pid, ("VmHWM",)).get("VmHWM")
+    return None if kib is None else kib * 1024 / 1e6
 
 
 def _chosen_peer(out: Path | None, ggufs: dict) -> str | None:
@@ -166,16 +140,6 @@ def _chosen_peer(out: Path | None, ggufs: dict) -> str | None:
         except ValueError:
             pass
     return "llama.cpp Q4_0" if "llama.cpp Q4_0" in ggufs else next(iter(ggufs), None)
-
-
-def _vm_hwm_mb(pid: int) -> float | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024 / 1e6
-    except OSError:
-        pass
-    return None
 
 
 def run(
@@ -249,7 +213,7 @@ def run(
                     if round_ > 0:
                         results[name]["first"].append(a)
                         results[name]["follow"].append(b)
-            peaks = {n: _vm_hwm_mb(servers[n][0].pid) for n in names}
+            peaks = {n: _peak_mb(servers[n][0].pid) for n in names}
         except (RuntimeError, OSError) as exc:
             log.warning("HTTP bench: %s", exc)
             return [skipped_record(SUITE, "HTTP streaming", str(exc), peer_name=names[2])]

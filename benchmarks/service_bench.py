@@ -31,6 +31,7 @@ import threading
 import time
 from pathlib import Path
 
+from benchmarks.processes import child_env, free_port, status_kib, wait_ready
 from benchmarks.records import make_record, skipped_record, summarize
 
 log = logging.getLogger(__name__)
@@ -52,12 +53,10 @@ def _questions(plant: Path, n: int) -> list[str]:
     return [q.question for q in load_questions(plant / "qa" / "eval.jsonl") if q.answerable][:n]
 
 
-def _vm(pid: int, field: str) -> float:
-    """A memory figure (MiB) from /proc/<pid>/status: VmRSS now, VmHWM the peak."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+def _peak_mib(pid: int) -> float:
+    """The process's peak resident memory (VmHWM) in MiB."""
+    kib = status_kib(pid, ("VmHWM",)).get("VmHWM")
+    return float("nan") if kib is None else kib / 1024
 
 
 def _drive(questions: list[str], concurrency: int, ask) -> tuple[list[float], list[float]]:
@@ -124,7 +123,7 @@ def _peer_worker(
             break
         questions, concurrency, max_tokens = msg
         conn.send(_drive(questions, concurrency, lambda q, m=max_tokens: ask(q, m)))
-    conn.send({"peak_mib": _vm(os.getpid(), "VmHWM")})
+    conn.send({"peak_mib": _peak_mib(os.getpid())})
 
 
 # --- ours: the service over HTTP -----------------------------------------------------------
@@ -156,37 +155,16 @@ def _ask_http(url: str, question: str, max_tokens: int) -> tuple[float, float]:
 
 
 def _start_service(bundle: Path, state: Path, threads: int | None, slots: int, port: int):
-    import requests
-
     cmd = [sys.executable, "-m", "appliance.cli", "serve", "--bundle", str(bundle),
            "--state-dir", str(state), "--port", str(port), "--slots", str(slots),
            "--max-queue", "16"]  # fmt: skip
     if threads:
         cmd += ["--threads", str(threads)]
-    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=child_env())
     url = f"http://127.0.0.1:{port}"
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"expert serve exited: {proc.stderr.read().decode()[-2000:]}")
-        try:
-            if requests.get(url + "/readyz", timeout=1).status_code == 200:
-                return proc, url, time.perf_counter() - t0
-        except requests.ConnectionError:
-            pass
-        if time.perf_counter() - t0 > 300:
-            proc.kill()
-            raise RuntimeError("expert serve was not ready within 300 s")
-        time.sleep(0.05)
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    wait_ready(proc, url, "/readyz", timeout_s=300, poll_s=0.05)
+    return proc, url, time.perf_counter() - t0
 
 
 def run(
@@ -223,7 +201,7 @@ def run(
         )
         peer.start()
         results["peer"]["cold_start_s"] = parent.recv()["cold_start_s"]
-        proc, url, cold = _start_service(bundle, Path(tmp) / "ours", threads, slots, _free_port())
+        proc, url, cold = _start_service(bundle, Path(tmp) / "ours", threads, slots, free_port())
         results["ours"]["cold_start_s"] = cold
         try:
             # Warm-up, one each, not measured.
@@ -235,7 +213,7 @@ def run(
                 parent.send((qs, c, max_tokens))
                 results["peer"][c] = parent.recv()
                 results["ours"][c] = _drive(qs, c, lambda q: _ask_http(url, q, max_tokens))
-            results["ours"]["peak_mib"] = _vm(proc.pid, "VmHWM")
+            results["ours"]["peak_mib"] = _peak_mib(proc.pid)
             params["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
             parent.send(None)
             results["peer"]["peak_mib"] = parent.recv()["peak_mib"]
