@@ -45,7 +45,7 @@ def _documents(plant: Path | None, n_words: int) -> list[str]:
     docs = sorted((Path(plant) / "docs").glob("*.md")) if plant else []
     words = " ".join(p.read_text(encoding="utf-8", errors="replace") for p in docs).split()
     if not words:
-        from benchmarks.generation_bench import FALLBACK_TEXT
+        from benchmarks.generation_config import FALLBACK_TEXT
 
         words = (FALLBACK_TEXT * 40).split()
     while len(words) < 3 * n_words:

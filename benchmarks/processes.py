@@ -72,3 +72,49 @@ def status_kib(pid: int | str = "self", fields: tuple[str, ...] = ("VmRSS", "VmH
             except (ValueError, IndexError):
                 continue
     return out
+
+
+def machine_cpu_s() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine since boot (psutil; idle and iowait are
+    not busy; guest time is already inside user and nice)."""
+    import psutil
+
+    t = psutil.cpu_times()
+    total = sum(
+        getattr(t, f, 0.0)
+        for f in ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+    )
+    return total - t.idle - getattr(t, "iowait", 0.0), total
+
+
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of one process, all its threads (0.0 once it is gone)."""
+    import psutil
+
+    try:
+        t = psutil.Process(pid).cpu_times()
+    except psutil.Error:
+        return 0.0
+    return t.user + t.system
+
+
+def others_share(
+    busy0: float, total0: float, busy1: float, total1: float, own: float = 0
+) -> float | None:
+    """Share of the machine's CPU time that other processes used between two samples."""
+    if total1 <= total0:
+        return None
+    return max(0.0, min(1.0, (busy1 - busy0 - own) / (total1 - total0)))
+
+
+def wait_for_quiet(max_wait_s: float, share: float, window_s: float = 0.5) -> float | None:
+    """Sleep in short windows until other processes use less than `share` of the CPU, at most
+    `max_wait_s`; returns the share seen in the last window."""
+    deadline = time.monotonic() + max_wait_s
+    while True:
+        b0, t0 = machine_cpu_s()
+        time.sleep(window_s)
+        b1, t1 = machine_cpu_s()
+        seen = others_share(b0, t0, b1, t1)
+        if seen is None or seen < share or time.monotonic() >= deadline:
+            return seen

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks.generation_bench import GenerationBenchConfig, Variant, equal_quality_verdict
+from benchmarks.generation_config import GenerationBenchConfig, Variant
+from benchmarks.generation_measure import equal_quality_verdict
 from benchmarks.gguf_peers import equal_quality_peers, quality_markdown, score
 
 
