@@ -27,18 +27,17 @@ import multiprocessing as mp
 import sys
 from pathlib import Path
 
+from benchmarks.processes import status_kib
+
 SUITE = "generation"
 PROMPTS = (800, 1600)
 NEW_TOKENS = 128
 
 
 def _status() -> dict:
-    out = {}
-    for line in Path("/proc/self/status").read_text().splitlines():
-        key = line.split(":")[0]
-        if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
-            out[key] = round(int(line.split()[1]) * 1024 / 1e6, 1)
-    return out
+    """VmRSS, VmHWM, RssAnon and RssFile of this process, in MB."""
+    kib = status_kib("self", ("VmRSS", "VmHWM", "RssAnon", "RssFile"))
+    return {key: round(value * 1024 / 1e6, 1) for key, value in kib.items()}
 
 
 def smaps_breakdown() -> dict:
