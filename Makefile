@@ -136,7 +136,7 @@ format: $(STAMP)
 	$(VENV)/bin/ruff check --fix appliance trainer build tests benchmarks
 
 package: bundle ## one tarball for an air-gapped box: bundle + wheelhouse + systemd unit + install.sh
-	$(PY) -m build.package --bundle $(BUNDLE) --out dist $(if $(PUBKEY),--public-key $(PUBKEY))
+	$(EXPERT) package --bundle $(BUNDLE) --out dist $(if $(PUBKEY),--public-key $(PUBKEY))
 
 # The second corpus: the Apache httpd reference manual (examples/apache), same model and embedder.
 APACHE        ?= examples/apache

@@ -1,7 +1,7 @@
 """Open, verify and switch bundles on the device.
 
-Run: `python -m appliance.bundle verify DIR` (also `install`, `activate`, `rollback`, `current`;
-`--help` on each). Tests: `.venv/bin/pytest tests/appliance/test_bundle_verify.py`.
+Run: `expert device verify DIR` (also `install`, `activate`, `rollback`, `current`, `list`;
+appliance/commands/device.py). Tests: `.venv/bin/pytest tests/appliance/test_bundle_verify.py`.
 
 A bundle is the unit of deployment (see build/bundle.py, which writes it). Nothing in it is
 loaded before `load_bundle` has checked the manifest's format version, the optional ed25519
@@ -20,7 +20,6 @@ half-switched state.
 
 from __future__ import annotations
 
-import argparse
 import base64
 import hashlib
 import json
@@ -623,7 +622,7 @@ def activate(
         installed = ", ".join(list_installed(state_dir)) or "none"
         raise BundleError(
             f"{target}: not installed (installed: {installed}); install it first with "
-            "`install.sh --upgrade-bundle` or `python -m appliance.bundle install`"
+            "`install.sh --upgrade-bundle` or `expert device install`"
         )
     load_bundle(target, require_signature=require_signature, public_key=public_key)
     current = state_dir / CURRENT_LINK
@@ -671,95 +670,13 @@ def resolve_current(state_dir: Path) -> Path:
     return target
 
 
+def current_name(state_dir: Path) -> str | None:
+    """The folder name `<state_dir>/current` points to, or None when no bundle is active."""
+    return _link_target_name(Path(state_dir) / CURRENT_LINK)
+
+
 def list_installed(state_dir: Path) -> list[str]:
     bundles = _bundles_dir(state_dir)
     if not bundles.is_dir():
         return []
     return sorted(p.name for p in bundles.iterdir() if p.is_dir() and not p.name.startswith("."))
-
-
-# --------------------------------------------------------------------------------------------
-# Device command line (used by install.sh; no torch, no build dependencies)
-
-
-def _parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--state-dir",
-        type=Path,
-        default=Path(os.environ.get(ENV_STATE_DIR, "/var/lib/industry-expert")),
-        help=f"state directory (default: ${ENV_STATE_DIR} or /var/lib/industry-expert)",
-    )
-    common.add_argument(
-        "--require-signature",
-        action="store_true",
-        default=None,
-        help=f"refuse unsigned bundles (default: ${ENV_REQUIRE_SIGNATURE})",
-    )
-    common.add_argument(
-        "--public-key", type=Path, help=f"ed25519 .pub file (default: ${ENV_PUBLIC_KEY})"
-    )
-    p = argparse.ArgumentParser(
-        prog="python -m appliance.bundle",
-        description="Verify, install and switch bundles on the device.",
-    )
-    sub = p.add_subparsers(dest="action", required=True)
-
-    def add(name: str, help_text: str) -> argparse.ArgumentParser:
-        return sub.add_parser(name, help=help_text, parents=[common])
-
-    add("verify", "verify a bundle folder").add_argument("bundle", type=Path)
-    i = add("install", "verify and install a bundle folder or tarball")
-    i.add_argument("bundle", type=Path)
-    i.add_argument("--activate", action="store_true", help="also make it current")
-    add("activate", "make an installed bundle current").add_argument(
-        "name", help="bundle folder name, e.g. bundle-plant-1.0.0"
-    )
-    add("rollback", "switch back to the previous bundle")
-    add("current", "print the folder of the current bundle")
-    add("list", "list installed bundles (* marks the current one)")
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    try:
-        env_policy = SignaturePolicy.from_env()
-        policy = SignaturePolicy(
-            require_signature=(
-                env_policy.require_signature
-                if args.require_signature is None
-                else args.require_signature
-            ),
-            public_key=args.public_key or env_policy.public_key,
-        )
-        kw = {"require_signature": policy.require_signature, "public_key": policy.public_key}
-        if args.action == "verify":
-            b = load_bundle(args.bundle, **kw)
-            print(
-                f"OK {b.root}: {b.name} {b.version}, {len(b.manifest['files'])} files verified"
-                + (", signature valid" if b.signed else ", not signed")
-            )
-        elif args.action == "install":
-            dest = install_bundle(args.bundle, args.state_dir, activate_now=args.activate, **kw)
-            print(f"installed {dest}" + (" (now current)" if args.activate else ""))
-        elif args.action == "activate":
-            print(f"current -> {activate(args.state_dir, args.name, **kw)}")
-        elif args.action == "rollback":
-            print(f"current -> {rollback(args.state_dir, **kw)}")
-        elif args.action == "current":
-            print(resolve_current(args.state_dir))
-        elif args.action == "list":
-            cur = None
-            if (args.state_dir / CURRENT_LINK).is_symlink():
-                cur = _link_target_name(args.state_dir / CURRENT_LINK)
-            for name in list_installed(args.state_dir):
-                print(("* " if name == cur else "  ") + name)
-    except BundleError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

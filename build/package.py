@@ -26,7 +26,6 @@ with SIGILL on an older CPU, so it is built here without it.
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import json
 import logging
@@ -308,42 +307,3 @@ def make_package(
             with tarfile.open(partial, "w", format=tarfile.PAX_FORMAT) as tar:
                 tar.add(top, arcname=name, filter=_reset_owner)
     return final
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m build.package", description=__doc__.splitlines()[0]
-    )
-    parser.add_argument("--bundle", type=Path, required=True, help="bundle folder to ship")
-    parser.add_argument("--out", type=Path, default=Path("dist"), help="output folder")
-    parser.add_argument(
-        "--public-key", type=Path, help="bundle public key (.pub): the device will require it"
-    )
-    parser.add_argument(
-        "--sign-key", type=Path, help="ed25519 private key: signs the package's SHA256SUMS"
-    )
-    parser.add_argument(
-        "--wheel-cache",
-        type=Path,
-        default=REPO / "var" / "wheel-cache",
-        help="keeps wheels compiled from source between runs (default var/wheel-cache)",
-    )
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        path = make_package(
-            args.bundle,
-            args.out,
-            wheel_cache=args.wheel_cache,
-            public_key=args.public_key,
-            signing_key=args.sign_key,
-        )
-    except UserFacingError as exc:
-        print(f"make package: error: {exc}", file=sys.stderr)
-        return 2
-    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

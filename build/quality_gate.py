@@ -1,7 +1,6 @@
 """Quality gate: is the exported (int4) model still the model that was trained?
 
 Run: `expert eval quality-gate --hf DIR --onnx DIR --docs DIR --questions FILE --out FILE`
-     or `.venv/bin/python -m build.quality_gate --hf DIR --onnx DIR [--docs DIR] [--questions FILE]`
 Tests: `.venv/bin/pytest tests/build/test_quality_gate.py` (the SmolLM2 gate is part of make test).
 
 int4 costs a 135M model a lot (tens of percent perplexity), so the bundle step does not take an
@@ -33,12 +32,10 @@ manifest records; the device logs and serves the gate's figures.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
 import re
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -715,55 +712,35 @@ def summary(d: dict) -> dict:
     return out
 
 
-# --------------------------------------------------------------------------------------------
-# Script entry point (`expert eval quality-gate` is the usual way in)
-# --------------------------------------------------------------------------------------------
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m build.quality_gate", description=__doc__.split("\n")[0]
+def gate_export(
+    hf_dir: Path,
+    onnx_dir: Path,
+    docs_dir: Path,
+    questions: Path,
+    out: Path,
+    *,
+    thresholds: GateThresholds | None = None,
+    adapter_dir: Path | None = None,
+) -> dict:
+    """`expert eval quality-gate`: check the inputs exist, run the gate, write the gate file to
+    `out` and return it (its `passed` says whether the export may be bundled)."""
+    for flag, path, kind in (
+        ("--hf", hf_dir, "dir"),
+        ("--onnx", onnx_dir, "dir"),
+        ("--docs", docs_dir, "dir"),
+        ("--questions", questions, "file"),
+        ("--adapter", adapter_dir, "dir"),
+    ):
+        if path is None:
+            continue
+        if not (Path(path).is_dir() if kind == "dir" else Path(path).is_file()):
+            raise UserFacingError(f"{flag} {path}: no such {'folder' if kind == 'dir' else 'file'}")
+    extra: dict[str, object] = {}
+    if thresholds is not None:
+        extra["thresholds"] = thresholds
+    if adapter_dir is not None:
+        extra["adapter_dir"] = adapter_dir
+    gate = run_quality_gate(
+        hf_dir=hf_dir, onnx_dir=onnx_dir, docs_dir=docs_dir, questions=questions, **extra
     )
-    parser.add_argument(
-        "--hf", required=True, type=Path, help="HF checkpoint the export was made from"
-    )
-    parser.add_argument("--onnx", required=True, type=Path, help="exported model folder")
-    parser.add_argument("--docs", type=Path, default=DEFAULT_DOCS, help="held-out domain text")
-    parser.add_argument("--questions", type=Path, default=DEFAULT_QUESTIONS, help="eval JSONL")
-    parser.add_argument("--out", type=Path, help="write the result JSON here")
-    parser.add_argument(
-        "--adapter", type=Path, help="LoRA adapter merged into the export (reference merges it)"
-    )
-    parser.add_argument(
-        "--max-ppl-increase", type=float, default=GateThresholds.max_perplexity_increase_pct
-    )
-    parser.add_argument("--min-top1", type=float, default=GateThresholds.min_top1_agreement)
-    parser.add_argument(
-        "--min-answer-agreement", type=float, default=GateThresholds.min_answer_agreement
-    )
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    try:
-        thresholds = GateThresholds(args.max_ppl_increase, args.min_top1, args.min_answer_agreement)
-        result = run_quality_gate(
-            args.hf,
-            args.onnx,
-            questions=args.questions,
-            thresholds=thresholds,
-            docs_dir=args.docs,
-            adapter_dir=args.adapter,
-        )
-    except (UserFacingError, ValueError) as exc:
-        print(f"quality gate: error: {exc}", file=sys.stderr)
-        return 2
-    d = write_result(result, args.out) if args.out else result.to_dict()
-    print(json.dumps(summary(d), indent=2, ensure_ascii=False))
-    if not result.passed:
-        print("quality gate FAILED: " + "; ".join(result.failed), file=sys.stderr)
-    return 0 if result.passed else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return write_result(gate, out)

@@ -108,7 +108,7 @@ bundle_tool() {
     # The device's signature policy comes from the env file, as it does for the service.
     EXPERT_REQUIRE_SIGNATURE="$(env_value EXPERT_REQUIRE_SIGNATURE)" \
         EXPERT_BUNDLE_PUBLIC_KEY="$(env_value EXPERT_BUNDLE_PUBLIC_KEY)" \
-        "$VENV/bin/python" -m appliance.bundle "$@" --state-dir "$STATE_DIR"
+        "$VENV/bin/expert" device "$@" --state-dir "$STATE_DIR"
 }
 
 set_ownership() {
@@ -322,7 +322,7 @@ if [[ ! -f "$ENV_FILE" ]]; then
         echo "EXPERT_HOST=127.0.0.1"
         echo "EXPERT_PORT=8080"
         echo "# API keys are required before binding a non-loopback address (stored hashed);"
-        echo "# (add one with: sudo -u $SERVICE_USER $VENV/bin/expert serve --state-dir $SERVICE_STATE --add-key NAME)"
+        echo "# (add one with: sudo -u $SERVICE_USER $VENV/bin/expert keys add NAME --state-dir $SERVICE_STATE)"
         echo "# EXPERT_API_KEYS_FILE=$SERVICE_STATE/api_keys.json"
         echo "# A configured public key means only signed bundles are accepted:"
         echo "# EXPERT_BUNDLE_PUBLIC_KEY=$CONF_KEY"

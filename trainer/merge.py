@@ -14,7 +14,6 @@ The adapter must come from this base: the fingerprint recorded at training time 
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import shutil
@@ -202,37 +201,3 @@ def verify_merge(base: Path, adapter: Path, merged: Any) -> float:
     diff = float((a - b).abs()[keep].max())
     log.info("verify: max |logit difference| adapter vs merged = %.3g", diff)
     return diff
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--base", type=Path, required=True, help="the base checkpoint the adapter was trained on"
-    )
-    parser.add_argument(
-        "--adapter", type=Path, required=True, help="an `expert train` output folder"
-    )
-    parser.add_argument(
-        "--out", type=Path, required=True, help="new folder for the merged checkpoint"
-    )
-    parser.add_argument(
-        "--dtype", choices=DTYPES, default="auto", help="saved dtype (default: the base's)"
-    )
-    parser.add_argument(
-        "--verify",
-        action="store_true",
-        help="compare logits of adapter and merged model (loads the base twice)",
-    )
-
-
-def run(args: argparse.Namespace) -> int:
-    record = merge_adapter(args.base, args.adapter, args.out, dtype=args.dtype, verify=args.verify)
-    print(
-        json.dumps(
-            {
-                "out": str(args.out),
-                "dtype": record["dtype"],
-                "verify": record["verify_max_abs_logit_diff"],
-            }
-        )
-    )
-    return 0

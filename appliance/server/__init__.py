@@ -1,7 +1,7 @@
 """The appliance's HTTP service: OpenAI-compatible API, grounded answers, terminal UI.
 
 `create_app(config, *, generator=None, retriever=None)` builds the Flask app;
-`appliance.server.serve` is the `expert serve` command that runs it under waitress.
+`appliance.server.serve` runs it under waitress (`expert serve`, appliance/commands/serve.py).
 
 Routes (API key, when keys exist, on all but /healthz, /readyz and the UI's static files):
     POST   /v1/chat/completions   OpenAI chat (messages, max_tokens, temperature, top_p, stop,

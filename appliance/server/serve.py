@@ -1,7 +1,7 @@
-"""`expert serve`: run the service under waitress, the production WSGI server.
+"""Run the service under waitress, the production WSGI server (`expert serve`, whose command
+line is appliance/commands/serve.py).
 
 Run: `expert serve --bundle var/bundles/bundle-plant-0.1.0 --state-dir var/state`
-     `expert serve --add-key terminal-1`   (prints a new API key once; stores its hash)
 Tests: .venv/bin/pytest tests/appliance/test_server_serve.py
 
 Signals: SIGHUP loads the bundle again (re-reading the `current` link and the key file) and
@@ -11,7 +11,6 @@ work (/readyz turns 503), lets running generations finish (up to --drain-timeout
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import signal
@@ -32,97 +31,6 @@ SPARE_THREADS = 4
 HARD_EXIT_GRACE_S = 5.0
 # Exit status when a second SIGTERM cuts the drain short (128 + SIGTERM, as a shell reports).
 FORCED_EXIT_STATUS = 143
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--bundle", type=Path, help="bundle folder (default: <state-dir>/current)")
-    parser.add_argument(
-        "--state-dir", type=Path, help="writable state: keys, index copy (env EXPERT_STATE_DIR)"
-    )
-    parser.add_argument("--host", help="address to bind (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, help="port (default 8080)")
-    parser.add_argument("--slots", type=int, help="concurrent generations (default: cores / 2)")
-    parser.add_argument("--max-queue", type=int, help="requests waiting for a slot (0: 4 x slots)")
-    parser.add_argument("--queue-timeout-s", type=float, help="longest wait for a slot (s)")
-    parser.add_argument("--request-timeout-s", type=float, help="longest generation (s)")
-    parser.add_argument("--max-body-bytes", type=int, help="largest request body (bytes)")
-    parser.add_argument("--max-document-bytes", type=int, help="largest POST /v1/documents body")
-    for name, what in (
-        ("uncompressed-bytes", "inflated size of an uploaded DOCX"),
-        ("pages", "pages of an uploaded PDF"),
-        ("chunks", "chunks of one uploaded document"),
-    ):
-        parser.add_argument(f"--max-document-{name}", type=int, help=f"largest {what}")
-    parser.add_argument(
-        "--max-document-seconds", type=float, help="longest parse + embed of one upload (s)"
-    )
-    parser.add_argument("--header-timeout-s", type=float, help="time to send request headers")
-    parser.add_argument("--read-timeout-s", type=float, help="time to send a whole request")
-    parser.add_argument("--max-connections", type=int, help="open connections at most")
-    parser.add_argument("--cpu-slots", type=int, help="concurrent embedding/retrieval requests")
-    parser.add_argument("--allowed-hosts", help="extra Host names (comma-separated)")
-    parser.add_argument("--allowed-origins", help="extra browser origins (comma-separated)")
-    parser.add_argument("--max-tokens-limit", type=int, help="largest max_tokens accepted")
-    parser.add_argument("--top-k", type=int, help="passages retrieved per question (default 5)")
-    parser.add_argument(
-        "--abstain-threshold",
-        type=float,
-        help="best dense score under which the documents are taken not to cover a question",
-    )
-    parser.add_argument("--abstain-message", help="what to answer then")
-    parser.add_argument("--api-keys-file", type=Path, help="default <state-dir>/api_keys.json")
-    parser.add_argument("--threads", type=int, help="onnxruntime threads per generation")
-    parser.add_argument(
-        "--ui-language",
-        choices=("en", "es"),
-        help="terminal page language (default: from the browser's Accept-Language)",
-    )
-    parser.add_argument(
-        "--prefix-cache-tokens",
-        type=int,
-        help="KV tokens kept for reuse by the next request (default 2048; 0: off)",
-    )
-    parser.add_argument("--drain-timeout-s", type=float, default=30.0, help="SIGTERM grace (s)")
-    parser.add_argument(
-        "--debug", action="store_true", default=None, help="development only; refused in production"
-    )
-    keys = parser.add_mutually_exclusive_group()
-    keys.add_argument("--add-key", metavar="NAME", help="create an API key, print it, and exit")
-    keys.add_argument("--revoke-key", metavar="NAME", help="remove an API key and exit")
-    keys.add_argument("--list-keys", action="store_true", help="list API key names and exit")
-
-
-def config_from_args(args: argparse.Namespace) -> ServeConfig:
-    names = (
-        "bundle state_dir host port slots max_queue queue_timeout_s request_timeout_s "
-        "max_body_bytes max_document_bytes max_tokens_limit top_k abstain_threshold abstain_message api_keys_file "
-        "threads ui_language prefix_cache_tokens debug max_document_uncompressed_bytes "
-        "max_document_pages max_document_chunks max_document_seconds header_timeout_s "
-        "read_timeout_s "
-        "max_connections cpu_slots allowed_hosts allowed_origins"
-    ).split()
-    return ServeConfig.load({n: getattr(args, n, None) for n in names})
-
-
-def _manage_keys(args: argparse.Namespace, config: ServeConfig) -> int | None:
-    from appliance.server.auth import KeyStore, add_key, revoke_key
-
-    path = config.keys_path
-    if args.add_key:
-        key = add_key(path, args.add_key)
-        print(f"API key {args.add_key!r} (shown only now; its hash is stored in {path}):")
-        print(key)
-        print("Send it as `Authorization: Bearer <key>`; reload a running service (SIGHUP).")
-        return 0
-    if args.revoke_key:
-        revoke_key(path, args.revoke_key)
-        print(f"revoked {args.revoke_key!r}; reload a running service (SIGHUP) to apply")
-        return 0
-    if args.list_keys:
-        for k in KeyStore.load(path).keys:
-            print(f"{k.name}\t{k.created}")
-        return 0
-    return None
 
 
 def build_server(app, config: ServeConfig):
@@ -284,13 +192,10 @@ def ensure_state_dir(path: Path) -> None:
         )
 
 
-def run(args: argparse.Namespace) -> int:
-    config = config_from_args(args)
+def serve(config: ServeConfig, drain_timeout_s: float = 30.0) -> int:
+    """Load the bundle, bind, tell systemd we are ready, and serve until SIGTERM has drained."""
     ensure_state_dir(config.state_dir)
-    managed = _manage_keys(args, config)
-    if managed is not None:
-        return managed
-    if args.drain_timeout_s is None or not (args.drain_timeout_s >= 0):
+    if drain_timeout_s is None or not (drain_timeout_s >= 0):
         raise UserFacingError("--drain-timeout-s must be >= 0")
     logging.getLogger("appliance").setLevel(logging.DEBUG if config.debug else logging.INFO)
     limit_malloc_arenas()
@@ -301,7 +206,7 @@ def run(args: argparse.Namespace) -> int:
     app = create_app(config)
     svc = app.extensions[EXTENSION]
     server = build_server(app, config)
-    stop = install_signal_handlers(svc, args.drain_timeout_s)
+    stop = install_signal_handlers(svc, drain_timeout_s)
     host, port = server.effective_host, server.effective_port
     log.info(
         "serving %s on http://%s:%s (started in %.1f s; slots %d, queue %d, API keys %s)",

@@ -340,7 +340,7 @@ def test_activate_unknown_bundle_names_the_installed_ones(bundle: Path, tmp_path
 
 def test_device_cli(bundle: Path, tmp_path: Path):
     env = {**os.environ, "EXPERT_STATE_DIR": str(tmp_path / "state")}
-    cmd = [sys.executable, "-m", "appliance.bundle"]
+    cmd = [sys.executable, "-m", "appliance.cli", "device"]
     ok = subprocess.run(
         [*cmd, "install", "--activate", str(bundle)],
         env=env,

@@ -81,7 +81,7 @@ def test_bad_inputs_and_folders(
 def test_device_modules_do_not_import_torch() -> None:
     code = (
         "import sys; import appliance.embedding, appliance.retrieval, appliance.documents; "
-        "import appliance.retrieval.evaluation, appliance.retrieval.ingest_cli; "
+        "import appliance.retrieval.evaluation, appliance.commands.ingest; "
         "bad = [m for m in ('torch', 'transformers', 'peft') if m in sys.modules]; "
         "print(bad); sys.exit(1 if bad else 0)"
     )

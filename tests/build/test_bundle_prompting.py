@@ -11,7 +11,7 @@ import pytest
 from appliance.answering import AnswerPolicy
 from appliance.errors import UserFacingError
 from appliance.prompting import NOT_IN_DOCUMENTS
-from build.bundle import _prompting, add_arguments
+from build.commands.bundle import _prompting, add_arguments
 
 
 def parse(*argv: str) -> argparse.Namespace:

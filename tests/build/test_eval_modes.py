@@ -297,12 +297,12 @@ def test_expert_eval_builds_the_finetuned_bundle(
 def test_calibrate_threshold_on_dev_only(tiny_bundle: Path, plant_dir: Path, tmp_path: Path):
     """`expert eval calibrate`: the threshold comes from the dev split, test is only reported,
     and --out merges it into a bundle-extra file without losing its other keys."""
-    from build.evaluation import main
+    from appliance.cli import main as expert
 
     extra = tmp_path / "extra.json"
     extra.write_text(json.dumps({"prompting": {"domain": "the plant"}}), encoding="utf-8")
-    argv = ["calibrate", "--bundle", str(tiny_bundle), "--questions"]
-    assert main([*argv, str(plant_dir / "qa" / "eval.jsonl"), "--out", str(extra)]) == 0
+    argv = ["eval", "calibrate", "--bundle", str(tiny_bundle), "--questions"]
+    assert expert([*argv, str(plant_dir / "qa" / "eval.jsonl"), "--out", str(extra)]) == 0
     data = json.loads(extra.read_text(encoding="utf-8"))
     assert data["prompting"] == {"domain": "the plant"}
     cal = data["retrieval"]["abstain_threshold_calibration"]

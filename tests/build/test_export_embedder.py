@@ -55,7 +55,7 @@ def test_int8_export_is_close_and_smaller(tmp_path: Path, embedder_onnx: Path, r
 def test_cli_arguments() -> None:
     import argparse
 
-    from build import export_embedder as mod
+    from build.commands import export_embedder as mod
 
     parser = argparse.ArgumentParser()
     mod.add_arguments(parser)

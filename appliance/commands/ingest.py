@@ -1,7 +1,8 @@
 """`expert ingest SRC --index DIR`: build or update a retrieval index from a folder.
 
-Run: .venv/bin/python -m appliance.cli ingest examples/plant/docs --index var/index \
-         --embedder var/embedder
+Run: `expert ingest examples/plant/docs --index var/index --embedder var/embedder`
+Tests: .venv/bin/pytest tests/appliance/test_retrieval.py
+
 Re-running on a changed folder adds new and changed files, removes deleted ones and skips
 unchanged ones; unreadable files are listed and skipped.
 """
@@ -14,7 +15,14 @@ from pathlib import Path
 
 from appliance.errors import UserFacingError
 
+HELP = "Ingest a folder of documents into a retrieval index."
 DEFAULT_EMBEDDER = Path(os.environ.get("EXPERT_EMBEDDER", "var/embedder"))
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("ingest", help=HELP, description=HELP)
+    add_arguments(parser)
+    parser.set_defaults(func=run)
 
 
 def _key_value(text: str) -> tuple[str, str]:

@@ -1,0 +1,373 @@
+"""`expert eval`: RAG against fine-tuning against both, retrieval, calibration, the quality gate.
+
+Run: `expert eval modes --plant examples/plant --work var/work --bundle BUNDLE --out var/eval`
+     `expert eval modes --bundle BASE_BUNDLE --bundle FINETUNED_BUNDLE --questions FILE --out DIR`
+     `expert eval retrieval --bundle BUNDLE --questions FILE [--out FILE.json]`
+     `expert eval calibrate --bundle BUNDLE --questions FILE [--out BUNDLE-EXTRA.json]`
+     `expert eval quality-gate --hf DIR --onnx DIR --docs DIR --questions FILE --out FILE.json`
+Tests: .venv/bin/pytest tests/build/test_eval_modes.py tests/build/test_quality_gate.py
+
+`expert eval --bundle ...` without a subcommand runs `modes`. The work is done by
+build/evaluation.py (modes, retrieval, calibration) and build/quality_gate.py. Exit 1 when the
+quality gate fails (the gate file is still written), 2 on bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from appliance.commands import with_default_subcommand
+from appliance.errors import UserFacingError
+from build.evaluation import DEFAULT_K, DEFAULT_MAX_NEW_TOKENS, DEFAULT_SEED, MODE_NAMES
+
+log = logging.getLogger(__name__)
+
+HELP = "Evaluate bundles (base / RAG / fine-tuned / both), retrieval, calibration, the gate."
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "eval",
+        help=HELP,
+        description=HELP + " Without a subcommand: modes.",
+    )
+    actions = parser.add_subparsers(dest="eval_command", metavar="subcommand", required=True)
+    _add_modes(actions)
+    _add_retrieval(actions)
+    _add_calibrate(actions)
+    _add_quality_gate(actions)
+    with_default_subcommand(parser, "modes")
+    parser.set_defaults(explain_extra_args=_explain_extra_args(actions))
+
+
+def _bundle_questions_out(parser: argparse.ArgumentParser, out_help: str, bundles: str) -> None:
+    parser.add_argument(
+        "--bundle", type=Path, action="append", default=[], metavar="DIR", help=bundles
+    )
+    parser.add_argument("--questions", type=Path, metavar="FILE", help="eval JSONL")
+    parser.add_argument("--out", type=Path, metavar="PATH", help=out_help)
+
+
+def _add_modes(actions: argparse._SubParsersAction) -> None:
+    p = actions.add_parser(
+        "modes",
+        help="base / base+RAG / fine-tuned / fine-tuned+RAG on held-out questions (default)",
+        description="base / base+RAG / fine-tuned / fine-tuned+RAG on held-out questions, with "
+        "an HTML, JSON and Markdown report.",
+    )
+    _bundle_questions_out(
+        p,
+        "report folder (report.html/.json/.md)",
+        "the base bundle; a second --bundle is the fine-tuned one",
+    )
+    p.add_argument(
+        "--plant",
+        type=Path,
+        metavar="DIR",
+        help="plant folder (docs/, qa/train.jsonl, qa/eval.jsonl)",
+    )
+    p.add_argument(
+        "--work",
+        type=Path,
+        metavar="DIR",
+        help="work folder for the fine-tuned model (reused when up to date)",
+    )
+    p.add_argument(
+        "--base-hf",
+        type=Path,
+        metavar="DIR",
+        help="the base HF checkpoint (default: the one the bundle was exported from)",
+    )
+    p.add_argument(
+        "--full-precision", action="store_true", help="also evaluate the fp32 ONNX models"
+    )
+    p.add_argument(
+        "--modes",
+        default=None,
+        metavar="LIST",
+        help=f"comma-separated subset of {','.join(MODE_NAMES)}",
+    )
+    p.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS)
+    p.add_argument("--k", type=int, default=DEFAULT_K, help="passages per question")
+    p.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    p.add_argument("--threads", type=int, default=None, help="onnxruntime threads")
+    p.add_argument("--limit", type=int, default=None, help="only the first N questions")
+    p.add_argument(
+        "--train-epochs",
+        type=float,
+        default=None,
+        help="train full epochs when the fine-tuned model is built (default: a "
+        "fixed budget of 48 steps, sized for 2 CPU cores)",
+    )
+    p.add_argument(
+        "--train-max-steps",
+        type=int,
+        default=None,
+        help="cap on training steps when the fine-tuned model is built",
+    )
+    p.add_argument(
+        "--train-data",
+        type=Path,
+        metavar="FILE",
+        help="chat JSONL the fine-tuned model trains on (default PLANT/qa/train.jsonl), e.g. "
+        "the pairs.jsonl of `expert synth`",
+    )
+    p.add_argument(
+        "--train-mix",
+        action="append",
+        default=[],
+        metavar="FILE[:WEIGHT]",
+        help="more training pairs mixed in and weighted (e.g. hand-written); repeatable",
+    )
+    p.add_argument(
+        "--train-max-examples",
+        type=int,
+        default=None,
+        metavar="N",
+        help="train on a seeded sample of at most N pairs of --train-data",
+    )
+    p.add_argument(
+        "--no-rag-training",
+        action="store_true",
+        help="train on plain Q&A instead of retrieval-augmented prompts",
+    )
+    p.set_defaults(func=run_modes)
+
+
+def _add_retrieval(actions: argparse._SubParsersAction) -> None:
+    p = actions.add_parser(
+        "retrieval",
+        help="retrieval metrics of a bundle's index",
+        description="Retrieval metrics (recall, nDCG) of a bundle's index on eval questions.",
+    )
+    _bundle_questions_out(p, "write the metrics to FILE.json", "the bundle")
+    p.set_defaults(func=run_retrieval)
+
+
+def _add_calibrate(actions: argparse._SubParsersAction) -> None:
+    p = actions.add_parser(
+        "calibrate",
+        help="a bundle's abstention threshold, chosen on the dev split only",
+        description="A bundle's abstention threshold, chosen on the dev split only; --out "
+        "FILE.json merges it into a file for `expert bundle --extra`.",
+    )
+    _bundle_questions_out(p, "bundle-extra FILE.json to merge the threshold into", "the bundle")
+    p.add_argument("--k", type=int, default=DEFAULT_K, help="passages per question")
+    p.set_defaults(func=run_calibrate)
+
+
+def _add_quality_gate(actions: argparse._SubParsersAction) -> None:
+    from build.quality_gate import GateThresholds
+
+    p = actions.add_parser(
+        "quality-gate",
+        help="an export against the checkpoint it came from (the bundle's gate)",
+        description="An export against the checkpoint it came from: perplexity change, next-"
+        "token agreement, answer agreement. Exit 1 when it fails (the gate file is written).",
+    )
+    p.add_argument(
+        "--hf",
+        type=Path,
+        metavar="DIR",
+        help="the HF checkpoint the export was made from (the gate's reference)",
+    )
+    p.add_argument("--onnx", type=Path, metavar="DIR", help="exported ONNX model folder")
+    p.add_argument("--docs", type=Path, metavar="DIR", help="documents for the perplexity text")
+    p.add_argument("--questions", type=Path, metavar="FILE", help="eval JSONL")
+    p.add_argument("--out", type=Path, metavar="FILE", help="the gate file (JSON) to write")
+    p.add_argument(
+        "--adapter",
+        type=Path,
+        metavar="DIR",
+        help="LoRA adapter merged into the export (the reference merges it in fp32)",
+    )
+    d = GateThresholds()
+    p.add_argument(
+        "--max-ppl-increase",
+        type=float,
+        default=None,
+        help=f"pass mark: perplexity change in %% at most (default {d.max_perplexity_increase_pct})",
+    )
+    p.add_argument(
+        "--min-top1",
+        type=float,
+        default=None,
+        help=f"pass mark: top-1 next-token agreement (default {d.min_top1_agreement})",
+    )
+    p.add_argument(
+        "--min-answer-agreement",
+        type=float,
+        default=None,
+        help=f"pass mark: answer word F1 (default {d.min_answer_agreement})",
+    )
+    p.set_defaults(func=run_quality_gate)
+
+
+def _explain_extra_args(actions: argparse._SubParsersAction):
+    """Name the subcommand a misplaced flag belongs to (`--hf` given to `eval retrieval`)."""
+    owners: dict[str, list[str]] = {}
+    for name, sub in actions.choices.items():
+        for action in sub._actions:
+            for flag in action.option_strings:
+                owners.setdefault(flag, []).append(name)
+
+    def explain(args: argparse.Namespace, extra: list[str]) -> str | None:
+        flags = [x.split("=", 1)[0] for x in extra if x.startswith("--")]
+        known = [f for f in flags if f in owners]
+        if not known:
+            return None
+        where = "; ".join(f"{f}: `expert eval {'/'.join(owners[f])}`" for f in known)
+        return f"{', '.join(known)} do(es) not apply to `expert eval {args.eval_command}` ({where})"
+
+    return explain
+
+
+def _offline() -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def run_quality_gate(args: argparse.Namespace) -> int:
+    from build import quality_gate
+
+    missing = [
+        f
+        for f in ("--hf", "--onnx", "--docs", "--questions", "--out")
+        if getattr(args, f[2:]) is None
+    ]
+    if missing:
+        raise UserFacingError(
+            f"missing {', '.join(missing)}; see `expert eval quality-gate --help`"
+        )
+    _offline()
+    thresholds = None
+    marks = (args.max_ppl_increase, args.min_top1, args.min_answer_agreement)
+    if any(m is not None for m in marks):
+        d = quality_gate.GateThresholds()
+        try:
+            thresholds = quality_gate.GateThresholds(
+                d.max_perplexity_increase_pct if marks[0] is None else marks[0],
+                d.min_top1_agreement if marks[1] is None else marks[1],
+                d.min_answer_agreement if marks[2] is None else marks[2],
+            )
+        except ValueError as exc:
+            raise UserFacingError(str(exc)) from None
+    gate = quality_gate.gate_export(
+        args.hf,
+        args.onnx,
+        args.docs,
+        args.questions,
+        args.out,
+        thresholds=thresholds,
+        adapter_dir=args.adapter,
+    )
+    print(json.dumps(quality_gate.summary(gate), indent=2, ensure_ascii=False))
+    if gate.get("passed") is not True:
+        # Exit 1, so a script or make stops here; the result is written, and
+        # `expert bundle` refuses it unless --accept-quality-loss (recorded).
+        print(
+            f"quality gate FAILED ({'; '.join(gate.get('failed') or [])}); the result is in "
+            f"{args.out}. Export with a better int4 setting, or bundle with "
+            "--accept-quality-loss",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+def run_calibrate(args: argparse.Namespace) -> int:
+    from build.evaluation import calibrate_threshold
+
+    if len(args.bundle) != 1 or args.questions is None:
+        raise UserFacingError("calibrate needs one --bundle DIR and --questions FILE")
+    result = calibrate_threshold(args.bundle[0], args.questions, k=args.k)
+    if args.out is not None:
+        # A bundle-extra file: other keys (e.g. "prompting") are kept.
+        extra = {}
+        if args.out.is_file():
+            extra = json.loads(args.out.read_text(encoding="utf-8"))
+        extra.setdefault("retrieval", {})["abstain_threshold"] = result["abstain_threshold"]
+        extra["retrieval"]["abstain_threshold_calibration"] = {
+            k: v for k, v in result.items() if k != "bundle"
+        }
+        args.out.write_text(json.dumps(extra, indent=2) + "\n", encoding="utf-8")
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def run_retrieval(args: argparse.Namespace) -> int:
+    from build.evaluation import evaluate_retrieval_cli
+
+    if len(args.bundle) != 1 or args.questions is None:
+        raise UserFacingError("retrieval needs one --bundle DIR and --questions FILE")
+    result = evaluate_retrieval_cli(args.bundle[0], args.questions, args.out)
+    print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+def run_modes(args: argparse.Namespace) -> int:
+    from build.evaluation import EvalSettings, evaluate_modes
+
+    _offline()
+    if not args.bundle:
+        raise UserFacingError(
+            "pass --bundle DIR (the base bundle, e.g. var/bundles/bundle-plant-0.1.0; "
+            "`make bundle` builds it)"
+        )
+    if len(args.bundle) > 2:
+        raise UserFacingError("pass at most two --bundle: the base one, then the fine-tuned one")
+    if args.out is None:
+        raise UserFacingError("pass --out DIR, the folder for report.html/.json/.md")
+    questions = args.questions
+    if questions is None:
+        if args.plant is None:
+            raise UserFacingError("pass --questions FILE (or --plant DIR for PLANT/qa/eval.jsonl)")
+        questions = args.plant / "qa" / "eval.jsonl"
+    only = [m.strip() for m in args.modes.split(",") if m.strip()] if args.modes else None
+    settings = EvalSettings(
+        max_new_tokens=args.max_new_tokens,
+        k=args.k,
+        seed=args.seed,
+        threads=args.threads,
+        limit=args.limit,
+    )
+    options: dict[str, Any] = {}
+    if args.train_epochs is not None:
+        options["epochs"] = args.train_epochs
+        options["max_steps"] = None  # full epochs, unless --train-max-steps caps them
+    if args.train_max_steps is not None:
+        options["max_steps"] = args.train_max_steps
+    if args.no_rag_training:
+        options["with_retrieval"] = False
+    if args.train_mix:
+        options["mix"] = tuple(args.train_mix)
+    if args.train_max_examples is not None:
+        options["max_examples"] = args.train_max_examples
+    paths = evaluate_modes(
+        questions_file=questions,
+        out_dir=args.out,
+        base_bundle=args.bundle[0],
+        finetuned_bundle=args.bundle[1] if len(args.bundle) > 1 else None,
+        plant=args.plant,
+        work=args.work,
+        base_hf=args.base_hf,
+        full_precision=args.full_precision,
+        only=only,
+        settings=settings,
+        finetune_options=options,
+        train_data=args.train_data,
+    )
+    summary = json.loads(paths["json"].read_text(encoding="utf-8"))
+    print(paths["md"].read_text(encoding="utf-8").split("\n## Per question")[0].rstrip())
+    print(f"\nreport: {paths['html']}  (also {paths['json'].name}, {paths['md'].name})")
+    rec = summary.get("recommendation") or {}
+    if rec.get("mode"):
+        log.info("recommended mode: %s", rec["mode"])
+    return 0
