@@ -9,9 +9,11 @@ files, chat template, export.json):
 - `genai` (default): onnxruntime-genai's model builder. Fused attention (GroupQueryAttention),
   MatMulNBits int4/int8 weights, the fastest graph on the device.
 - `optimum`: Optimum's ONNX export (text-generation-with-past), then onnxruntime's
-  MatMulNBitsQuantizer, then a genai_config.json written here from the exported graph's own
-  input/output names. A second, independent path for architectures or checkpoints the builder
-  does not handle, and a cross-check of the first; it decodes ~2.5-3x slower.
+  MatMulNBitsQuantizer, then a genai_config.json written from the exported graph's own
+  input/output names (build/export_optimum.py). A second, independent path for architectures or
+  checkpoints the builder does not handle, and a cross-check of the first; it decodes ~2.5-3x
+  slower.
+The quantization settings of both are build/int4_options.py's `Int4Options`.
 
 The output is written to a sibling `.partial` folder, opened and run through onnxruntime-genai
 (a few greedy tokens) and only then moved into place, so a finished folder is always a working
@@ -30,13 +32,13 @@ import logging
 import shutil
 import tempfile
 import time
-import warnings
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from appliance.common.fsutil import atomic_dir, sha256_file
 from appliance.common.versions import package_versions
 from appliance.errors import UserFacingError
+from build.export_optimum import OPTIMUM_ARCHITECTURES, export_optimum
+from build.int4_options import GENAI_ALGOS, Int4Options
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +48,6 @@ EXPORT_FORMAT_VERSION = 1
 BACKENDS = ("genai", "optimum")
 PRECISIONS = ("int4", "int8", "fp32")
 EXECUTION_PROVIDERS = ("cpu", "cuda")
-BLOCK_SIZES = (16, 32, 64, 128, 256)
-EMBEDDING_BITS = (0, 4, 8)
 
 # Text decoders the onnxruntime-genai 0.15.2 model builder converts (builder.py `create_model`),
 # minus the vision/audio ones whose text part needs `inputs_embeds` and so cannot serve plain
@@ -76,83 +76,8 @@ GENAI_ARCHITECTURES = (
     "Lfm2ForCausalLM",
 )
 
-# Architectures the optimum path handles end to end: Optimum exports them with the standard
-# `past_key_values.N.key` / `present.N.key` names, and onnxruntime-genai runs them as the
-# decoder-only model type named here (the `model.type` in genai_config.json).
-OPTIMUM_ARCHITECTURES = {
-    "LlamaForCausalLM": "llama",
-    "Phi3ForCausalLM": "phi3",
-    "MistralForCausalLM": "mistral",
-    "Qwen2ForCausalLM": "qwen2",
-}
-
-# Weight-only quantization algorithms (int4 body; the `_last` / `_mixed` variants keep the
-# LM head, and for `_mixed` also the most sensitive layers' attention/MLP, in int8):
-#   default  onnxruntime's built-in blockwise quantizer (round to nearest, MLAS)
-#   rtn      round to nearest (neural-compressor style)
-#   k_quant  llama.cpp-style k-quant scale search, no calibration data
-#   hqq      half-quadratic quantization (optimum backend only). Near-lossless on SmolLM2, but
-#            its float zero points take onnxruntime 1.32's slow MatMulNBits path (~5 tok/s
-#            decode against ~170 for k_quant_mixed on 2 cores): for a GPU target or research.
-GENAI_ALGOS = ("default", "rtn", "rtn_last", "k_quant", "k_quant_last", "k_quant_mixed")
-OPTIMUM_ALGOS = GENAI_ALGOS + ("hqq",)
-ALL_ALGOS = OPTIMUM_ALGOS
-
-# Chosen from measurements on SmolLM2-135M (benchmarks/quantization_bench.py; 2,048 tokens of
-# the plant documents; decode speed on 2 cores): perplexity change / top-1 agreement / decode
-#   default (RTN)        +34% / 0.69 / 178 tok/s
-#   k_quant_last         +24% / 0.73
-#   k_quant_mixed        +10% / 0.80 / 163 tok/s   <- default
-#   k_quant_mixed bs16   +7.5% / 0.81 / 118 tok/s (and 1.2x the prefill time)
-# k_quant_mixed keeps the LM head and the most sensitive layers' V/down projections in int8.
-DEFAULT_INT4_ALGO = "k_quant_mixed"
-DEFAULT_BLOCK_SIZE = 32
-
 SMOKE_PROMPT = "Hello"
 SMOKE_TOKENS = 4
-
-
-@dataclass(frozen=True)
-class Int4Options:
-    """Weight-only quantization settings (used for int4 and, where the backend allows, int8)."""
-
-    block_size: int = DEFAULT_BLOCK_SIZE
-    algo: str = DEFAULT_INT4_ALGO
-    symmetric: bool = True
-    # MatMulNBits compute precision: 4 = int8 activations (fast on CPU), 1 = fp32. None means the
-    # builder's default: 4 on CPU, 0 (unset) on CUDA.
-    accuracy_level: int | None = None
-    # Bits of the token embedding when the model does not tie it to the LM head (a tied one shares
-    # the LM head's quantized matrix): 4 or 8 (GatherBlockQuantized), or 0 to keep it in fp32.
-    # 4 by default: on Qwen2.5-Coder-0.5B the fp32 embedding alone was 545 MB of a 973 MB export.
-    embedding_bits: int = 4
-
-    def __post_init__(self) -> None:
-        if self.block_size not in BLOCK_SIZES:
-            raise ValueError(f"block_size must be one of {BLOCK_SIZES}, got {self.block_size!r}")
-        if self.algo not in ALL_ALGOS:
-            raise ValueError(f"algo must be one of {ALL_ALGOS}, got {self.algo!r}")
-        if not isinstance(self.symmetric, bool):
-            raise ValueError(f"symmetric must be a bool, got {self.symmetric!r}")
-        if self.accuracy_level is not None and self.accuracy_level not in (0, 1, 2, 3, 4):
-            raise ValueError(f"accuracy_level must be 0-4 or None, got {self.accuracy_level!r}")
-        if self.embedding_bits not in EMBEDDING_BITS:
-            raise ValueError(
-                f"embedding_bits must be one of {EMBEDDING_BITS}, got {self.embedding_bits!r}"
-            )
-
-    @property
-    def streams(self) -> bool:
-        """Whether the genai export quantizes weight by weight (build/stream_quantize.py)."""
-        return self.algo.startswith(("rtn", "k_quant"))
-
-    def resolved_accuracy_level(self, execution_provider: str) -> int:
-        if self.accuracy_level is not None:
-            return self.accuracy_level
-        return 4 if execution_provider == "cpu" else 0
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 # --------------------------------------------------------------------------------------------
@@ -388,9 +313,10 @@ def export_llm(
                     prune_lm_head=prune_lm_head,
                 )
             else:
-                _export_optimum(
-                    source, work, precision, execution_provider, int4, arch, Path(scratch)
-                )
+                with _quiet_builder():
+                    export_optimum(
+                        source, work, precision, execution_provider, int4, arch, Path(scratch)
+                    )
         _ensure_processing_files(model_dir, work)
         if verify and execution_provider == "cpu":
             smoke_test(work)
@@ -521,226 +447,6 @@ def _export_genai(
         create_model(
             None, str(model_dir), str(out), precision, execution_provider, str(cache_dir), **opts
         )
-
-
-# --------------------------------------------------------------------------------------------
-# optimum backend
-# --------------------------------------------------------------------------------------------
-
-
-def _export_optimum(
-    model_dir: Path,
-    out: Path,
-    precision: str,
-    execution_provider: str,
-    int4: Int4Options,
-    arch: str,
-    scratch: Path,
-) -> None:
-    from optimum.exporters.onnx import main_export
-
-    raw = scratch / "optimum-fp32"
-    log.info("optimum export: %s -> %s", model_dir, raw)
-    with _quiet_builder(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch.jit tracer warnings, expected for these models
-        main_export(
-            str(model_dir),
-            output=str(raw),
-            task="text-generation-with-past",
-            device="cpu",
-            do_validation=False,
-            local_files_only=True,
-        )
-    model_path = raw / "model.onnx"
-    if not model_path.is_file():
-        raise UserFacingError(f"Optimum wrote no model.onnx into {raw}; see the log above.")
-    if precision == "fp32":
-        _save_onnx(_load_onnx(model_path), out / "model.onnx")
-    else:
-        bits = 4 if precision == "int4" else 8
-        model = quantize_matmul_nbits(_load_onnx(model_path), bits, int4, execution_provider)
-        _save_onnx(model, out / "model.onnx")
-    write_genai_config(model_dir, out, OPTIMUM_ARCHITECTURES[arch], execution_provider)
-    from transformers import AutoTokenizer
-
-    AutoTokenizer.from_pretrained(str(model_dir)).save_pretrained(str(out))
-
-
-def _load_onnx(path: Path):
-    import onnx
-
-    return onnx.load(str(path), load_external_data=True)
-
-
-def _save_onnx(model, path: Path) -> None:
-    import onnx
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save_model(
-        model,
-        str(path),
-        save_as_external_data=True,
-        all_tensors_to_one_file=True,
-        location=path.name + ".data",
-        size_threshold=1024,
-    )
-
-
-def _matmul_groups(graph) -> dict[str, list[str]]:
-    """Node names of the quantizable MatMuls, grouped the way the builder's `_last` and `_mixed`
-    presets see them (LM head; per layer: q/k/v, o, gate/up, down)."""
-    import re
-
-    inits = {t.name for t in graph.initializer}
-    groups: dict[str, list[str]] = {"last": [], "mixed": []}
-    layer_re = re.compile(r"/model/layers\.(\d+)/")
-    matmuls = [n for n in graph.node if n.op_type == "MatMul" and any(i in inits for i in n.input)]
-    layers = sorted({int(m.group(1)) for n in matmuls if (m := layer_re.search(n.name))})
-    num_layers = (max(layers) + 1) if layers else 0
-    # llama.cpp's mixed preset, as the genai builder applies it: the first and last eighth of the
-    # layers plus every third layer get int8 for V (or fused QKV) and the MLP down projection.
-    upgraded = {
-        i
-        for i in range(num_layers)
-        if i < num_layers / 8 or i >= 7 * num_layers / 8 or (i - round(num_layers / 8)) % 3 == 2
-    }
-    for n in matmuls:
-        if n.name.startswith("/lm_head/"):
-            groups["last"].append(n.name)
-        m = layer_re.search(n.name)
-        if (
-            m
-            and int(m.group(1)) in upgraded
-            and re.search(r"/(v_proj|qkv_proj|down_proj)/", n.name)
-        ):
-            groups["mixed"].append(n.name)
-    if not groups["last"] and matmuls:
-        groups["last"].append(matmuls[-1].name)
-    return groups
-
-
-def quantize_matmul_nbits(model, bits: int, int4: Int4Options, execution_provider: str):
-    """onnxruntime's MatMulNBitsQuantizer over an fp32 ONNX model; returns the quantized proto."""
-    from onnxruntime.quantization.matmul_nbits_quantizer import (
-        HQQWeightOnlyQuantConfig,
-        KQuantWeightOnlyQuantConfig,
-        MatMulNBitsQuantizer,
-        RTNWeightOnlyQuantConfig,
-    )
-
-    accuracy_level = int4.resolved_accuracy_level(execution_provider)
-    algo = int4.algo
-    base = {"rtn_last": "rtn", "k_quant_last": "k_quant", "k_quant_mixed": "k_quant"}.get(
-        algo, algo
-    )
-    groups = _matmul_groups(model.graph)
-    upgraded: list[str] = []
-    if algo.endswith("_last"):
-        upgraded = groups["last"]
-    elif algo == "k_quant_mixed":
-        upgraded = groups["last"] + groups["mixed"]
-    custom = {name: {"bits": 8} for name in upgraded}
-
-    def run(quantizer):
-        with _quiet_builder():
-            quantizer.process()
-        return quantizer.model.model
-
-    common = dict(
-        block_size=int4.block_size,
-        is_symmetric=int4.symmetric,
-        accuracy_level=accuracy_level,
-    )
-    if base == "default":
-        return run(MatMulNBitsQuantizer(model, bits=bits, algo_config=None, **common))
-    if base == "hqq":
-        cfg = HQQWeightOnlyQuantConfig(block_size=int4.block_size, bits=bits)
-        return run(MatMulNBitsQuantizer(model, bits=bits, algo_config=cfg, **common))
-    cls = RTNWeightOnlyQuantConfig if base == "rtn" else KQuantWeightOnlyQuantConfig
-    cfg = cls(customized_weight_config=custom)
-    return run(MatMulNBitsQuantizer(model, bits=bits, algo_config=cfg, **common))
-
-
-def write_genai_config(
-    model_dir: Path, out: Path, model_type: str, execution_provider: str
-) -> dict:
-    """genai_config.json for an Optimum-exported decoder, with names read from the graph."""
-    import onnx
-
-    hf = json.loads((model_dir / "config.json").read_text())
-    graph = onnx.load(str(out / "model.onnx"), load_external_data=False).graph
-    inputs = [i.name for i in graph.input]
-    outputs = [o.name for o in graph.output]
-    for required in ("input_ids", "attention_mask", "past_key_values.0.key"):
-        if required not in inputs:
-            raise UserFacingError(
-                f"the exported graph has no input {required!r} (inputs: {inputs[:6]}...); this "
-                "checkpoint cannot run on onnxruntime-genai through the optimum backend; use "
-                "--backend genai."
-            )
-    gen = {}
-    if (model_dir / "generation_config.json").is_file():
-        gen = json.loads((model_dir / "generation_config.json").read_text())
-    heads = hf["num_attention_heads"]
-    context = int(hf.get("max_position_embeddings") or 4096)
-
-    def first(v):
-        return v[0] if isinstance(v, list) and v else v
-
-    eos = gen.get("eos_token_id", hf.get("eos_token_id"))
-    decoder_inputs = {
-        "input_ids": "input_ids",
-        "attention_mask": "attention_mask",
-        "past_key_names": "past_key_values.%d.key",
-        "past_value_names": "past_key_values.%d.value",
-    }
-    if "position_ids" in inputs:
-        decoder_inputs["position_ids"] = "position_ids"
-    provider_options = [] if execution_provider == "cpu" else [{execution_provider: {}}]
-    config = {
-        "model": {
-            "bos_token_id": first(gen.get("bos_token_id", hf.get("bos_token_id"))),
-            "context_length": context,
-            "decoder": {
-                "session_options": {
-                    "log_id": "onnxruntime-genai",
-                    "provider_options": provider_options,
-                },
-                "filename": "model.onnx",
-                "head_size": int(hf.get("head_dim") or hf["hidden_size"] // heads),
-                "hidden_size": hf["hidden_size"],
-                "inputs": decoder_inputs,
-                "outputs": {
-                    "logits": "logits" if "logits" in outputs else outputs[0],
-                    "present_key_names": "present.%d.key",
-                    "present_value_names": "present.%d.value",
-                },
-                "num_attention_heads": heads,
-                "num_hidden_layers": hf["num_hidden_layers"],
-                "num_key_value_heads": hf.get("num_key_value_heads") or heads,
-            },
-            "eos_token_id": eos,
-            "pad_token_id": first(gen.get("pad_token_id", hf.get("pad_token_id"))) or first(eos),
-            "type": model_type,
-            "vocab_size": hf["vocab_size"],
-        },
-        "search": {
-            "do_sample": False,
-            "max_length": context,
-            "min_length": 0,
-            "num_beams": 1,
-            "num_return_sequences": 1,
-            # The Optimum graph concatenates past and new keys (no GroupQueryAttention), so the
-            # runtime must hand it separate past/present buffers.
-            "past_present_share_buffer": False,
-            "repetition_penalty": 1.0,
-            "temperature": 1.0,
-            "top_k": 50,
-            "top_p": 1.0,
-        },
-    }
-    (out / "genai_config.json").write_text(json.dumps(config, indent=4) + "\n")
-    return config
 
 
 # --------------------------------------------------------------------------------------------

@@ -45,9 +45,14 @@ BUILD_EXTRA_INSTALL = (
 
 
 def missing_build_modules() -> list[str]:
-    """The modules of the build extra this interpreter cannot import (empty: all there)."""
+    """The modules of the build extra this interpreter cannot import (empty: all there).
+
+    The dependencies are looked up first and without importing them; `build.commands` (whose
+    lookup imports the `build` package) only when they are all there."""
     missing = []
     for name in BUILD_EXTRA_MODULES:
+        if missing and "." in name:
+            break
         try:
             found = importlib.util.find_spec(name) is not None
         except (ImportError, ValueError):  # a missing parent package, or an import blocker

@@ -11,17 +11,19 @@ from pathlib import Path
 
 from appliance.errors import UserFacingError
 from build.export_llm import (
-    ALL_ALGOS,
     BACKENDS,
+    EXECUTION_PROVIDERS,
+    PRECISIONS,
+    export_llm,
+    read_export_record,
+)
+from build.int4_options import (
+    ALL_ALGOS,
     BLOCK_SIZES,
     DEFAULT_BLOCK_SIZE,
     DEFAULT_INT4_ALGO,
     EMBEDDING_BITS,
-    EXECUTION_PROVIDERS,
-    PRECISIONS,
     Int4Options,
-    export_llm,
-    read_export_record,
 )
 
 HELP = "Export a checkpoint to ONNX (int4/int8/fp32) for onnxruntime-genai."
