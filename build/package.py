@@ -1,6 +1,6 @@
 """`make package`: one tarball that installs the appliance on an air-gapped x86-64 Linux box.
 
-Run: `.venv/bin/python -m build.package --bundle dist/bundle-plant-1.0.0 --out dist/`
+Run: `expert package --bundle dist/bundle-plant-1.0.0 --out dist/` (build/commands/package.py)
 Tests: `.venv/bin/pytest -m slow tests/build/test_package.py`
 
 The box has no network, so everything it needs travels in the tarball:

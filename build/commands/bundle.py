@@ -1,6 +1,9 @@
 """`expert bundle`: assemble a versioned, checksummed bundle.
 
-Run: `expert bundle --help`
+Run: `expert bundle --name plant --version 0.2.0 --out var/bundles --llm DIR --embedder DIR --index DIR --quality-gate gate.json`
+     `expert bundle --generate-key keys/bundle-signing.key`   (an ed25519 pair for --sign-key)
+Tests: .venv/bin/pytest tests/build/test_bundle_build.py tests/build/test_bundle_prompting.py
+
 The work is done by build/bundle.py; this module is its command line.
 """
 

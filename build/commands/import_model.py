@@ -1,6 +1,8 @@
 """`expert import-model`: import a base model (GGUF file or HF folder) as an HF checkpoint.
 
-Run: `expert import-model --help`
+Run: `expert import-model --embedded --out var/work/smollm2-hf` (or --gguf FILE | --hf DIR)
+Tests: .venv/bin/pytest tests/build/test_import_model.py
+
 The work is done by build/import_model.py; this module is its command line.
 """
 

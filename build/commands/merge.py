@@ -1,6 +1,8 @@
 """`expert merge`: merge a LoRA/QLoRA adapter into its full-precision base.
 
-Run: `expert merge --help`
+Run: `expert merge --base DIR --adapter DIR --out DIR [--dtype auto|fp32|bf16|fp16] [--verify]`
+Tests: .venv/bin/pytest tests/trainer/test_merge.py
+
 The work is done by trainer/merge.py; this module is its command line.
 """
 

@@ -1,6 +1,8 @@
 """`expert package`: one tarball for an air-gapped box: bundle, wheelhouse, systemd unit, install.sh.
 
-Run: `expert package --help`
+Run: `expert package --bundle var/bundles/bundle-plant-0.1.0 --out dist [--public-key K.pub] [--sign-key K]`
+Tests: .venv/bin/pytest tests/build/test_package.py
+
 The work is done by build/package.py; this module is its command line.
 """
 

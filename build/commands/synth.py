@@ -1,6 +1,8 @@
 """`expert synth`: synthesize verified question/answer training pairs from an ingested index.
 
-Run: `expert synth --help`
+Run: `expert synth --bundle DIR --out DIR [--holdout EVAL.jsonl] [--generative N --teacher DIR]`
+Tests: .venv/bin/pytest tests/build/test_synth.py
+
 The work is done by build/synth.py; this module is its command line.
 """
 

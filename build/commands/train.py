@@ -1,6 +1,9 @@
 """`expert train`: fine-tune with LoRA or QLoRA on chat-format JSONL.
 
-Run: `expert train --help`
+Run: `expert train --base DIR --data FILE --method lora|qlora --out DIR [--config FILE]`
+     `accelerate launch --num_processes N -m appliance.cli train ...`   (several GPUs)
+Tests: .venv/bin/pytest tests/trainer/test_train.py
+
 The work is done by trainer/train.py; this module is its command line.
 """
 
