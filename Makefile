@@ -201,7 +201,7 @@ eval: bundle $(APACHE_BUNDLE)/manifest.json $(SPANISH_BUNDLE)/manifest.json ## R
 	    --questions $(SPANISH)/qa/eval.jsonl --out $(EVAL_OUT)/debian-es $(EVAL_M)
 	$(EXPERT) eval modes --bundle $(SPANISH_BUNDLE) $(if $(EVAL_MODES),,--bundle $(FT_BUNDLE)) \
 	    --questions $(SPANISH)/qa/mixed-en.jsonl --out $(EVAL_OUT)/debian-es-mixed-en $(EVAL_M)
-	$(PY) -m build.eval_report results plant=$(EVAL_OUT)/plant/report.json \
+	$(EXPERT) eval results plant=$(EVAL_OUT)/plant/report.json \
 	    apache=$(EVAL_OUT)/apache/report.json debian-es=$(EVAL_OUT)/debian-es/report.json \
 	    debian-es-mixed-en=$(EVAL_OUT)/debian-es-mixed-en/report.json --out $(EVAL_RESULTS)
 

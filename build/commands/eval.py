@@ -5,10 +5,13 @@ Run: `expert eval modes --plant examples/plant --work var/work --bundle BUNDLE -
      `expert eval retrieval --bundle BUNDLE --questions FILE [--out FILE.json]`
      `expert eval calibrate --bundle BUNDLE --questions FILE [--out BUNDLE-EXTRA.json]`
      `expert eval quality-gate --hf DIR --onnx DIR --docs DIR --questions FILE --out FILE.json`
+     `expert eval results plant=var/eval/plant/report.json ... --out results/eval`
+     `expert eval rescore REPORT.json --out DIR`
 Tests: .venv/bin/pytest tests/build/test_eval_modes.py tests/build/test_quality_gate.py
 
 `expert eval --bundle ...` without a subcommand runs `modes`. The work is done by
-build/evaluation.py (modes, retrieval, calibration) and build/quality_gate.py. Exit 1 when the
+build/evaluation.py (modes, retrieval, calibration), build/quality_gate.py and
+build/eval_report.py (results, rescore). Exit 1 when the
 quality gate fails (the gate file is still written), 2 on bad usage.
 """
 
@@ -42,6 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_retrieval(actions)
     _add_calibrate(actions)
     _add_quality_gate(actions)
+    _add_reports(actions)
     with_default_subcommand(parser, "modes")
     parser.set_defaults(explain_extra_args=_explain_extra_args(actions))
 
@@ -209,6 +213,26 @@ def _add_quality_gate(actions: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_quality_gate)
 
 
+def _add_reports(actions: argparse._SubParsersAction) -> None:
+    p = actions.add_parser(
+        "results",
+        help="copy reports and write summary.md into a folder (the committed results/eval)",
+        description="Copy `expert eval modes` reports into one folder and write summary.md.",
+    )
+    p.add_argument("reports", nargs="+", metavar="NAME=REPORT.json")
+    p.add_argument("--out", type=Path, required=True, metavar="DIR")
+    p.set_defaults(func=run_results)
+    p = actions.add_parser(
+        "rescore",
+        help="score a report's stored answers again under the current rules",
+        description="Score a report's stored answers again under the current rules and write "
+        "report.html/.json/.md anew.",
+    )
+    p.add_argument("report", type=Path, metavar="REPORT.json")
+    p.add_argument("--out", type=Path, required=True, metavar="DIR")
+    p.set_defaults(func=run_rescore)
+
+
 def _explain_extra_args(actions: argparse._SubParsersAction):
     """Name the subcommand a misplaced flag belongs to (`--hf` given to `eval retrieval`)."""
     owners: dict[str, list[str]] = {}
@@ -370,4 +394,34 @@ def run_modes(args: argparse.Namespace) -> int:
     rec = summary.get("recommendation") or {}
     if rec.get("mode"):
         log.info("recommended mode: %s", rec["mode"])
+    return 0
+
+
+def run_results(args: argparse.Namespace) -> int:
+    from build.eval_report import write_results
+
+    reports = {}
+    for item in args.reports:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise UserFacingError(
+                f"{item!r}: write NAME=PATH/report.json, e.g. plant=var/eval/plant/report.json"
+            )
+        reports[name] = Path(path)
+    try:
+        paths = write_results(reports, args.out)
+    except FileNotFoundError as exc:
+        raise UserFacingError(str(exc)) from None
+    print(paths["summary"].read_text(encoding="utf-8"))
+    return 0
+
+
+def run_rescore(args: argparse.Namespace) -> int:
+    from build.eval_report import rebuild_report, write_reports
+
+    if not args.report.is_file():
+        raise UserFacingError(f"{args.report}: no such report.json")
+    report = rebuild_report(json.loads(args.report.read_text(encoding="utf-8")), rescore=True)
+    paths = write_reports(report, args.out)
+    print(paths["md"].read_text(encoding="utf-8").split("\n## Per question")[0])
     return 0
