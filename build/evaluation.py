@@ -1,9 +1,8 @@
-"""Measure RAG against fine-tuning against both, on the plant's own questions (`expert eval`,
-whose command line is build/commands/eval.py).
+"""Measure RAG against fine-tuning against both, on the plant's own questions: the modes, and
+how one question is answered and scored in each (`expert eval modes`; build/bundle_evaluation.py
+opens the bundles and writes the reports, build/commands/eval.py is the command line).
 
 Run: `expert eval modes --plant examples/plant --work var/work --bundle var/bundles/bundle-plant-0.1.0 --out var/eval`
-     `expert eval calibrate --bundle BUNDLE --questions FILE [--out BUNDLE-EXTRA.json]`
-     `expert eval retrieval --bundle BUNDLE --questions FILE [--out FILE.json]`
 Tests: .venv/bin/pytest tests/build/test_eval_metrics.py tests/build/test_eval_report.py tests/build/test_eval_modes.py
 
 The usual advice (RAG for changing data and traceable answers, fine-tuning for stable
@@ -17,26 +16,20 @@ scores the answers, build/eval_report.py writes the HTML, JSON and Markdown repo
 With `--plant` and `--work` and a single `--bundle`, the fine-tuned model is built when missing
 (build/finetune_pipeline.py: LoRA training, merge, int4 export, a fine-tuned bundle); outputs
 that exist and match their inputs are reused.
+`run_modes` takes a generator factory and a retriever, so it runs as well on fakes as on the
+bundles' models.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import math
-import os
-import platform
-import shutil
-import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from appliance.common.questions import SPLITS, EvalQuestion, load_questions
-from appliance.common.versions import package_versions
+from appliance.common.questions import EvalQuestion
 from appliance.errors import UserFacingError
 from build import eval_metrics
 
@@ -401,258 +394,3 @@ def run_modes(
     qrank = {q.id: i for i, q in enumerate(questions)}
     records.sort(key=lambda r: (rank[r.mode], qrank[r.question_id]))
     return records
-
-
-def _git_commit() -> str | None:
-    import subprocess
-
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            cwd=Path(__file__).resolve().parent,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
-
-
-def machine_info() -> dict:
-    """Where and on what code a run was made; the load average says how contended its timings
-    are (timings on a busy shared box are several times an idle one's)."""
-    info = {
-        "git_commit": _git_commit(),
-        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-    }
-    info["onnxruntime_genai"] = package_versions(["onnxruntime-genai"])["onnxruntime-genai"]
-    return info
-
-
-# --------------------------------------------------------------------------------------------
-# The bundle side: generators, retriever, answer policy
-
-
-def open_genai(mode: ModeSpec, threads: int | None = None):
-    from appliance.generation.genai import GenaiGenerator
-
-    if mode.llm_dir is None:
-        raise UserFacingError(f"mode {mode.name}: no model folder")
-    return GenaiGenerator(mode.llm_dir, threads=threads, model_id=mode.bundle or mode.model)
-
-
-@contextmanager
-def open_retriever(bundle) -> Iterator[Any]:
-    """The bundle's retriever over a scratch copy of its index (a bundle is read-only; the
-    retriever may want to write its journal), removed afterwards."""
-    from appliance.embedding import OnnxEmbedder
-    from appliance.retrieval import Retriever
-
-    with tempfile.TemporaryDirectory(prefix="expert-eval-index-") as tmp:
-        index = Path(tmp) / "index"
-        shutil.copytree(bundle.index_dir, index)
-        for p in index.rglob("*"):
-            p.chmod(0o700 if p.is_dir() else 0o600)
-        retriever = Retriever.open(index, OnnxEmbedder(bundle.embedder_dir))
-        try:
-            yield retriever
-        finally:
-            close = getattr(retriever, "close", None)
-            if callable(close):
-                close()
-
-
-def bundle_policy(manifest: Mapping | None):
-    """The answer policy the service would use for this bundle (its calibrated threshold and
-    its wording)."""
-    from appliance.answering import AnswerPolicy
-
-    return AnswerPolicy.from_manifest(manifest)
-
-
-# --------------------------------------------------------------------------------------------
-# `expert eval modes`
-
-
-def evaluate_modes(
-    *,
-    questions_file: Path,
-    out_dir: Path,
-    base_bundle: Path,
-    finetuned_bundle: Path | None = None,
-    plant: Path | None = None,
-    work: Path | None = None,
-    base_hf: Path | None = None,
-    full_precision: bool = False,
-    only: Sequence[str] | None = None,
-    settings: EvalSettings | None = None,
-    finetune_options: Mapping[str, Any] | None = None,
-    train_data: Path | None = None,
-) -> dict[str, Path]:
-    """Build what is missing, run the modes, write report.{html,json,md}; return their paths."""
-    from appliance.bundle import load_bundle
-    from build import eval_report
-
-    settings = settings or EvalSettings()
-    started = time.perf_counter()
-    started_load = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
-    questions = load_questions(questions_file)
-    if settings.limit:
-        questions = questions[: settings.limit]
-    base = load_bundle(base_bundle)
-    wanted = list(only) if only else list(MODE_NAMES)
-    unknown = sorted(set(wanted) - set(MODE_NAMES))
-    if unknown:
-        raise UserFacingError(f"--modes: unknown mode(s) {unknown}; choose from {list(MODE_NAMES)}")
-    needs_ft = any(m.startswith("finetuned") for m in wanted)
-
-    build_info: dict[str, Any] = {}
-    ft = None
-    fp32: dict[str, Path] = {}
-    if needs_ft and finetuned_bundle is not None:
-        ft = load_bundle(finetuned_bundle)
-    elif needs_ft:
-        if (plant is None and train_data is None) or work is None:
-            raise UserFacingError(
-                "the fine-tuned modes need a fine-tuned bundle: pass a second --bundle, or "
-                "--plant DIR and --work DIR to build one (or --modes base,base+rag to skip them)"
-            )
-        from build import finetune_pipeline
-
-        built = finetune_pipeline.ensure_finetuned(
-            base_bundle=base,
-            plant=Path(plant) if plant is not None else None,
-            work=Path(work),
-            base_hf=base_hf,
-            full_precision=full_precision,
-            options=finetune_options,
-            train_data=train_data,
-        )
-        ft = load_bundle(built.bundle)
-        build_info["finetune"] = built.to_dict()
-        if built.fp32_dir is not None:
-            fp32["finetuned"] = built.fp32_dir
-    if full_precision:
-        from build import finetune_pipeline
-
-        if ft is not None and "finetuned" not in fp32:
-            fp32["finetuned"] = finetune_pipeline.ensure_fp32_for_bundle(ft, work=work)
-        if any(not m.startswith("finetuned") for m in wanted):
-            fp32["base"] = finetune_pipeline.ensure_fp32_for_bundle(
-                base, work=work, base_hf=base_hf
-            )
-
-    modes = standard_modes(
-        base.llm_dir,
-        ft.llm_dir if ft is not None else None,
-        base_bundle=base.id,
-        finetuned_bundle=ft.id if ft is not None else None,
-        fp32=fp32,
-        only=wanted,
-    )
-    policy = bundle_policy(base.manifest)
-    log.info(
-        "evaluating %d questions x %d modes (%s), max_new_tokens=%d, k=%d",
-        len(questions),
-        len(modes),
-        ", ".join(m.name for m in modes),
-        settings.max_new_tokens,
-        settings.k,
-    )
-    eval_started = time.perf_counter()
-    with open_retriever(base) as retriever:
-        records = run_modes(
-            questions,
-            modes,
-            open_generator=lambda m: open_genai(m, settings.threads),
-            retriever=retriever,
-            settings=settings,
-            policy=policy,
-        )
-    run = {
-        "questions_file": str(questions_file),
-        "base_bundle": str(base.root),
-        "finetuned_bundle": str(ft.root) if ft is not None else None,
-        "settings": asdict(settings),
-        "abstain_threshold": policy.abstain_threshold,
-        "machine": machine_info(),
-        "load_average_at_start": started_load,
-        "eval_s": round(time.perf_counter() - eval_started, 1),
-        "total_s": round(time.perf_counter() - started, 1),
-        "build": build_info,
-    }
-    report = eval_report.build_report(questions, modes, records, run=run)
-    paths = eval_report.write_reports(report, out_dir)
-    log.info("report: %s", paths["html"])
-    return paths
-
-
-# --------------------------------------------------------------------------------------------
-# `expert eval retrieval` and `expert eval calibrate`
-
-
-def evaluate_retrieval_cli(bundle_path: Path, questions_file: Path, out: Path | None) -> dict:
-    from appliance.bundle import load_bundle
-    from appliance.retrieval.evaluation import evaluate_retrieval
-
-    bundle = load_bundle(bundle_path)
-    if not Path(questions_file).is_file():
-        raise UserFacingError(f"--questions {questions_file}: no such file")
-    with open_retriever(bundle) as retriever:
-        result = evaluate_retrieval(retriever, Path(questions_file))
-    result = result.to_dict() if hasattr(result, "to_dict") else result
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=2, default=str) + "\n", encoding="utf-8")
-    return result
-
-
-def calibrate_threshold(
-    bundle_path: Path, questions_file: Path, *, split: str = "dev", k: int = DEFAULT_K
-) -> dict:
-    """The abstention threshold for a bundle, chosen on one split only (dev by default).
-
-    For each question of the split: the best dense score of the top-k passages the bundle's
-    index returns; then `appliance.answering.calibrate_abstain_threshold` (the highest
-    threshold that still answers >= 95% of the answerable questions), rounded down to two
-    decimals so that the 95% still holds. The other split is only reported."""
-    from appliance.answering import best_dense_score, calibrate_abstain_threshold
-    from appliance.bundle import load_bundle
-
-    bundle = load_bundle(bundle_path)
-    questions = load_questions(questions_file)
-    if split not in SPLITS or not any(q.split == split for q in questions):
-        raise UserFacingError(f"{questions_file}: no questions in split {split!r}")
-    scores: dict[str, dict[str, list[float]]] = {}
-    with open_retriever(bundle) as retriever:
-        for q in questions:
-            best = best_dense_score(retriever.search(q.question, k=k, filters=q.filters))
-            part = scores.setdefault(q.split or "none", {"answerable": [], "unanswerable": []})
-            part["answerable" if q.answerable else "unanswerable"].append(
-                -1.0 if best is None else float(best)
-            )
-    tuned = scores[split]
-    cal = calibrate_abstain_threshold(tuned["answerable"], tuned["unanswerable"])
-    threshold = math.floor(cal.threshold * 100) / 100
-
-    def effect(part: Mapping[str, list[float]]) -> dict:
-        return {
-            "answered": f"{sum(x >= threshold for x in part['answerable'])}/"
-            f"{len(part['answerable'])} answerable",
-            "refused": f"{sum(x < threshold for x in part['unanswerable'])}/"
-            f"{len(part['unanswerable'])} unanswerable",
-        }
-
-    return {
-        "bundle": str(bundle.root),
-        "questions_file": str(questions_file),
-        "chosen_on": split,
-        "calibrated": round(cal.threshold, 4),
-        "abstain_threshold": threshold,
-        "by_split": {name: effect(part) for name, part in sorted(scores.items())},
-    }

@@ -10,7 +10,7 @@ Run: `expert eval modes --plant examples/plant --work var/work --bundle BUNDLE -
 Tests: .venv/bin/pytest tests/build/test_eval_modes.py tests/build/test_quality_gate.py
 
 `expert eval --bundle ...` without a subcommand runs `modes`. The work is done by
-build/evaluation.py (modes, retrieval, calibration), build/quality_gate.py and
+build/bundle_evaluation.py (modes, retrieval, calibration), build/quality_gate.py and
 build/eval_report.py (results, rescore). Exit 1 when the
 quality gate fails (the gate file is still written), 2 on bad usage.
 """
@@ -307,7 +307,7 @@ def run_quality_gate(args: argparse.Namespace) -> int:
 
 
 def run_calibrate(args: argparse.Namespace) -> int:
-    from build.evaluation import calibrate_threshold
+    from build.bundle_evaluation import calibrate_threshold
 
     if len(args.bundle) != 1 or args.questions is None:
         raise UserFacingError("calibrate needs one --bundle DIR and --questions FILE")
@@ -327,17 +327,18 @@ def run_calibrate(args: argparse.Namespace) -> int:
 
 
 def run_retrieval(args: argparse.Namespace) -> int:
-    from build.evaluation import evaluate_retrieval_cli
+    from build.bundle_evaluation import evaluate_bundle_retrieval
 
     if len(args.bundle) != 1 or args.questions is None:
         raise UserFacingError("retrieval needs one --bundle DIR and --questions FILE")
-    result = evaluate_retrieval_cli(args.bundle[0], args.questions, args.out)
+    result = evaluate_bundle_retrieval(args.bundle[0], args.questions, args.out)
     print(json.dumps(result, indent=2, default=str))
     return 0
 
 
 def run_modes(args: argparse.Namespace) -> int:
-    from build.evaluation import EvalSettings, evaluate_modes
+    from build.bundle_evaluation import evaluate_modes
+    from build.evaluation import EvalSettings
 
     _offline()
     if not args.bundle:

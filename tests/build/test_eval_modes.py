@@ -12,14 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from appliance.common.questions import load_questions
+from build.bundle_evaluation import open_retriever
 from build.eval_metrics import VERDICTS
-from build.evaluation import (
-    EvalSettings,
-    load_questions,
-    open_retriever,
-    run_modes,
-    standard_modes,
-)
+from build.evaluation import EvalSettings, run_modes, standard_modes
 from tests.conftest import cached_dir
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -89,8 +85,8 @@ def test_fake_generator_through_the_answering_path(tiny_bundle: Path, mini_plant
     """FakeGenerator answers from passage [1]: retrieval, citations and abstention are real."""
     from appliance.bundle import load_bundle
     from appliance.generation.fake import FakeGenerator
+    from build.bundle_evaluation import bundle_policy
     from build.eval_report import build_report
-    from build.evaluation import bundle_policy
 
     bundle = load_bundle(tiny_bundle)
     questions = load_questions(mini_plant / "qa" / "eval.jsonl")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from appliance.common.questions import EvalQuestion, load_questions
 from appliance.prompting import NOT_IN_DOCUMENTS
 from build.eval_metrics import detect_abstention, score_answer
 from build.eval_report import (
@@ -19,7 +20,7 @@ from build.eval_report import (
     wilson_interval,
     write_reports,
 )
-from build.evaluation import AnswerRecord, EvalQuestion, load_questions, standard_modes
+from build.evaluation import AnswerRecord, standard_modes
 
 
 def approx(x: float):

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from appliance.answering import answer
+from appliance.common.questions import EvalQuestion, load_questions
 from appliance.generation.base import GenerationParams
 from appliance.generation.fake import FakeGenerator
 from appliance.prompting import NOT_IN_DOCUMENTS, PromptPassage
@@ -24,7 +25,7 @@ from build.eval_metrics import (
     values,
 )
 from build.eval_report import SUMMARY_ROWS, build_report, summarize_mode, wilson_interval
-from build.evaluation import AnswerRecord, EvalQuestion, load_questions, standard_modes
+from build.evaluation import AnswerRecord, standard_modes
 
 PRICE_Q = "What is the purchase price of the HX-4471-B mechanical seal?"
 
