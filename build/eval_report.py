@@ -190,44 +190,6 @@ def write_results(reports: Mapping[str, Path], out_dir: Path | str) -> dict[str,
     return paths
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m build.eval_report results NAME=REPORT.json ... --out DIR` (the committed
-    results folder) and `python -m build.eval_report rescore REPORT.json --out DIR` (score
-    stored answers again under the current rules and write the report anew)."""
-    import argparse
-
-    ap = argparse.ArgumentParser(prog="python -m build.eval_report", description=main.__doc__)
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    res = sub.add_parser("results", help="copy reports and write summary.md into a folder")
-    res.add_argument("reports", nargs="+", metavar="NAME=REPORT.json")
-    res.add_argument("--out", type=Path, required=True, metavar="DIR")
-    rs = sub.add_parser("rescore", help="score a report's stored answers again")
-    rs.add_argument("report", type=Path)
-    rs.add_argument("--out", type=Path, required=True, metavar="DIR")
-    args = ap.parse_args(argv)
-    if args.cmd == "results":
-        reports = {}
-        for item in args.reports:
-            name, sep, path = item.partition("=")
-            if not sep or not name or not path:
-                ap.error(
-                    f"{item!r}: write NAME=PATH/report.json, e.g. plant=var/eval/plant/report.json"
-                )
-            reports[name] = Path(path)
-        try:
-            paths = write_results(reports, args.out)
-        except FileNotFoundError as exc:
-            ap.error(str(exc))
-        print(paths["summary"].read_text(encoding="utf-8"))
-        return 0
-    if not args.report.is_file():
-        ap.error(f"{args.report}: no such report.json")
-    report = rebuild_report(json.loads(args.report.read_text(encoding="utf-8")), rescore=True)
-    paths = write_reports(report, args.out)
-    print(paths["md"].read_text(encoding="utf-8").split("\n## Per question")[0])
-    return 0
-
-
 def write_reports(report: Mapping, out_dir: Path | str) -> dict[str, Path]:
     """Write report.json, report.md and report.html into out_dir; return their paths."""
     out_dir = Path(out_dir)
@@ -247,6 +209,3 @@ def write_reports(report: Mapping, out_dir: Path | str) -> dict[str, Path]:
         atomic_write_text(paths[kind], text, overwrite=True)
     return paths
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())
