@@ -32,7 +32,9 @@ HELP = "Fine-tune with LoRA or QLoRA on chat-format JSONL."
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("train", help=HELP, description=HELP)
     add_arguments(parser)
-    parser.set_defaults(func=run)
+    # The settings are this parser's own flags (the namespace also holds `expert`'s).
+    settings = tuple(a.dest for a in parser._actions if a.dest not in ("help", "config"))
+    parser.set_defaults(func=run, train_settings=settings)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -104,7 +106,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     file_values = read_config_file(args.config) if args.config else {}
-    flags = {k: v for k, v in vars(args).items() if k != "config"}
+    flags = {k: getattr(args, k) for k in args.train_settings}
     config = resolve_config(file_values, flags)
     try:
         result = train(config)
