@@ -208,4 +208,3 @@ def write_reports(report: Mapping, out_dir: Path | str) -> dict[str, Path]:
     ):
         atomic_write_text(paths[kind], text, overwrite=True)
     return paths
-
