@@ -276,7 +276,8 @@ def test_every_reference_answer_scores_correct_under_the_strict_rules(corpus):
 def test_results_folder_and_rescoring_stored_answers(tmp_path):
     import json
 
-    from build.eval_report import main, rebuild_report, write_results
+    from appliance.cli import main as expert
+    from build.eval_report import rebuild_report, write_results
 
     modes = standard_modes("base-llm", None, only=["base+rag"])
     answers = {
@@ -305,7 +306,7 @@ def test_results_folder_and_rescoring_stored_answers(tmp_path):
     assert "## plant" in summary and "### Test split (2 questions" in summary
     assert "### Dev split (2 questions" in summary and "| Base + RAG |" in summary
     assert json.loads(paths["plant"].read_text(encoding="utf-8"))["questions"][0]["results"]
-    with pytest.raises(SystemExit):
-        main(["results", "plant", "--out", str(tmp_path / "r2")])  # NAME=PATH required
-    assert main(["rescore", str(path), "--out", str(tmp_path / "re")]) == 0
+    # NAME=PATH required
+    assert expert(["eval", "results", "plant", "--out", str(tmp_path / "r2")]) == 2
+    assert expert(["eval", "rescore", str(path), "--out", str(tmp_path / "re")]) == 0
     assert (tmp_path / "re" / "report.json").is_file()
