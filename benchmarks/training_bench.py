@@ -1,6 +1,6 @@
 """Training suite: QLoRA (ours: 4-bit NF4 base) against LoRA (peer: full-precision base).
 
-Run: .venv/bin/python -m benchmarks.run --suites training_bench --quick
+Run: `expert bench --suites training_bench --quick`
      (or directly: .venv/bin/python -m benchmarks.training_bench --quick)
 
 Both methods fine-tune SmolLM2-135M on the example plant's Q&A data in one run, with the same
