@@ -111,6 +111,13 @@ _STOP = {
 }
 
 _SENTENCE_WORDS = set().union(*_STOP.values()) | {"this", "these", "that", "it", "you", "if"}
+# Words that make a heading a clause rather than a name (see `sentence_like`): verbs,
+# negations and pronouns, English and Spanish.
+_CLAUSE_WORDS = {
+    *("is", "are", "was", "be", "do", "does", "not", "will", "can", "should", "must"),
+    *("you", "your", "we", "it", "this", "these", "that", "if"),
+    *("es", "son", "no", "debe", "puede", "usted", "hay"),
+}
 
 TEACHER_SYSTEM = (
     "You write one exam question about a passage. Reply with JSON only, on one line: "
@@ -208,8 +215,27 @@ _KEY_LINE = re.compile(r"^\s*([^\W\d_][^:;|\n]{0,40}?)\s*:\s+(\S.*?)\s*$")
 _CODE_HEAD = re.compile(r"^\s*([A-Z]{1,5}-\d{1,5}(?:-[A-Z0-9]+)?)\b")
 
 
+_LABELLED_SENTENCE = re.compile(r"^\S{1,20}:\s+(?:\S+\s+){3,}\S")
+
+
+def sentence_like(name: str) -> bool:
+    """A heading or row name that is a sentence, not the name of a thing: "E: Worker is in an
+    error state.", "Do not combine key and certificate in one file". Asked about as an entity
+    ("What is the parameter of E: Worker is in an error state.?") it makes a question nobody
+    asks. Signs: it ends like a sentence, it is a label followed by four or more words, or it
+    has three or more words one of which is a verb, pronoun or negation (`_CLAUSE_WORDS`).
+    Noun phrases stay names: "Start-up of the cooling water pump", "Configuración de la red",
+    "HTTP/0.9, HTTP/1.0, and HTTP/1.1", "Reverse Proxy Request Headers"."""
+    name = name.strip()
+    if name.endswith((".", "!", "?")) or _LABELLED_SENTENCE.match(name):
+        return True
+    words = [w.lower().strip(",;:()") for w in name.split()]
+    return len(words) >= 3 and any(w in _CLAUSE_WORDS for w in words)
+
+
 def entity_of(section: str, title: str) -> str | None:
-    """The thing a chunk is about: its last heading, shortened to a code or a name."""
+    """The thing a chunk is about: its last heading, shortened to a code or a name. A last
+    heading that is a sentence (`sentence_like`) names no entity: None."""
     parts = [p.strip() for p in section.split(" > ") if p.strip()]
     if not parts:
         return None
@@ -222,6 +248,8 @@ def entity_of(section: str, title: str) -> str | None:
         m = _CODE_HEAD.match(name)
         if m:
             return m.group(1)
+        if name and sentence_like(name):
+            return None
         if name and len(name) <= 60 and name.lower() not in ("see also", "summary", "examples"):
             return name
     return None
@@ -282,7 +310,7 @@ def entries_of(chunk: Chunk) -> list[Entry]:
             row_name = kv[0][1]
             m = _CODE_HEAD.match(row_name)
             row_entity = m.group(1) if m else row_name
-            if len(row_entity) > 60:
+            if len(row_entity) > 60 or sentence_like(row_entity):
                 continue
             for k, v in kv[1:]:
                 out.append(Entry(row_entity, k, v, "field", line))

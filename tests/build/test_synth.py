@@ -20,6 +20,7 @@ from build.synth import (
     holdout_reason,
     load_holdout,
     parse_teacher_json,
+    sentence_like,
     synthesize,
     write_outputs,
 )
@@ -66,6 +67,46 @@ def test_entries_from_records_key_lines_definitions_and_rows() -> None:
     assert [(e.entity, e.field, e.kind) for e in entries_of(term)] == [
         ("AcceptPathInfo", "Off", "meaning")
     ]
+
+
+def test_a_sentence_is_not_taken_for_an_entity_name() -> None:
+    # Real headings of the Apache manual that made questions like "What is the parameter of
+    # E: Worker is in an error state.?"; noun phrases (English, Spanish) stay names.
+    for sentence in (
+        "E: Worker is in an error state.",
+        "Do not combine key and certificate in one file",
+        "Warning: MaxRequestWorkers not a multiple of ThreadsPerChild",
+        "La red no es accesible",
+    ):
+        assert sentence_like(sentence), sentence
+    for name in (
+        "KeepAliveTimeout",
+        "Reverse Proxy Request Headers",
+        "HTTP/0.9, HTTP/1.0, and HTTP/1.1",
+        "Start-up of the cooling water pump",
+        "Configuración de la red",
+        "HTTP: headername",
+    ):
+        assert not sentence_like(name), name
+
+    under_sentence = Chunk(
+        "c#5",
+        "mod_proxy_balancer.html",
+        "mod_proxy_balancer",
+        "Balancer Manager Support > E: Worker is in an error state.",
+        "Parameter: E: Worker is in an error state.",
+    )
+    assert entries_of(under_sentence) == []
+    advice = Chunk(
+        "c#6",
+        "ssl_howto.html",
+        "SSL/TLS How-To",
+        "Do not combine key and certificate in one file",
+        "Maintenance: Separate files make it clear which file contains what.",
+    )
+    assert entries_of(advice) == []
+    row = Chunk("c#7", "a.md", "Log", "Messages", "Message: It is not running; Level: warn")
+    assert entries_of(row) == []
 
 
 def test_teacher_json_schema() -> None:
