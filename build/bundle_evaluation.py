@@ -175,6 +175,7 @@ def evaluate_modes(
             full_precision=full_precision,
             options=finetune_options,
             train_data=train_data,
+            gate_questions=questions_file,
         )
         ft = load_bundle(built.bundle)
         build_info["finetune"] = built.to_dict()

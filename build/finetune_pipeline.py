@@ -320,13 +320,22 @@ def export_model(
 
 
 def gate_model(
-    base_hf: Path, adapter_dir: Path, int4_dir: Path, plant: Path, out: Path, index_dir: Path
+    base_hf: Path,
+    adapter_dir: Path,
+    int4_dir: Path,
+    plant: Path | None,
+    out: Path,
+    index_dir: Path,
+    questions: Path | None = None,
 ) -> tuple[dict, bool]:
     """The quality gate of the fine-tuned int4 model (reference: base + adapter merged, fp32);
     a finished result for these very model files is reused. Returns (gate dict, reused).
 
-    Domain text: the plant's Markdown/text documents, as `make bundle`'s gate uses; a plant
-    folder without docs/ falls back to the text of the base bundle's index."""
+    Domain text: the plant's Markdown/text documents, as `make bundle`'s gate uses; without a
+    plant folder (training on `--train-data`, e.g. `expert synth` pairs of another corpus) or
+    one without docs/, the text of the base bundle's index. Questions (only the two models'
+    answers are compared, no reference answer is read): PLANT/qa/eval.jsonl, else `questions`
+    (the evaluation's file), else the gate's default."""
     from appliance.quality_gate import digest_of, model_file_hashes
     from build.quality_gate import run_quality_gate, write_result
 
@@ -335,14 +344,16 @@ def gate_model(
         model_file_hashes(int4_dir)
     ):
         return old, True
-    docs = Path(plant) / "docs"
-    questions = Path(plant) / "qa" / "eval.jsonl"
+    docs = Path(plant) / "docs" if plant is not None else None
+    if plant is not None and (Path(plant) / "qa" / "eval.jsonl").is_file():
+        questions = Path(plant) / "qa" / "eval.jsonl"
+    has_docs = docs is not None and docs.is_dir()
     result = run_quality_gate(
         base_hf,
         int4_dir,
-        texts=None if docs.is_dir() else index_texts(index_dir),
-        docs_dir=docs if docs.is_dir() else None,
-        questions=questions if questions.is_file() else None,
+        texts=None if has_docs else index_texts(index_dir),
+        docs_dir=docs if has_docs else None,
+        questions=questions if questions is not None and Path(questions).is_file() else None,
         adapter_dir=adapter_dir,
     )
     return write_result(result, out), False
@@ -447,11 +458,13 @@ def ensure_finetuned(
     full_precision: bool = False,
     options: FinetuneOptions | Mapping[str, Any] | None = None,
     train_data: Path | None = None,
+    gate_questions: Path | None = None,
 ) -> FinetuneResult:
     """Build (or reuse) adapter, int4 export, optional fp32 export and fine-tuned bundle.
 
     `train_data` (default PLANT/qa/train.jsonl) is the chat JSONL trained on, e.g. the
-    pairs.jsonl of `expert synth`.
+    pairs.jsonl of `expert synth`. `gate_questions`: the questions of the fine-tuned model's
+    quality gate when there is no plant folder (see `gate_model`).
     """
     options = (
         options if isinstance(options, FinetuneOptions) else FinetuneOptions.from_mapping(options)
@@ -549,9 +562,10 @@ def ensure_finetuned(
         base_hf,
         result.adapter_dir,
         result.int4_dir,
-        Path(plant),
+        Path(plant) if plant is not None else None,
         ft_dir / GATE_RESULT,
         base_bundle.index_dir,
+        questions=gate_questions,
     )
     result.quality_gate = gate_summary(gate)
     result.seconds["quality_gate"] = round(time.perf_counter() - t0, 1)

@@ -290,6 +290,35 @@ def test_expert_eval_builds_the_finetuned_bundle(
     assert [m["name"] for m in again["modes"]] == ["finetuned", "finetuned@fp32"]
 
 
+@pytest.mark.slow
+def test_expert_eval_trains_on_pairs_without_a_plant(
+    tiny_bundle: Path, mini_plant: Path, tmp_path: Path
+) -> None:
+    """`expert eval modes --train-data PAIRS` as `make eval-synth` runs it: no plant folder, so
+    the fine-tuned model's quality gate reads the bundle's own index text and the evaluation's
+    questions (it used to fail on the missing plant after training and export)."""
+    from appliance.cli import main
+
+    pairs = tmp_path / "pairs.jsonl"
+    shutil.copy(mini_plant / "qa" / "train.jsonl", pairs)
+    out, work = tmp_path / "eval", tmp_path / "work"
+    argv = [
+        "eval", "modes", "--bundle", str(tiny_bundle), "--work", str(work),
+        "--train-data", str(pairs), "--train-max-examples", "8", "--train-max-steps", "1",
+        "--modes", "base+rag,finetuned+rag", "--questions", str(mini_plant / "qa" / "eval.jsonl"),
+        "--out", str(out), "--max-new-tokens", "8",
+    ]  # fmt: skip
+    assert main(argv) == 0
+    data = _check_report(out, ["base+rag", "finetuned+rag"])
+    ft = data["run"]["build"]["finetune"]
+    assert ft["training"]["global_step"] == 1
+    gate = json.loads((Path(ft["work_dir"]) / "quality-gate.json").read_text(encoding="utf-8"))
+    assert isinstance(gate["passed"], bool) and gate["tokens_scored"] > 0
+    asked = {a["question"] for a in gate["answers"]}
+    eval_questions = {q.question for q in load_questions(mini_plant / "qa" / "eval.jsonl")}
+    assert asked and asked <= eval_questions
+
+
 def test_calibrate_threshold_on_dev_only(tiny_bundle: Path, plant_dir: Path, tmp_path: Path):
     """`expert eval calibrate`: the threshold comes from the dev split, test is only reported,
     and --out merges it into a bundle-extra file without losing its other keys."""
