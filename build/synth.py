@@ -225,11 +225,12 @@ def sentence_like(name: str) -> bool:
     asks. Signs: it ends like a sentence, it is a label followed by four or more words, or it
     has three or more words one of which is a verb, pronoun or negation (`_CLAUSE_WORDS`).
     Noun phrases stay names: "Start-up of the cooling water pump", "Configuración de la red",
-    "HTTP/0.9, HTTP/1.0, and HTTP/1.1", "Reverse Proxy Request Headers"."""
+    "ServerTokens Full (or not specified)", "HTTP/0.9, HTTP/1.0, and HTTP/1.1"."""
     name = name.strip()
     if name.endswith((".", "!", "?")) or _LABELLED_SENTENCE.match(name):
         return True
-    words = [w.lower().strip(",;:()") for w in name.split()]
+    # a parenthetical is a remark on the name: "ServerTokens Full (or not specified)"
+    words = [w.lower().strip(",;:") for w in re.sub(r"\([^)]*\)", " ", name).split()]
     return len(words) >= 3 and any(w in _CLAUSE_WORDS for w in words)
 
 

@@ -86,6 +86,7 @@ def test_a_sentence_is_not_taken_for_an_entity_name() -> None:
         "Start-up of the cooling water pump",
         "Configuración de la red",
         "HTTP: headername",
+        "ServerTokens Full (or not specified)",
     ):
         assert not sentence_like(name), name
 
