@@ -230,10 +230,14 @@ def carry_over_sections(old: dict, modules: list[str], new: list[dict]) -> list[
     when its module ran (by `source`) or, for sections written before they named their
     module, when this run wrote one with the same title. Carried ones say so in their title."""
     when = str(old.get("created", "?"))[:10]
-    titles = {s.get("title") for s in new}
+
+    def base(title) -> str:
+        return str(title or "").split(" (carried over from")[0]
+
+    titles = {base(s.get("title")) for s in new}
     kept = []
     for s in old.get("sections") or []:
-        if s.get("source") in modules or s.get("title") in titles:
+        if s.get("source") in modules or base(s.get("title")) in titles:
             continue
         title = str(s.get("title", ""))
         if "(carried over from" not in title:
