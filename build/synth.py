@@ -52,6 +52,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from appliance.common.fsutil import atomic_file, atomic_write_text
 from appliance.errors import UserFacingError
 from appliance.grounding import check, occurs, value_spans
 
@@ -922,11 +923,10 @@ def write_outputs(result: SynthResult, out: Path) -> dict[str, Path]:
         "report_md": out / "report.md",
     }
     for key, items in (("pairs", result.kept), ("dropped", result.dropped)):
-        tmp = paths[key].with_suffix(".tmp")
-        with tmp.open("w", encoding="utf-8") as fh:
+        with atomic_file(paths[key], overwrite=True) as tmp, tmp.open("w", encoding="utf-8") as fh:
             for p in items:
                 fh.write(json.dumps(p.chat(), ensure_ascii=False) + "\n")
-        tmp.replace(paths[key])
-    paths["report_json"].write_text(json.dumps(result.report, indent=2) + "\n", encoding="utf-8")
-    paths["report_md"].write_text(format_report(result), encoding="utf-8")
+    report_json = json.dumps(result.report, indent=2) + "\n"
+    atomic_write_text(paths["report_json"], report_json, overwrite=True)
+    atomic_write_text(paths["report_md"], format_report(result), overwrite=True)
     return paths
