@@ -78,6 +78,7 @@ while True:
         f"## Part {p}\\n\\nGeneration {i} marker text for part {p}. " + "Filler words here. " * 30
         for p in range(4))
     add_documents(Path(sys.argv[2]), emb, [DocumentInput(name="gen.md", text=text, doc_id="gen")])
+    print("published", flush=True)
 """
 
 
@@ -95,6 +96,10 @@ def test_kill_9_during_updates_leaves_a_servable_index(
         )
         try:
             assert proc.stdout.readline().strip() == "ready"
+            # One update is published before the kill window opens, so every round kills a
+            # writer in the middle of a later update however slow a loaded box makes it (a writer
+            # that dies early closes stdout, and the readline returns "" and fails).
+            assert proc.stdout.readline().strip() == "published"
             threading.Event().wait(rng.uniform(0.2, 1.5))
         finally:
             os.kill(proc.pid, signal.SIGKILL)
