@@ -34,6 +34,7 @@ from appliance.grounding import (
     bears_value,
     best_sentence,
     contradicts,
+    is_repetitive,
     is_small_number,
     new_values,
     occurs,
@@ -841,6 +842,9 @@ class AnswerStream:
                     )
                 ):
                     verdict = replace(verdict, status="unsupported")
+            if verdict.supported and is_repetitive(model_text):
+                # A generation loop states nothing checkable: the quote (or abstention) instead.
+                verdict = replace(verdict, status="unsupported")
             if verdict.supported:
                 status = "supported"
             else:

@@ -525,3 +525,22 @@ def bears_value(sentence: str, question: str) -> bool:
     """The sentence states something the question asks for: a value the question does not
     name, or a "Key: value" record line (a fact sheet's "Default: AllowOverride None")."""
     return bool(new_values(sentence, question)) or bool(_RECORD_LINE_RE.match(sentence))
+
+
+# A small model that loses its way repeats itself ("de la versión de la versión…", the same
+# sentence four times). Such text can hold no wrong value and still say nothing: it is not an
+# answer, whatever the value check finds. Chosen on dev splits only: the two Spanish dev loops
+# that passed the check as supported had 64-102 words at 0.22-0.25 distinct words per word. In
+# the Apache and plant dev runs (base + RAG) three answers of 30+ words fell under 0.5, all
+# loops: one over an unanswerable question (0.37, passed as supported), a looping list of shift
+# times (0.33) and a repeated refusal (0.07). Language-neutral (word tokens).
+REPETITION_MIN_WORDS = 30
+REPETITION_MAX_DISTINCT = 0.4
+
+
+def is_repetitive(text: str) -> bool:
+    """`text` is long and made mostly of words it has already said (a generation loop)."""
+    words = [_fold(w) for w in re.findall(r"\w+", _blank(text, _MARKER_RE))]
+    if len(words) < REPETITION_MIN_WORDS:
+        return False
+    return len(set(words)) / len(words) < REPETITION_MAX_DISTINCT

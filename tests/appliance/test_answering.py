@@ -199,13 +199,13 @@ def test_calibration_picks_the_highest_threshold_keeping_answerable_recall():
 Q_TORQUE = "What torque does the P-101 impeller nut get?"
 
 
-def _deltas(reply, question=Q_TORQUE, passages=(PUMP, OIL), **policy):
+def _deltas(reply, question=Q_TORQUE, passages=(PUMP, OIL), params=PARAMS, **policy):
     gen = FakeGenerator(reply=reply)
     stream = answer_stream(
         question,
         generator=gen,
         retriever=StubRetriever(list(passages)),
-        params=PARAMS,
+        params=params,
         policy=AnswerPolicy(**policy),
     )
     return list(stream), stream.result
@@ -235,6 +235,14 @@ def test_unsupported_value_without_a_close_sentence_abstains():
     )
     assert a.grounding == "abstained" and a.abstained and a.text == NOT_IN_DOCUMENTS
     assert "7035" not in "".join(deltas)
+
+
+def test_a_generation_loop_is_not_passed_off_as_a_supported_answer():
+    loop = "The nut is tightened to 120 N·m [1]. " + "The nut of the nut of the pump. " * 8
+    deltas, a = _deltas(loop, params=GenerationParams(max_new_tokens=400))
+    assert a.grounding == "quoted" and a.model_text == loop
+    assert a.text == 'The manual says: "The P-101 impeller nut is tightened to 120 N·m." [1]'
+    assert "".join(deltas).endswith(a.text)  # the stream ends with what the answer is
 
 
 def test_the_entry_named_in_the_question_goes_first_and_holds_the_value():

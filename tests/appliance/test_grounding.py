@@ -6,7 +6,14 @@ from __future__ import annotations
 
 import pytest
 
-from appliance.grounding import best_sentence, check, occurs, sentence_spans, value_spans
+from appliance.grounding import (
+    best_sentence,
+    check,
+    is_repetitive,
+    occurs,
+    sentence_spans,
+    value_spans,
+)
 
 KEEPALIVE = (
     "Description: Amount of time the server will wait for subsequent requests\n"
@@ -163,3 +170,15 @@ def test_best_sentence_require_filters_candidates():
         "What is the default MaxRequestWorkers?", [text], require=lambda s: "256" in s
     )
     assert ev is not None and ev.sentence.startswith("The default value is 256")
+
+
+def test_a_long_answer_made_of_its_own_words_is_repetitive():
+    loop = "Para la versión de la versión de la versión de la versión " * 4
+    assert is_repetitive(loop)
+    assert not is_repetitive("de la versión " * 5)  # too short to judge
+    steps = (
+        "Stop the pump and lock out the motor. Close the suction and discharge valves. "
+        "Drain the casing into a tray, then remove the eight cover bolts and lift the cover. "
+        "Check the impeller for wear and replace the O-ring before closing the casing again [1]."
+    )
+    assert not is_repetitive(steps)
