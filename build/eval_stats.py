@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from appliance.common.stats import percentile, wilson_interval
@@ -214,6 +214,22 @@ def _secs(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.2f} s"
 
 
+def _changes(
+    summary: Mapping[str, Mapping],
+    pairs: Sequence[tuple[str, str, str]],
+    fields: Sequence[tuple[str, str, Callable[[float | None], str]]],
+) -> list[str]:
+    """One line per (before, after, what) pair of modes that both ran: `what: name a → b, ...`
+    for each (name, summary key, format) field."""
+    lines = []
+    for before, after, what in pairs:
+        if before in summary and after in summary:
+            a, b = summary[before], summary[after]
+            changes = (f"{name} {fmt(a[key])} → {fmt(b[key])}" for name, key, fmt in fields)
+            lines.append(f"{what}: " + ", ".join(changes))
+    return lines
+
+
 def recommend(summary: Mapping[str, Mapping], modes: Sequence[Mapping]) -> dict:
     """Pick the mode to deploy for this data set, and say why, from the numbers alone.
 
@@ -285,36 +301,25 @@ def recommend(summary: Mapping[str, Mapping], modes: Sequence[Mapping]) -> dict:
             + (" (a tie within the margin)." if second in tied else ".")
         )
 
-    def pair(a: str, b: str) -> tuple[Mapping, Mapping] | None:
-        return (summary[a], summary[b]) if a in summary and b in summary else None
-
-    rag_lines = []
-    for without, with_, what in (
-        ("base", "base+rag", "base model"),
-        ("finetuned", "finetuned+rag", "fine-tuned model"),
-    ):
-        p = pair(without, with_)
-        if p:
-            rag_lines.append(
-                f"{what}: fact recall {_pct(p[0]['fact_recall'])} → {_pct(p[1]['fact_recall'])}, "
-                f"abstention on unanswerable {_pct(p[0]['abstention_accuracy'])} → "
-                f"{_pct(p[1]['abstention_accuracy'])}, time to first token "
-                f"{_secs(p[0]['ttft_mean_s'])} → {_secs(p[1]['ttft_mean_s'])}"
-            )
+    rag_lines = _changes(
+        summary,
+        (("base", "base+rag", "base model"), ("finetuned", "finetuned+rag", "fine-tuned model")),
+        (
+            ("fact recall", "fact_recall", _pct),
+            ("abstention on unanswerable", "abstention_accuracy", _pct),
+            ("time to first token", "ttft_mean_s", _secs),
+        ),
+    )
     if rag_lines:
         reasons.append("Retrieval, " + "; ".join(rag_lines) + ".")
-    ft_lines = []
-    for base_mode, ft_mode, what in (
-        ("base", "finetuned", "without retrieval"),
-        ("base+rag", "finetuned+rag", "with retrieval"),
-    ):
-        p = pair(base_mode, ft_mode)
-        if p:
-            ft_lines.append(
-                f"{what}: handled correctly {_pct(p[0]['handled_correctly'])} → "
-                f"{_pct(p[1]['handled_correctly'])}, token F1 {_pct(p[0]['token_f1'])} → "
-                f"{_pct(p[1]['token_f1'])}"
-            )
+    ft_lines = _changes(
+        summary,
+        (
+            ("base", "finetuned", "without retrieval"),
+            ("base+rag", "finetuned+rag", "with retrieval"),
+        ),
+        (("handled correctly", "handled_correctly", _pct), ("token F1", "token_f1", _pct)),
+    )
     if ft_lines:
         reasons.append("Fine-tuning, " + "; ".join(ft_lines) + ".")
     cites = [

@@ -203,6 +203,35 @@ def test_tie_goes_to_retrieval_then_latency() -> None:
     assert nothing["mode"] is None and "none is recommended" in nothing["text"]
 
 
+def test_reasons_compare_each_pair_of_modes_that_ran() -> None:
+    modes = [m.to_dict() for m in standard_modes(Path("a"), Path("b"))]
+    base = {
+        "n_questions": 50,
+        "n_correct": 20,
+        "answer_accuracy": 0.4,
+        "abstention_accuracy": 0.5,
+        "citation_accuracy": None,
+        "handled_correctly_ci95": None,
+    }
+    summary = {
+        "base": {**base, "handled_correctly": 0.1, "fact_recall": 0.2, "token_f1": 0.3,
+                 "ttft_mean_s": 0.25},
+        "base+rag": {**base, "handled_correctly": 0.6, "fact_recall": None, "token_f1": 0.5,
+                     "abstention_accuracy": 0.75, "ttft_mean_s": 1.5},
+        "finetuned+rag": {**base, "handled_correctly": 0.4, "fact_recall": 0.7, "token_f1": 0.6,
+                          "ttft_mean_s": 1.25},
+    }  # fmt: skip
+    reasons = recommend(summary, modes)["reasons"]
+    # No fine-tuned mode without retrieval ran: only the pairs whose two modes ran are compared.
+    assert (
+        "Retrieval, base model: fact recall 20% → n/a, abstention on unanswerable 50% → 75%, "
+        "time to first token 0.25 s → 1.50 s." in reasons
+    )
+    assert (
+        "Fine-tuning, with retrieval: handled correctly 60% → 40%, token F1 50% → 60%." in reasons
+    )
+
+
 def test_wilson_interval() -> None:
     assert wilson_interval(0, 0) is None
     lo, hi = wilson_interval(8, 10)
