@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -144,26 +145,44 @@ def _add_modes(actions: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_modes)
 
 
+def _add_one_bundle_command(
+    actions: argparse._SubParsersAction,
+    name: str,
+    *,
+    help: str,
+    description: str,
+    out_help: str,
+    func: Callable[[argparse.Namespace], int],
+) -> argparse.ArgumentParser:
+    """A subcommand over one bundle's index and eval questions (retrieval, calibrate)."""
+    p = actions.add_parser(name, help=help, description=description)
+    _bundle_questions_out(p, out_help, "the bundle")
+    p.set_defaults(func=func)
+    return p
+
+
 def _add_retrieval(actions: argparse._SubParsersAction) -> None:
-    p = actions.add_parser(
+    _add_one_bundle_command(
+        actions,
         "retrieval",
         help="retrieval metrics of a bundle's index",
         description="Retrieval metrics (recall, nDCG) of a bundle's index on eval questions.",
+        out_help="write the metrics to FILE.json",
+        func=run_retrieval,
     )
-    _bundle_questions_out(p, "write the metrics to FILE.json", "the bundle")
-    p.set_defaults(func=run_retrieval)
 
 
 def _add_calibrate(actions: argparse._SubParsersAction) -> None:
-    p = actions.add_parser(
+    p = _add_one_bundle_command(
+        actions,
         "calibrate",
         help="a bundle's abstention threshold, chosen on the dev split only",
         description="A bundle's abstention threshold, chosen on the dev split only; --out "
         "FILE.json merges it into a file for `expert bundle --extra`.",
+        out_help="bundle-extra FILE.json to merge the threshold into",
+        func=run_calibrate,
     )
-    _bundle_questions_out(p, "bundle-extra FILE.json to merge the threshold into", "the bundle")
     p.add_argument("--k", type=int, default=DEFAULT_K, help="passages per question")
-    p.set_defaults(func=run_calibrate)
 
 
 def _add_quality_gate(actions: argparse._SubParsersAction) -> None:
@@ -192,24 +211,14 @@ def _add_quality_gate(actions: argparse._SubParsersAction) -> None:
         help="LoRA adapter merged into the export (the reference merges it in fp32)",
     )
     d = GateThresholds()
-    p.add_argument(
-        "--max-ppl-increase",
-        type=float,
-        default=None,
-        help=f"pass mark: perplexity change in %% at most (default {d.max_perplexity_increase_pct})",
-    )
-    p.add_argument(
-        "--min-top1",
-        type=float,
-        default=None,
-        help=f"pass mark: top-1 next-token agreement (default {d.min_top1_agreement})",
-    )
-    p.add_argument(
-        "--min-answer-agreement",
-        type=float,
-        default=None,
-        help=f"pass mark: answer word F1 (default {d.min_answer_agreement})",
-    )
+    for flag, what, default in (
+        ("--max-ppl-increase", "perplexity change in %% at most", d.max_perplexity_increase_pct),
+        ("--min-top1", "top-1 next-token agreement", d.min_top1_agreement),
+        ("--min-answer-agreement", "answer word F1", d.min_answer_agreement),
+    ):
+        p.add_argument(
+            flag, type=float, default=None, help=f"pass mark: {what} (default {default})"
+        )
     p.set_defaults(func=run_quality_gate)
 
 
@@ -306,12 +315,17 @@ def run_quality_gate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _one_bundle(args: argparse.Namespace, command: str) -> Path:
+    """The single --bundle of a one-bundle subcommand, which also needs --questions."""
+    if len(args.bundle) != 1 or args.questions is None:
+        raise UserFacingError(f"{command} needs one --bundle DIR and --questions FILE")
+    return args.bundle[0]
+
+
 def run_calibrate(args: argparse.Namespace) -> int:
     from build.bundle_evaluation import calibrate_threshold
 
-    if len(args.bundle) != 1 or args.questions is None:
-        raise UserFacingError("calibrate needs one --bundle DIR and --questions FILE")
-    result = calibrate_threshold(args.bundle[0], args.questions, k=args.k)
+    result = calibrate_threshold(_one_bundle(args, "calibrate"), args.questions, k=args.k)
     if args.out is not None:
         # A bundle-extra file: other keys (e.g. "prompting") are kept.
         extra = {}
@@ -329,9 +343,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
 def run_retrieval(args: argparse.Namespace) -> int:
     from build.bundle_evaluation import evaluate_bundle_retrieval
 
-    if len(args.bundle) != 1 or args.questions is None:
-        raise UserFacingError("retrieval needs one --bundle DIR and --questions FILE")
-    result = evaluate_bundle_retrieval(args.bundle[0], args.questions, args.out)
+    result = evaluate_bundle_retrieval(_one_bundle(args, "retrieval"), args.questions, args.out)
     print(json.dumps(result, indent=2, default=str))
     return 0
 
