@@ -132,81 +132,75 @@ def _release(graph, value) -> None:
     value.const_value = None
 
 
-def _quantize_matmul(builder, graph, node, bits: int, opts: dict) -> None:
+def _quantized_initializers(
+    builder, graph, value, weight: np.ndarray, bits: int, opts: dict, rows: int | None = None
+) -> list:
+    """Quantize `weight` (K x N, blocks along K) and register the results as initializers named
+    after `value` as the builder names them: [data, scales] + [zero points] when asymmetric.
+    `rows` lays the data out as (rows, -1) (a Gather table) instead of (N, K blocks, blob)."""
+    bs = opts["block_size"]
+    data, scales, zps = quantize_weight(
+        weight, bits=bits, block_size=bs, method=opts["method"], symmetric=opts["symmetric"],
+        name=value.name,
+    )  # fmt: skip
+    if rows is not None:
+        data = data.reshape(rows, -1)
+    base = value.name
+    out = [
+        _initializer(builder, graph, f"{base}_Q{bits}G{bs}", data),
+        _initializer(builder, graph, f"{base}_scale", scales),
+    ]
+    if zps is not None:
+        out.append(_initializer(builder, graph, f"{base}_zp", zps))
+    return out
+
+
+def _replace_node(graph, node, op_type: str, inputs: list, attrs: dict, name: str, weight) -> None:
+    """Put a com.microsoft `op_type` node in `node`'s place and drop the fp32 `weight`."""
     import onnx_ir as ir
 
+    new = ir.Node(
+        "com.microsoft",
+        op_type,
+        inputs,
+        ir.convenience.convert_attributes(attrs),
+        num_outputs=1,
+        name=name,
+    )
+    ir.convenience.replace_nodes_and_values(
+        graph, node, [node], [new], list(node.outputs), list(new.outputs)
+    )
+    _release(graph, weight)
+
+
+def _quantize_matmul(builder, graph, node, bits: int, opts: dict) -> None:
     weight_value = node.inputs[1]
     weight = weight_value.const_value.numpy()
     if weight.ndim != 2:
         return
     k, n = weight.shape
-    bs = opts["block_size"]
-    data, scales, zps = quantize_weight(
-        weight, bits=bits, block_size=bs, method=opts["method"], symmetric=opts["symmetric"],
-        name=weight_value.name,
-    )  # fmt: skip
+    quantized = _quantized_initializers(builder, graph, weight_value, weight, bits, opts)
     del weight
-    base = weight_value.name
-    inputs = [
-        node.inputs[0],
-        _initializer(builder, graph, f"{base}_Q{bits}G{bs}", data),
-        _initializer(builder, graph, f"{base}_scale", scales),
-    ]
-    if zps is not None:
-        inputs.append(_initializer(builder, graph, f"{base}_zp", zps))
-    attrs = {"K": k, "N": n, "bits": bits, "block_size": bs}
+    attrs = {"K": k, "N": n, "bits": bits, "block_size": opts["block_size"]}
     if opts["accuracy_level"]:
         attrs["accuracy_level"] = opts["accuracy_level"]
-    new = ir.Node(
-        "com.microsoft",
-        "MatMulNBits",
-        inputs,
-        ir.convenience.convert_attributes(attrs),
-        num_outputs=1,
-        name=f"{node.name}_Q{bits}",
-    )
-    ir.convenience.replace_nodes_and_values(
-        graph, node, [node], [new], list(node.outputs), list(new.outputs)
-    )
-    _release(graph, weight_value)
+    inputs = [node.inputs[0], *quantized]
+    _replace_node(graph, node, "MatMulNBits", inputs, attrs, f"{node.name}_Q{bits}", weight_value)
 
 
 def _quantize_embedding(builder, graph, node, bits: int, opts: dict) -> None:
     """An untied token embedding (Gather on an fp32 table) -> GatherBlockQuantized, laid out as
     the builder lays out a tied one (the table quantized like an LM head, axis 1 in blocks)."""
-    import onnx_ir as ir
-
     table_value = node.inputs[0]
     table = table_value.const_value.numpy()  # (vocab, hidden)
-    vocab, hidden = table.shape
-    bs = opts["block_size"]
-    data, scales, zps = quantize_weight(
-        table.T, bits=bits, block_size=bs, method=opts["method"], symmetric=opts["symmetric"],
-        name=table_value.name,
-    )  # fmt: skip
+    data, *scales_zps = _quantized_initializers(
+        builder, graph, table_value, table.T, bits, opts, rows=table.shape[0]
+    )
     del table
-    base = table_value.name
-    inputs = [
-        _initializer(builder, graph, f"{base}_Q{bits}G{bs}", data.reshape(vocab, -1)),
-        node.inputs[1],
-        _initializer(builder, graph, f"{base}_scale", scales),
-    ]
-    if zps is not None:
-        inputs.append(_initializer(builder, graph, f"{base}_zp", zps))
-    attrs = {"bits": bits, "block_size": bs, "gather_axis": 0, "quantize_axis": 1}
-    new = ir.Node(
-        "com.microsoft",
-        "GatherBlockQuantized",
-        inputs,
-        ir.convenience.convert_attributes(attrs),
-        num_outputs=1,
-        name=f"{node.name}BlockQuantized",
-    )
-    ir.convenience.replace_nodes_and_values(
-        graph, node, [node], [new], list(node.outputs), list(new.outputs)
-    )
-    _release(graph, table_value)
-    del hidden
+    attrs = {"bits": bits, "block_size": opts["block_size"], "gather_axis": 0, "quantize_axis": 1}
+    inputs = [data, node.inputs[1], *scales_zps]
+    name = f"{node.name}BlockQuantized"
+    _replace_node(graph, node, "GatherBlockQuantized", inputs, attrs, name, table_value)
 
 
 def streaming_to_nbits(builder, embedding_bits: int | None):
