@@ -7,6 +7,11 @@
 - `ReferenceSentencePiece`: the `sentencepiece` library on the model the vocabulary came from,
   applied as llama.cpp applies it: special tokens cut out first, each text fragment encoded
   with its prefix space, BOS in front when asked.
+
+The regexes below repeat those of build/import_model.py on purpose (the `duplicates` tool pairs
+the DeepSeek letter class): they are transcribed a second time from llama.cpp, partly in another
+spelling (`'[sS]` where the product writes `(?i:'s`), so that a slip in the product's copy shows
+as a parity failure instead of being shared by the reference. Do not import them from the product.
 """
 
 from __future__ import annotations
