@@ -56,9 +56,11 @@ def wilson(k: int, n: int) -> tuple[float, float]:
     return wilson_interval(k, n) or (0.0, 1.0)
 
 
-def build_index(corpus: Path, embedder, out_root: Path) -> Path:
-    """The corpus' index under the current chunking code (rebuilt when that code changes)."""
-    from appliance.retrieval.ingest import ingest_folder
+def index_key(corpus: Path, embedder_folder: Path) -> str:
+    """What a cached index depends on: the chunking code, the corpus' documents and every file
+    of the embedder (model, tokenizer, embedder.json with its prefixes and keyword weight), so
+    that two embedders, or two exports of one model, never share an index."""
+    from appliance.common.fsutil import sha256_file
 
     h = hashlib.sha256()
     for rel in ("appliance/documents/chunking.py", "appliance/documents/loaders.py"):
@@ -66,7 +68,20 @@ def build_index(corpus: Path, embedder, out_root: Path) -> Path:
     for f in sorted((corpus / "docs").rglob("*")):
         if f.is_file():
             h.update(f.name.encode() + f.read_bytes())
-    index = out_root / f"{corpus.name}-{h.hexdigest()[:12]}" / "index"
+    h.update(b"\0embedder\0")
+    for f in sorted(Path(embedder_folder).rglob("*")):
+        if f.is_file():
+            rel = f.relative_to(embedder_folder).as_posix()
+            h.update(f"{rel}\0{sha256_file(f)}\0".encode())
+    return h.hexdigest()[:12]
+
+
+def build_index(corpus: Path, embedder, out_root: Path) -> Path:
+    """The corpus' index for this embedder under the current chunking code (rebuilt when either
+    changes; see index_key)."""
+    from appliance.retrieval.ingest import ingest_folder
+
+    index = out_root / f"{corpus.name}-{index_key(corpus, embedder.folder)}" / "index"
     if not (index.parent / ".complete").is_file():
         ingest_folder(corpus / "docs", index, embedder, progress=False)
         (index.parent / ".complete").write_text("ok\n")
