@@ -1,16 +1,18 @@
 """Process helpers the benchmark suites share: start a server on a free loopback port, wait
-until it answers, and read a process's memory figures.
+until it answers, read a process's memory figures, and stop a process group with everything
+in it (a timed-out suite and the servers it started).
 
 Memory: psutil has the current resident size but not the kernel's peak (VmHWM) nor the
 anonymous/file split (RssAnon, RssFile) the memory suite reports, so those come from
 /proc/<pid>/status, read here and nowhere else.
 
-Test: .venv/bin/pytest tests/benchmarks/test_bench_schema.py
+Test: .venv/bin/pytest tests/benchmarks/test_processes.py tests/benchmarks/test_bench_schema.py
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import time
@@ -118,3 +120,38 @@ def wait_for_quiet(max_wait_s: float, share: float, window_s: float = 0.5) -> fl
         seen = others_share(b0, t0, b1, t1)
         if seen is None or seen < share or time.monotonic() >= deadline:
             return seen
+
+
+def group_members(pgid: int) -> list[int]:
+    """The processes of process group `pgid` that still run (zombies, already stopped and
+    waiting to be reaped, are left out)."""
+    import psutil
+
+    members = []
+    for proc in psutil.process_iter(["status"]):
+        try:
+            if os.getpgid(proc.pid) == pgid and proc.info["status"] != psutil.STATUS_ZOMBIE:
+                members.append(proc.pid)
+        except (OSError, psutil.Error):
+            continue  # gone meanwhile
+    return members
+
+
+def stop_group(pgid: int, grace_s: float = 10.0) -> list[int]:
+    """Stop every process of group `pgid`: SIGTERM, then SIGKILL for whatever still runs after
+    `grace_s` (a process that ignores SIGTERM, a server mid-request). Returns the pids that were
+    running when it was called. Refuses this process's own group."""
+    if pgid == os.getpgrp():
+        raise ValueError(f"process group {pgid} is this process's own; refusing to stop it")
+    found = group_members(pgid)
+    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
+        if not group_members(pgid):
+            break
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            break
+        deadline = time.monotonic() + wait_s
+        while group_members(pgid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    return found

@@ -6,7 +6,9 @@ does), or `expert bench --suites generation --quick` (build/commands/bench.py is
 Each suite is a module of this package exposing `run(quick: bool, **paths) -> list[dict]` of
 records (benchmarks/records.py). It runs in its own process, one suite at a time, so one
 suite's threads and memory never disturb another's figures and a crash or a hang becomes a
-"skipped: reason" entry instead of ending the run. A suite's `run` receives the keyword
+"skipped: reason" entry instead of ending the run. That process leads its own process group;
+when the suite ends, times out or the run is interrupted, the whole group is stopped, so a
+server or worker the suite started never outlives it. A suite's `run` receives the keyword
 arguments it declares among: bundle, work, plant, threads, gguf, out (the results folder, for
 figures). It may instead return {"records": [...], "sections": [{"title", "markdown"}]}:
 Markdown blocks (tables, verdicts, figures) shown under the suite's table.
@@ -29,6 +31,7 @@ import traceback
 from pathlib import Path
 
 from appliance.errors import UserFacingError
+from benchmarks.processes import stop_group
 from benchmarks.records import SUITES, normalize_records, skipped_record
 
 log = logging.getLogger(__name__)
@@ -51,10 +54,25 @@ SUITE_MODULES: dict[str, str] = {
 # Keyword arguments a suite's run() may declare; it gets those it names.
 SUITE_KWARGS = ("bundle", "work", "plant", "threads", "gguf", "out", "spinning")
 DEFAULT_TIMEOUT_S = 1800
+# Seconds a stopped suite's processes get to exit on SIGTERM before SIGKILL.
+STOP_GRACE_S = 10.0
 
 
-def _suite_child(module_name: str, quick: bool, kwargs: dict, out_path: str) -> None:
+def _lead_own_group(pid: int = 0) -> None:
+    """Make process `pid` (0: this one) the leader of a new process group. Both the parent and
+    the suite's process ask, so the group exists as early as possible whichever runs first."""
+    try:
+        os.setpgid(pid, pid)
+    except (PermissionError, ProcessLookupError):
+        pass  # the child has already started Python (it asks itself) or is gone
+
+
+def _suite_child(
+    module_name: str, quick: bool, kwargs: dict, out_path: str, package: str = "benchmarks"
+) -> None:
     """Runs in a fresh process: import the suite, run it, write its records (or its error)."""
+    _lead_own_group()
+    where = f"{package.replace('.', '/')}/{module_name}.py"
     for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
         os.environ.setdefault(var, "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -63,26 +81,22 @@ def _suite_child(module_name: str, quick: bool, kwargs: dict, out_path: str) -> 
     )
     result: dict
     try:
-        module = importlib.import_module(f"benchmarks.{module_name}")
+        module = importlib.import_module(f"{package}.{module_name}")
     except ModuleNotFoundError as exc:
         missing = exc.name or str(exc)
-        if missing == f"benchmarks.{module_name}":
-            result = {"skipped": f"benchmarks/{module_name}.py does not exist yet"}
+        if missing == f"{package}.{module_name}":
+            result = {"skipped": f"{where} does not exist yet"}
         else:
-            result = {
-                "skipped": f"benchmarks/{module_name}.py needs the missing module {missing!r}"
-            }
+            result = {"skipped": f"{where} needs the missing module {missing!r}"}
         Path(out_path).write_text(json.dumps(result))
         return
     except Exception as exc:  # noqa: BLE001 - any import failure becomes a skip with its reason
-        result = {
-            "skipped": f"importing benchmarks/{module_name}.py failed: {type(exc).__name__}: {exc}"
-        }
+        result = {"skipped": f"importing {where} failed: {type(exc).__name__}: {exc}"}
         Path(out_path).write_text(json.dumps(result))
         return
     fn = getattr(module, "run", None)
     if not callable(fn):
-        result = {"skipped": f"benchmarks/{module_name}.py has no run(quick: bool) function"}
+        result = {"skipped": f"{where} has no run(quick: bool) function"}
         Path(out_path).write_text(json.dumps(result))
         return
     try:
@@ -108,16 +122,23 @@ def _suite_child(module_name: str, quick: bool, kwargs: dict, out_path: str) -> 
         }
     except Exception as exc:  # noqa: BLE001
         traceback.print_exc()
-        result = {"skipped": f"benchmarks/{module_name}.py failed: {type(exc).__name__}: {exc}"}
+        result = {"skipped": f"{where} failed: {type(exc).__name__}: {exc}"}
     Path(out_path).write_text(json.dumps(result, default=str))
 
 
 def run_suite(
-    module_name: str, *, quick: bool, kwargs: dict, timeout_s: float
+    module_name: str,
+    *,
+    quick: bool,
+    kwargs: dict,
+    timeout_s: float,
+    package: str = "benchmarks",
 ) -> tuple[list[dict], dict]:
-    """Run one suite module in a child process; returns (records, info); info["sections"]
-    holds the suite's Markdown sections, if any."""
+    """Run one suite module (`package.module_name`) in a child process that leads its own
+    process group; returns (records, info); info["sections"] holds the suite's Markdown
+    sections, if any. However the suite ends, nothing of its group is left running."""
     default_suite = SUITE_MODULES.get(module_name, "generation")
+    where = f"{package.replace('.', '/')}/{module_name}.py"
     ctx = mp.get_context("spawn")
     with tempfile.TemporaryDirectory(prefix="expert-bench-") as tmp:
         out_path = Path(tmp) / "result.json"
@@ -125,24 +146,24 @@ def run_suite(
         process = ctx.Process(
             target=_suite_child,
             name=f"bench-{module_name}",
-            args=(module_name, quick, kwargs, str(out_path)),
+            args=(module_name, quick, kwargs, str(out_path), package),
         )
         process.start()
-        process.join(timeout_s)
-        if process.is_alive():
-            process.terminate()
-            process.join(10)
-            if process.is_alive():
-                process.kill()
-                process.join()
-            reason = f"benchmarks/{module_name}.py did not finish within {timeout_s:.0f} s"
+        _lead_own_group(process.pid)
+        try:
+            process.join(timeout_s)
+            timed_out = process.is_alive()
+        finally:
+            _stop_suite(process, module_name)
+        if timed_out:
+            reason = f"{where} did not finish within {timeout_s:.0f} s"
             return [skipped_record(default_suite, module_name, reason, source=module_name)], {
                 "status": "timeout",
                 "duration_s": time.monotonic() - started,
             }
         duration = time.monotonic() - started
         if not out_path.is_file():
-            reason = f"benchmarks/{module_name}.py crashed (exit code {process.exitcode})"
+            reason = f"{where} crashed (exit code {process.exitcode})"
             return [skipped_record(default_suite, module_name, reason, source=module_name)], {
                 "status": "crashed",
                 "duration_s": duration,
@@ -154,7 +175,7 @@ def run_suite(
         ], {"status": "skipped", "duration_s": duration}
     records = normalize_records(result["records"], source=module_name, default_suite=default_suite)
     if not records and not result.get("sections"):
-        reason = f"benchmarks/{module_name}.py returned no records"
+        reason = f"{where} returned no records"
         records = [skipped_record(default_suite, module_name, reason, source=module_name)]
     sections = [
         {"suite": default_suite, "source": module_name, **s}
@@ -162,6 +183,24 @@ def run_suite(
         if isinstance(s, dict) and "title" in s and "markdown" in s
     ]
     return records, {"status": "ok", "duration_s": duration, "sections": sections}
+
+
+def _stop_suite(process: mp.process.BaseProcess, module_name: str) -> None:
+    """Stop a suite's process and every process of its group (the servers and workers it
+    started), whether it timed out, the run was interrupted, or it returned and left one."""
+    running = process.is_alive()
+    stopped = [pid for pid in stop_group(process.pid, STOP_GRACE_S) if pid != process.pid]
+    if process.is_alive():  # it had not made its own group yet
+        process.kill()
+    process.join()
+    if stopped:
+        log.warning(
+            "suite %s %s; stopped %d process(es) it started: %s",
+            module_name,
+            "was stopped" if running else "left processes running",
+            len(stopped),
+            ", ".join(map(str, stopped)),
+        )
 
 
 def run_all(

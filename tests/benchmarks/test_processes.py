@@ -1,15 +1,26 @@
 # Run: .venv/bin/pytest tests/benchmarks/test_processes.py
-"""The benchmarks' shared process helpers, on a real loopback server (python -m http.server)."""
+"""The benchmarks' shared process helpers, on a real loopback server (python -m http.server),
+and the suite runner's timeout, which must stop the suite and every process it started."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+import time
+from pathlib import Path
 
+import psutil
 import pytest
 
-from benchmarks.processes import child_env, free_port, status_kib, wait_ready
+from benchmarks.processes import (
+    child_env,
+    free_port,
+    group_members,
+    status_kib,
+    stop_group,
+    wait_ready,
+)
 
 
 def test_wait_ready_on_a_real_server(tmp_path) -> None:
@@ -39,3 +50,63 @@ def test_wait_ready_reports_a_server_that_exits() -> None:
 def test_status_of_this_process() -> None:
     mine = status_kib(os.getpid(), ("VmRSS", "VmHWM", "RssAnon", "NoSuchField"))
     assert set(mine) == {"VmRSS", "VmHWM", "RssAnon"} and mine["VmHWM"] >= mine["VmRSS"]
+
+
+def _stopped(pid: int) -> bool:
+    """Gone, or a zombie waiting for whichever parent it has now to reap it."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+# A process that starts a grandchild ignoring SIGTERM, prints its pid, then waits.
+STUBBORN = """
+import subprocess, sys, time
+child = subprocess.Popen([sys.executable, "-c",
+    "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print(1, flush=True); "
+    "time.sleep(600)"], stdout=subprocess.PIPE)
+child.stdout.readline()
+print(child.pid, flush=True)
+time.sleep(600)
+"""
+
+
+def test_stop_group_stops_every_member_even_one_that_ignores_sigterm() -> None:
+    leader = subprocess.Popen(
+        [sys.executable, "-c", STUBBORN], stdout=subprocess.PIPE, process_group=0
+    )
+    try:
+        grandchild = int(leader.stdout.readline())
+        assert sorted(group_members(leader.pid)) == sorted([leader.pid, grandchild])
+        t0 = time.monotonic()
+        assert sorted(stop_group(leader.pid, grace_s=1.0)) == sorted([leader.pid, grandchild])
+        assert time.monotonic() - t0 < 8  # SIGTERM, 1 s of grace, then SIGKILL
+        leader.wait(timeout=5)
+        assert _stopped(grandchild) and group_members(leader.pid) == []
+    finally:
+        leader.kill()
+        leader.wait()
+
+
+def test_stop_group_refuses_its_own_group() -> None:
+    with pytest.raises(ValueError, match="own"):
+        stop_group(os.getpgrp())
+
+
+def test_a_timed_out_suite_stops_with_the_server_it_started(tmp_path: Path) -> None:
+    """The suite (tests/benchmarks/hanging_suite.py) starts a loopback server and hangs; after
+    the timeout neither the suite's process nor the server may still run."""
+    from benchmarks.run import run_suite
+
+    records, info = run_suite(
+        "hanging_suite",
+        quick=True,
+        kwargs={"out": str(tmp_path)},
+        timeout_s=20,
+        package="tests.benchmarks",
+    )
+    assert info["status"] == "timeout"
+    assert "did not finish within 20 s" in records[0]["skipped"]
+    server = int((tmp_path / "server.pid").read_text())  # it got as far as starting it
+    assert _stopped(server)
