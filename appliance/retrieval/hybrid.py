@@ -282,6 +282,12 @@ class Retriever:
             for d in sorted(self._snap.docs.values(), key=lambda d: d.path)
         ]  # fmt: skip
 
+    def mentions(self, phrase: str) -> bool:
+        """Some passage of the current version holds `phrase` (keyword index, accents and
+        case aside): a name the documents never mention cannot be answered from them."""
+        self.refresh()
+        return self._snap.store.mentions(phrase)
+
     def entry_head(self, passage: Passage) -> Passage | None:
         """The first chunk of `passage`'s entry (same document and section path), scored like
         `passage`; None when `passage` is that chunk. A long entry is split into pieces and

@@ -369,6 +369,23 @@ class Store:
                 return []  # a query FTS5 cannot parse finds nothing by keyword
         return [(int(r[0]), float(r[1])) for r in rows]
 
+    def mentions(self, phrase: str) -> bool:
+        """Some chunk holds `phrase` (its words in a row, as the keyword index reads them)."""
+        words = phrase.replace('"', " ").split()
+        if not words:
+            return False
+        match = '"' + " ".join(words) + '"'
+        with self._lock:
+            try:
+                row = self.conn.execute(
+                    "SELECT 1 FROM chunks_fts WHERE chunks_fts MATCH ? LIMIT 1", [match]
+                ).fetchone()
+            except sqlite3.OperationalError as exc:
+                if not _is_fts_query_error(exc):
+                    raise
+                return True  # not checkable by keyword: never taken as absent
+        return row is not None
+
     def chunk_codes(self, ids: Iterable[int]) -> dict[int, set[str]]:
         """The code terms indexed for each chunk (the FTS `codes` column)."""
         ids = list(ids)

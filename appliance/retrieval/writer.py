@@ -30,7 +30,7 @@ from appliance.documents import (
     load_bytes,
     tokenizer_offsets,
 )
-from appliance.documents.chunking import SECTION_JOIN
+from appliance.documents.chunking import CHUNK_FORMAT, SECTION_JOIN
 from appliance.documents.limits import (
     ParseLimits,
     check_chunks,
@@ -286,6 +286,7 @@ class IndexWriter:
                     "path": path,
                     "metadata": metadata,
                     "chunking": self.chunking.to_dict(),
+                    "chunk_format": CHUNK_FORMAT,
                     "embedder": [self.embedder.model_id, self.embedder.dim],
                 },
                 sort_keys=True,

@@ -341,3 +341,25 @@ def test_vectors_match_the_store(index: Path, embedder: OnnxEmbedder) -> None:
     labels, mat = snap.store.embeddings()
     np.testing.assert_allclose(snap.vectors.vectors(labels), mat, atol=1e-6)
     r.close()
+
+
+def test_mentions_looks_through_the_whole_index(retriever: Retriever) -> None:
+    # A name in some chunk (any case, accents aside), and one no document holds.
+    assert retriever.mentions("HX-4471-B") and retriever.mentions("hot-melt GLUE")
+    assert not retriever.mentions("Kubernetes")
+    # FTS5 syntax in the phrase is inert, never an error.
+    assert not retriever.mentions('NEAR("x" OR') and not retriever.mentions('""')
+
+
+def test_a_new_chunker_rechunks_documents_an_older_one_cut(
+    corpus: Path, writable: Path, embedder: OnnxEmbedder, monkeypatch
+) -> None:
+    import appliance.retrieval.writer as writer_module
+
+    # The same bytes and settings, but chunks an older chunker made: not "unchanged".
+    monkeypatch.setattr(writer_module, "CHUNK_FORMAT", writer_module.CHUNK_FORMAT + 1)
+    report = ingest_folder(corpus, writable, embedder, metadata={"site": "riverside"},
+                           progress=False)  # fmt: skip
+    assert len(report.updated) == 5 and report.unchanged == []
+    # Their texts did not change, so their vectors are reused, not embedded again.
+    assert report.chunks_embedded == 0
