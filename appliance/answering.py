@@ -27,7 +27,13 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Protocol
 
 from appliance.errors import UserFacingError
-from appliance.fields import asked_field, points_elsewhere, shared_words
+from appliance.fields import (
+    asked_field,
+    asks_for_number,
+    points_elsewhere,
+    shared_words,
+    states_number,
+)
 from appliance.generation.base import GenerationParams, Generator
 from appliance.grounding import (
     Evidence,
@@ -41,7 +47,7 @@ from appliance.grounding import (
     value_spans,
 )
 from appliance.grounding import check as check_grounding
-from appliance.i18n import detect_language
+from appliance.i18n import detect_language, is_function_word
 from appliance.prompting import (
     NOT_IN_DOCUMENTS,
     PLANT_WORDING,
@@ -143,6 +149,10 @@ READER_CHOICES = {
 # Where a grounded answer ends at the latest: the prompt's own markers, which a small model
 # that has answered goes on to write (a new "Question:", another passage).
 RAG_STOP = ("\nQuestion:", "<passage", "</passage>")
+# Why the service (not the model) gave the abstention: the best passage scored under the
+# threshold, nothing was retrieved, the question names something the documents never do, or
+# it asks for a quantity that neither the named entry nor the answer states.
+SERVICE_ABSTAIN_REASONS = ("low_score", "no_passages", "unknown_term", "no_value")
 
 
 @dataclass(frozen=True)
@@ -313,6 +323,9 @@ class PreparedAnswer:
     # The labelled field of the named entry that answers the question (appliance.fields):
     # when set, it is the answer and the model is not run.
     extracted: Evidence | None = None
+    # The question asks for a quantity (appliance.fields.asks_for_number): an answer that
+    # states no number is not given.
+    wants_number: bool = False
 
 
 def _float(x) -> float:
@@ -356,6 +369,7 @@ def prepare(
     best = None
     abstain_reason = None
     extracted: Evidence | None = None
+    wants_number = policy.grounding and asks_for_number(question)
     if use_retrieval:
         if retriever is None:
             raise UserFacingError("retrieval was asked for but no document index is loaded")
@@ -364,6 +378,8 @@ def prepare(
         retrieval_s = time.perf_counter() - t0
         best = best_dense_score(passages)
         unknown = unknown_terms(question, passages) if policy.require_named_terms else []
+        if policy.require_named_terms and not unknown:
+            unknown = unmentioned_names(question, retriever)
         top = passages[0] if passages else None
         passages, named = order_passages(question, passages, None, by_entry=policy.focus_entries)
         passages = with_entry_heads(retriever, passages, named)
@@ -384,7 +400,19 @@ def prepare(
                 found = from_entry_body(question, retriever, passages, policy.max_passages)
                 if found is not None:
                     extracted, passages = found
-        if not passages:
+        if (
+            extracted is not None
+            and wants_number
+            and not states_number(extracted.sentence, question)
+        ):
+            # The named entry's own field states no number ("Default: Unset; uses operating
+            # system defaults") for a question that asks for one: the documents do not give it.
+            extracted = None
+            if any(t.kind != "quoted" for t in _entry_terms(question)):
+                abstain_reason = "no_value"
+        if abstain_reason is not None:
+            pass
+        elif not passages:
             abstain_reason = "no_passages"
         elif (
             policy.abstain_threshold is not None
@@ -444,6 +472,7 @@ def prepare(
             policy=policy,
             focus=_mentioning(question, passages or []),
             extracted=extracted,
+            wants_number=wants_number,
         )
 
     history = list(history)
@@ -492,6 +521,7 @@ def prepare(
         dropped_history=dropped_history,
         dropped_passages=dropped_passages,
         focus=_mentioning(question, passages or []) if policy.focus_entries else [],
+        wants_number=wants_number,
     )
 
 
@@ -522,6 +552,48 @@ def unknown_terms(question: str, passages: Sequence[PassageLike]) -> list[str]:
         for t in _entry_terms(question)
         if t.kind != "quoted" and not any(occurs(t, x) is not None for x in texts)
     ]
+
+
+# A name a question gives: a capitalised word that does not open a sentence ("Nginx",
+# "Kubernetes"), or one in capitals (MQTT). Codes and identifiers are `_entry_terms`.
+_NAME_RE = re.compile(r"(?<![\w-])[^\W\d_][\w-]*")
+
+
+def question_names(question: str) -> list[str]:
+    """The proper names of `question`: capitalised words that do not open a sentence, words
+    in capitals of two letters or more; function words (appliance.i18n) aside."""
+    names: list[str] = []
+    for m in _NAME_RE.finditer(question):
+        word = m.group(0).rstrip("-")
+        before = question[: m.start()].rstrip(" \t\"'«“(")
+        opens = not before or before[-1] in ".!?¿¡:\n"
+        capitals = len(word) >= 2 and word.isupper()
+        if len(word) < 2 or not (capitals or (word[0].isupper() and not opens)):
+            continue
+        if is_function_word(word) or any(
+            v.kind in ("code", "identifier") for v in value_spans(word)
+        ):
+            continue
+        if word not in names:
+            names.append(word)
+    return names
+
+
+def unmentioned_names(question: str, retriever: RetrieverLike) -> list[str]:
+    """The names of `question` that no passage of the whole index holds (the retriever's
+    `mentions`, when it has one): "Which file configures Nginx?" over documents that never
+    name Nginx is not in the documents, whatever passage scores best.
+
+    This widens `unknown_terms` (codes and identifiers, looked for in the shown passages) to
+    capitalised names, looked for in every document: a shown passage may lack a name that
+    the documents hold elsewhere. On the dev splits it changes no answer (their unanswerable
+    questions name identifiers, WireGuard, PostgreSQL, KERN_FATAL, which `unknown_terms`
+    already catches) and abstains on no answerable question of the three sets.
+    """
+    mentions = getattr(retriever, "mentions", None)
+    if mentions is None:
+        return []
+    return [n for n in question_names(question) if not mentions(n)]
 
 
 def order_passages(
@@ -788,7 +860,28 @@ class AnswerStream:
         text = model_text
         cited: list[int] = []
         appended: list[int] = []
-        quotable = listed_only_filter(p.question, [s.section for s in sources])
+        listed = listed_only_filter(p.question, [s.section for s in sources])
+
+        def quotable(sentence: str) -> bool:
+            """A sentence that may be quoted as the answer: not a mere listing of the name
+            asked about (`listed_only_filter`), and one that states a number when the
+            question asks for a quantity."""
+            if listed is not None and not listed(sentence):
+                return False
+            return not p.wants_number or states_number(sentence, p.question)
+
+        def closest(min_share: float) -> Evidence | None:
+            """The shown passages' sentence that best matches the question, one that may be
+            quoted as the answer (`quotable`), covering `min_share` of it; or None."""
+            return best_sentence(
+                p.question,
+                [s.text for s in sources],
+                within=p.focus or None,
+                min_share=min_share,
+                headings=[s.section for s in sources],
+                require=quotable,
+            )
+
         if abstained:
             status = "abstained" if checking else None
             if checking:
@@ -796,14 +889,7 @@ class AnswerStream:
                 over = (
                     None
                     if policy.quote_over_abstention is None
-                    else best_sentence(
-                        p.question,
-                        [s.text for s in sources],
-                        within=p.focus or None,
-                        min_share=policy.quote_over_abstention,
-                        headings=[s.section for s in sources],
-                        require=quotable,
-                    )
+                    else closest(policy.quote_over_abstention)
                 )
                 if over is not None:
                     # The model refused, but a passage sentence matches the question closely:
@@ -826,14 +912,7 @@ class AnswerStream:
             if verdict.supported and policy.question_check:
                 # Supported, but is it the answer? The sentence that best matches the question
                 # holds a value; an answer that states none, or only other numbers, is not it.
-                best = best_sentence(
-                    p.question,
-                    [s.text for s in sources],
-                    within=p.focus or None,
-                    min_share=policy.quote_min_share,
-                    headings=[s.section for s in sources],
-                    require=quotable,
-                )
+                best = closest(policy.quote_min_share)
                 if best is not None and (
                     contradicts(model_text, best)
                     or (
@@ -849,14 +928,7 @@ class AnswerStream:
                 status = "supported"
             else:
                 unsupported = list(verdict.unsupported)
-                best = best or best_sentence(
-                    p.question,
-                    [s.text for s in sources],
-                    within=p.focus or None,
-                    min_share=policy.quote_min_share,
-                    headings=[s.section for s in sources],
-                    require=quotable,
-                )
+                best = best or closest(policy.quote_min_share)
                 if best is not None:
                     status, text, evidence = (
                         "quoted",
@@ -866,6 +938,13 @@ class AnswerStream:
                 else:
                     status, text, evidence = "abstained", policy.abstain_text, []
                     abstained = True
+        reason = "model" if abstained else None
+        if p.wants_number and status in ("supported", "quoted"):
+            said = evidence[0].sentence if status == "quoted" else model_text
+            if not states_number(said, p.question):
+                # A quantity was asked for and the answer (or the closest quote) states none.
+                status, text, evidence, abstained = "abstained", policy.abstain_text, [], True
+                reason = "no_value"
         if status in ("quoted", "abstained"):
             # What was passed on so far is replaced: the final text says what the answer is.
             tail = text if released == 0 else "\n\n" + text
@@ -898,7 +977,7 @@ class AnswerStream:
             text=text,
             sources=sources,
             abstained=abstained,
-            abstain_reason="model" if abstained else None,
+            abstain_reason=reason,
             finish_reason=finish,
             prompt_tokens=p.prompt_tokens,
             completion_tokens=int(completion),

@@ -47,10 +47,12 @@ from appliance.grounding import (
 __all__ = [
     "Field",
     "asked_field",
+    "asks_for_number",
     "label_matches",
     "points_elsewhere",
     "record_fields",
     "shared_words",
+    "states_number",
 ]
 
 # A label: up to four words, starting with a letter, no digits, at most 40 characters.
@@ -69,6 +71,35 @@ MAX_PLAIN_WORDS = 3
 POINTER_WORDS = frozenset("see véase vea ver consulte consultar".split())
 
 
+# A question that asks for a quantity: "how many/much", "what number", a price or cost, a unit
+# to give it in ("in bytes", "en segundos"). Its answer must state a number: "Default: Unset;
+# uses operating system defaults" does not answer "What is the default RLimitMEM, in bytes?".
+# The one such word list, in the appliance's two languages (appliance.i18n). Chosen on the dev
+# splits: Apache u008 ("What number is the default DeflateCompressionLevel?") was answered
+# with "Default: Zlib's default", u005 ("How much memory does each thread ... use?") with a
+# quote that states none, Spanish e065 ("¿Cuál es el precio de una suscripción ...?") with a
+# sentence about the social contract. A missing cue only means such a question is answered as
+# any other.
+_QUANTITY_RE = re.compile(
+    r"\b(?:how (?:many|much)|what number|cu[aá]nt[oa]s?|qu[eé] n[uú]mero|price|cost|precio|"
+    r"coste|costo|"
+    r"(?:in|en) (?:bytes|kilobytes|megabytes|kb|mb|gb|seconds|milliseconds|microseconds|minutes|"
+    r"hours|days|percent|segundos|milisegundos|microsegundos|minutos|horas|d[ií]as|"
+    r"por ?ciento))\b",
+    re.I,
+)
+
+
+def asks_for_number(question: str) -> bool:
+    """The question asks for a quantity (`_QUANTITY_RE`), so only a number answers it."""
+    return _QUANTITY_RE.search(question) is not None
+
+
+def states_number(text: str, question: str) -> bool:
+    """`text` states a number the question does not already give."""
+    return any(v.kind == "number" for v in new_values(text, question))
+
+
 @dataclass(frozen=True)
 class Field:
     """One "Label: value" of a passage; start/end span the whole field in the passage."""
@@ -77,6 +108,10 @@ class Field:
     value: str
     start: int
     end: int
+    # The table row the field is a cell of ("Code: E-47; Class: T; ..."): its span in the
+    # passage; (-1, -1) for a field on its own line.
+    row_start: int = -1
+    row_end: int = -1
 
 
 def _fold(text: str) -> str:
@@ -116,7 +151,8 @@ def record_fields(text: str) -> list[Field]:
                         row[-1][1] += "; " + p.strip()
                         row[-1][3] = end
                     at = s + len(p)
-                fields.extend(Field(*f) for f in row)
+                rs, re_ = row[0][2], row[-1][3]
+                fields.extend(Field(*f, rs, re_) for f in row)
                 i += 1
                 continue
         m = _LINE_FIELD_RE.match(line)
@@ -257,9 +293,17 @@ def asked_field(
     ]
     pointer: str | None = None  # the asked label, where its field points elsewhere
     best: tuple[tuple, int, Field] | None = None
+    matching: dict[int, list[Field]] = {}  # per passage, every field the question asks for
     for i in named:
+        # The entry the question names first is the one asked about ("el puerto de pop3s,
+        # la versión segura de pop3" asks for pop3s).
+        named_at = min(
+            (t.start for t in terms if occurs(t, sections[i - 1]) is not None), default=0
+        )
         for f in _candidates(passages[i - 1], question):
             if not label_matches(f.label, question, half=_is_pair(f)):
+                continue
+            if _is_pair(f) and not _pair_answers(f, question):
                 continue
             # The value less the entry's own name ("Default: KeepAliveTimeout 5" -> "5";
             # a row's "Code: E-47" -> "", the name, not a fact about it).
@@ -268,21 +312,25 @@ def asked_field(
                 if rest and pointer is None:
                     pointer = f.label
                 continue
+            if not _is_pair(f):
+                matching.setdefault(i, []).append(f)
             # A label before a two-cell row's name; then the label of most words; between
             # equals, the one the question names first (the asked thing comes in the
             # question's opening: "How much grease goes into the DE bearing" asks for "DE
-            # grease", not "DE bearing"); then the earlier passage.
+            # grease", not "DE bearing"); then the entry named first; then the earlier passage.
             weight = (
                 not _is_pair(f),
                 len(_label_words(f.label)),
                 -_first_position(f.label, question),
+                -named_at,
                 -i,
             )
             if best is None or weight > best[0]:
                 best = (weight, i, f)
     if best is not None:
         _, i, f = best
-        return Evidence(i, f.start, f.end, passages[i - 1][f.start : f.end])
+        start, end = _quoted_span(f, matching.get(i, []), question)
+        return Evidence(i, start, end, passages[i - 1][start:end])
     if pointer is not None:
         # "Default: See usage for details": the entry's sentence that names the label and
         # states a value ("The default value is 256; ..."), the one closest to the question.
@@ -295,6 +343,48 @@ def asked_field(
             require=lambda s: label_matches(label, s) and bool(new_values(s, question)),
         )
     return None
+
+
+# A span quoted for two or more asked fields is at most this long (characters): the fields of
+# one fact sheet or table row, not a page.
+MAX_JOINED_SPAN = 400
+
+
+def _quoted_span(f: Field, asked: Sequence[Field], question: str) -> tuple[int, int]:
+    """What is quoted for the asked field `f`: a table row whole (its code, name and every
+    cell: "What does alarm E-47 mean?" wants the condition and its threshold, and the row is
+    the entry); else `f`, widened to the other fields the question asks for with other words
+    of it ("What concentration and temperature ...": both lines), when they stand close."""
+    if f.row_start >= 0:
+        return f.row_start, f.row_end
+    start, end = f.start, f.end
+    used = {_first_position(f.label, question)}
+    for g in asked:
+        at = _first_position(g.label, question)
+        if g is f or at in used:
+            continue
+        s, e = min(start, g.start), max(end, g.end)
+        if e - s <= MAX_JOINED_SPAN:
+            start, end = s, e
+            used.add(at)
+    return start, end
+
+
+def _pair_answers(f: Field, question: str) -> bool:
+    """A two-cell row ("Item: Final stage safety valve SV-302B; Value: set pressure 11.0 bar")
+    answers the question only when its name names no code or identifier the question does
+    not: "What is the set pressure of the safety valve SV-302A?" is not answered by the row of
+    SV-302B, however many words the two share.
+
+    (Tried on the plant dev split and not kept: also requiring every content word of the
+    question to stand in the row or its heading when the question names half the item. It
+    fixed q062, a part-number question answered with the named valve's set pressure, and lost
+    q018 and q030, answered right by their rows: "What glycol supply temperature does CH-401
+    hold during production?")"""
+    return not any(
+        v.kind in ("code", "identifier") and occurs(v, question) is None
+        for v in value_spans(f.label)
+    )
 
 
 def points_elsewhere(question: str, text: str, section: str) -> bool:

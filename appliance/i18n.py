@@ -54,6 +54,12 @@ def detect_language(text: str, default: str = DEFAULT_LANGUAGE) -> str:
     return "es" if scores["es"] > scores["en"] else "en"
 
 
+def is_function_word(word: str) -> bool:
+    """`word` (any case) is a question's function word in one of the appliance's languages."""
+    w = word.lower()
+    return any(w in vocab for vocab in _FUNCTION_WORDS.values())
+
+
 def strip_accents(text: str) -> str:
     """'qué' -> 'que': how FTS5's `remove_diacritics 2` sees a word."""
     decomposed = unicodedata.normalize("NFD", text)

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from functools import cache
 from pathlib import Path
 
+from appliance.answering import SERVICE_ABSTAIN_REASONS
 from build.eval_stats import SUMMARY_ROWS, VERDICT_COLORS
 from build.eval_text import cell, fmt, settings_text, split_counts, training_text
 
@@ -56,7 +57,7 @@ def _answer_row(mode: Mapping, r: Mapping) -> dict:
     text = r.get("text") or ""
     if r.get("error"):
         text = f"error: {r['error']}"
-    if r.get("abstain_reason") in ("low_score", "no_passages", "unknown_term"):
+    if r.get("abstain_reason") in SERVICE_ABSTAIN_REASONS:
         text += f"\n(the service abstained before generation: {r['abstain_reason']})"
     elif r.get("abstention"):
         text += f"\n(counted as abstention: {r['abstention']})"

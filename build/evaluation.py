@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from appliance.answering import SERVICE_ABSTAIN_REASONS
 from appliance.common.questions import EvalQuestion
 from appliance.errors import UserFacingError
 from build import eval_metrics
@@ -262,7 +263,7 @@ def evaluate_question(
         abstain_reason=result.abstain_reason,
         # The service's own abstention (retrieval under the threshold), not the model saying
         # the sentence (answering flags that too, as abstain_reason "model").
-        service_abstained=result.abstain_reason in ("low_score", "no_passages", "unknown_term"),
+        service_abstained=result.abstain_reason in SERVICE_ABSTAIN_REASONS,
         cited=[
             {"n": s.n, "document": s.document, "title": s.title, "section": s.section}
             for s in cited

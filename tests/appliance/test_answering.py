@@ -354,3 +354,54 @@ def test_a_name_the_documents_only_list_is_not_answered_with_the_list():
     b = answer("What is the default CacheMaxFileSize?", generator=gen,
                retriever=StubRetriever([own]), params=PARAMS)  # fmt: skip
     assert b.grounding == "quoted" and "8192" not in b.text
+
+
+class MentionsRetriever(StubRetriever):
+    """A retriever that also answers `mentions` from the words of every passage it holds, as
+    the real index does (tests/appliance/test_retrieval.py covers the real one)."""
+
+    def mentions(self, phrase):
+        return any(phrase.casefold() in p.text.casefold() for p in self.passages)
+
+
+def test_a_name_no_document_mentions_is_abstained_on_without_the_model():
+    gen = FakeGenerator(reply="Nginx reads 120 N·m [1].")
+    retr = MentionsRetriever([PUMP, OIL])
+    a = answer("Which file configures the Nginx server on P-101?", generator=gen,
+               retriever=retr, params=PARAMS)  # fmt: skip
+    assert a.abstained and a.abstain_reason == "unknown_term" and gen.prompts == []
+    # A capitalised word that opens the question is no name; a mentioned name is fine.
+    b = answer("Which oil does C-301 take, LUB-0311?", generator=FakeGenerator(reply="LUB-0311 [1]."),
+               retriever=retr, params=PARAMS)  # fmt: skip
+    assert not b.abstained
+    # A retriever without `mentions` (no index to ask) never abstains on a name.
+    c = answer("Which file configures the Nginx server on P-101?", generator=gen,
+               retriever=StubRetriever([PUMP, OIL]), params=PARAMS)  # fmt: skip
+    assert c.abstain_reason != "unknown_term"
+
+
+def test_a_quantity_question_is_not_answered_without_a_number():
+    sheet = StubPassage(
+        "Description: Memory limit\nDefault: Unset; uses operating system defaults\n"
+        "Context: server config",
+        0.7,
+        "core#9",
+        section="RLimitMEM Directive",
+    )
+    gen = FakeGenerator(reply="It is unset [1].")
+    retr = StubRetriever([sheet, OIL])
+    # The named entry's own field states no number: the documents do not give one.
+    a = answer("What is the default RLimitMEM, in bytes?", generator=gen, retriever=retr,
+               params=PARAMS)  # fmt: skip
+    assert a.abstained and a.abstain_reason == "no_value" and gen.prompts == []
+    # Asked without a quantity, the same field is the answer.
+    b = answer("What is the default RLimitMEM?", generator=gen, retriever=retr, params=PARAMS)
+    assert b.extracted and "Unset" in b.text
+    # A model answer with no number, for a question asking how much: the quote that states
+    # one, or the abstention.
+    deltas, c = _deltas("The oil is changed regularly [1].",
+                        question="How many litres of oil does C-301 take?")  # fmt: skip
+    assert c.grounding == "quoted" and "32 L" in c.text
+    deltas, d = _deltas("It is tightened firmly [1].",
+                        question="How many turns does the P-101 nut get?", passages=(PUMP,))  # fmt: skip
+    assert d.abstained and d.abstain_reason == "no_value" and d.text == NOT_IN_DOCUMENTS
