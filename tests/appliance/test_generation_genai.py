@@ -130,7 +130,14 @@ def test_templates_that_refuse_messages(gen: GenaiGenerator):
 
 @pytest.fixture(scope="module")
 def uncached(smollm2_onnx_int4: Path) -> GenaiGenerator:
-    return GenaiGenerator(smollm2_onnx_int4, threads=2, prefix_cache_tokens=0, prefill_chunk=None)
+    # Also keeps the weight file's pages: `gen` releases them, so equal answers cover that too.
+    return GenaiGenerator(
+        smollm2_onnx_int4,
+        threads=2,
+        prefix_cache_tokens=0,
+        prefill_chunk=None,
+        release_pages=False,
+    )
 
 
 def _turns(gen: GenaiGenerator, first_answer: str) -> tuple[str, str]:
@@ -221,3 +228,47 @@ def test_follow_up_turn_through_http_reuses_the_earlier_turns(
     assert a1 and a2
     assert u2.prompt_tokens_details.cached_tokens >= u1.prompt_tokens
     assert u2.prompt_tokens_details.cached_tokens < u2.prompt_tokens
+
+
+def _mapped_weight_kib(folder: Path) -> int:
+    from appliance.generation.residency import file_mappings
+
+    smaps = Path("/proc/self/smaps").read_text()
+    return sum(m[2] for p in folder.iterdir() for m in file_mappings(p, smaps))
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps").is_file(), reason="needs Linux /proc")
+def test_residency_release_drops_load_only_pages_and_changes_no_output(
+    gen: GenaiGenerator, uncached: GenaiGenerator, smollm2_onnx_int4: Path
+):
+    # `gen` released the pages its load read; `uncached` kept them (both map the same file).
+    assert gen.released_pages["released_mb"] > 1 and gen.released_pages["kept_written"] == 0
+    assert uncached.released_pages is None
+    before = _mapped_weight_kib(smollm2_onnx_int4)
+    again = GenaiGenerator(smollm2_onnx_int4, threads=2, prefix_cache_tokens=0)
+    assert again.released_pages["mappings"] > 0
+    assert _mapped_weight_kib(smollm2_onnx_int4) <= before
+    prompt = gen.chat_prompt([{"role": "user", "content": QUESTION}])
+    params = GenerationParams(max_new_tokens=12)
+    assert "".join(again.generate(prompt, params)) == "".join(uncached.generate(prompt, params))
+
+
+def test_residency_parses_smaps_and_skips_other_files(tmp_path: Path):
+    from appliance.generation.residency import file_mappings, release_weight_pages
+
+    weights = tmp_path / "model.onnx.data"
+    weights.write_bytes(b"x")
+    smaps = (
+        f"7f0000000000-7f0000002000 rw-p 00000000 08:01 12 {weights}\n"
+        "Size:                  8 kB\nRss:                   8 kB\nAnonymous:             0 kB\n"
+        "7f0000002000-7f0000003000 rw-p 00000000 08:01 13 /usr/lib/libc.so.6\n"
+        "Rss:                   4 kB\nAnonymous:             4 kB\n"
+        f"7f0000003000-7f0000004000 rw-p 00002000 08:01 12 {weights}\n"
+        "Rss:                   4 kB\nAnonymous:             4 kB\n"
+    )
+    assert file_mappings(weights, smaps) == [
+        (0x7F0000000000, 0x7F0000002000, 8, 0),
+        (0x7F0000003000, 0x7F0000004000, 4, 4),
+    ]
+    # A file this process has not mapped: nothing to release, nothing raised.
+    assert release_weight_pages([weights])["mappings"] == 0
