@@ -99,7 +99,14 @@ def common_prefix_length(a, b) -> int:
     return i
 
 
-KV_ROUND = 256  # cached KV buffers are sized in steps of this many tokens
+# Cached KV buffers are sized in steps of KV_ROUND tokens, with FOLLOW_UP_HEADROOM tokens beyond
+# the request for the next turn's question (the previous answer is already inside the request's
+# max_new_tokens). Both were 256: a 1,600-token request with 64 new tokens then held 2,048
+# tokens of KV (94 MB of fp32 for SmolLM2) where 1,728 serve it and a 64-token follow-up question
+# (15 MB less, benchmarks/results/latest.md memory breakdown). A longer follow-up is a cache
+# miss: it is processed in full, as without the cache.
+KV_ROUND = 64
+FOLLOW_UP_HEADROOM = 64
 
 
 def _round_up(n: int, step: int) -> int:
@@ -119,7 +126,7 @@ class PrefixCache:
     decoding continues from identical state.
 
     Memory is bounded: the cached generator's KV buffer is sized to the request that created
-    it (prompt + max_new_tokens + `headroom` for a follow-up turn, rounded up to 256 tokens) and
+    it (prompt + max_new_tokens + `headroom` for a follow-up turn, rounded up to KV_ROUND tokens) and
     never beyond `max_length` tokens. A request that does not fit the held buffer but fits
     `max_length` replaces it (a miss); one beyond `max_length` is declined.
 
@@ -140,7 +147,7 @@ class PrefixCache:
     """
 
     def __init__(
-        self, model, max_length: int, *, min_reuse: int = 16, headroom: int = KV_ROUND
+        self, model, max_length: int, *, min_reuse: int = 16, headroom: int = FOLLOW_UP_HEADROOM
     ) -> None:
         if max_length < 2:
             raise ValueError(f"max_length must be >= 2, got {max_length}")
@@ -154,6 +161,7 @@ class PrefixCache:
         self.max_length = int(max_length)
         self.min_reuse = int(min_reuse)
         self.headroom = int(headroom)
+        self.round_to = KV_ROUND
         self._lock = threading.Lock()
         self._busy = False
         self._generator = None
@@ -205,7 +213,7 @@ class PrefixCache:
                 # Nothing worth keeping: a fresh generator costs less than rewinding to zero.
                 self._generator = None
                 self.length = 0
-                length = min(self.max_length, _round_up(need + self.headroom, KV_ROUND))
+                length = min(self.max_length, _round_up(need + self.headroom, self.round_to))
                 self._generator = self._new_generator(length)
                 self.length = length
                 self.misses += 1
