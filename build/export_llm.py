@@ -39,6 +39,7 @@ from appliance.common.versions import package_versions
 from appliance.errors import UserFacingError
 from build.export_optimum import OPTIMUM_ARCHITECTURES, export_optimum
 from build.int4_options import GENAI_ALGOS, Int4Options
+from build.tied_embedding import share_tied_embedding
 
 log = logging.getLogger(__name__)
 
@@ -447,6 +448,8 @@ def _export_genai(
         create_model(
             None, str(model_dir), str(out), precision, execution_provider, str(cache_dir), **opts
         )
+    if (out / "model.onnx").is_file():
+        share_tied_embedding(out / "model.onnx")
 
 
 # --------------------------------------------------------------------------------------------

@@ -94,7 +94,7 @@ def smollm2_onnx_int4(smollm2_hf: Path) -> Path:
     def make(tmp: Path) -> None:
         export_llm(smollm2_hf, tmp / "model", backend="genai", precision="int4")
 
-    sources = ("build/import_model.py", "build/export_llm.py")
+    sources = ("build/import_model.py", "build/export_llm.py", "build/tied_embedding.py")
     return cached_dir("smollm2-onnx-int4", sources, make) / "model"
 
 
