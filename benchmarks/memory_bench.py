@@ -15,6 +15,9 @@ shared libraries. Configurations:
   sized to the request), for every `--ours` export given (e.g. before/after an export change),
 - ours with the prompt in one pass (prefill_chunk=None),
 - ours with the KV buffer at the model's full context (genai_config's default max_length),
+- ours keeping the weight file's pages that only the load read (release_pages=False),
+- ours with the KV buffer sized in 256-token steps plus 256 tokens of headroom (the sizing
+  before 2026-11-30),
 - llama.cpp (llama-cpp-python, flash attention on, KV for the request) on each GGUF given.
 Memory does not depend on the machine's load, so the configurations run one after another.
 """
@@ -64,7 +67,7 @@ def smaps_breakdown() -> dict:
 
 
 def _ours(
-    conn, model_dir: str, prompts: dict, threads: int, options: dict, full_kv: bool, new: int
+    conn, model_dir: str, prompts: dict, threads: int, options: dict, kv_sizing: str, new: int
 ):
     stages = [("interpreter + numpy", None)]
     import numpy  # noqa: F401
@@ -78,9 +81,11 @@ def _ours(
     stages.append(("onnxruntime-genai + appliance imported", _status()))
     gen = GenaiGenerator(Path(model_dir), threads=threads, **options)
     stages.append(("model + tokenizer loaded", _status()))
-    if full_kv:
+    if kv_sizing == "full":
         gen._prefix.max_length = gen.context_length
         gen._prefix.headroom = gen.context_length
+    elif kv_sizing == "256-steps":  # the sizing before 2026-11-30: 256-token steps and headroom
+        gen._prefix.round_to = gen._prefix.headroom = 256
     kv = []
     for size, (text, _) in sorted(prompts.items()):
         gen.drop_cache()  # a new conversation: the buffer is sized to this request
@@ -165,15 +170,33 @@ def measure(
     prompts = build_prompt_texts(first, sizes, plant)
     configs: dict[str, tuple] = {}
     for name, onnx_dir in ours.items():
-        configs[name] = (_ours, str(onnx_dir), prompts, threads, {}, False, new_tokens)
+        configs[name] = (_ours, str(onnx_dir), prompts, threads, {}, "", new_tokens)
     if variants:
+        configs["ours, weight file pages kept after load"] = (
+            _ours,
+            str(first),
+            prompts,
+            threads,
+            {"release_pages": False},
+            "",
+            new_tokens,
+        )
+        configs["ours, KV in 256-token steps + 256 headroom"] = (
+            _ours,
+            str(first),
+            prompts,
+            threads,
+            {},
+            "256-steps",
+            new_tokens,
+        )
         configs["ours, prompt in one pass"] = (
             _ours,
             str(first),
             prompts,
             threads,
             {"prefill_chunk": None},
-            False,
+            "",
             new_tokens,
         )
         configs["ours, KV for the full context"] = (
@@ -182,7 +205,7 @@ def measure(
             prompts,
             threads,
             {},
-            True,
+            "full",
             new_tokens,
         )
     for name, gguf in ggufs.items():
