@@ -85,7 +85,7 @@ def test_the_named_entrys_default_is_quoted_from_its_fact_sheet():
 def test_a_table_row_field_and_not_the_rows_own_name():
     sections = ["Alarm code table > E-47"]
     ev = asked_field("What is the threshold of alarm E-47?", [ALARM_ROW], sections)
-    assert ev is not None and ev.sentence == ALARM_ROW  # the row, quoted whole (below)
+    assert ev is not None and ev.sentence == "Threshold: weaker than −0.25 bar"
     # "Code: E-47" only repeats the name the question gave: no answer from it.
     assert asked_field("What does code E-47 stand for?", [ALARM_ROW], sections) is None
     # "Parameter: retry" is the row's name; its "Default: 60" is what is asked.
@@ -94,7 +94,7 @@ def test_a_table_row_field_and_not_the_rows_own_name():
         [PROXY_ROW],
         ["ProxyPass Directive > retry"],
     )
-    assert ev is not None and ev.sentence == PROXY_ROW
+    assert ev is not None and ev.sentence == "Default: 60"
 
 
 def test_spanish_labels():
@@ -105,7 +105,7 @@ def test_spanish_labels():
     )
     assert ev is not None and ev.sentence == "Valor predeterminado: 120 segundos"
     ev = asked_field("¿Cuál es el umbral de la alarma E-47?", [ALARMA_ES], ["Alarmas > E-47"])
-    assert ev is not None and ev.sentence == ALARMA_ES
+    assert ev is not None and ev.sentence == "Umbral: más débil que −0,25 bar"
 
 
 def test_no_field_when_the_value_points_elsewhere_or_no_entry_is_named():
@@ -171,11 +171,7 @@ def test_an_unnamed_entry_is_the_first_passage_only_when_it_matches_the_question
     )
 
 
-def test_a_table_row_is_quoted_whole_and_two_asked_fields_together():
-    sections = ["Alarm code table > E-47"]
-    ev = asked_field("What is the threshold of alarm E-47?", [ALARM_ROW], sections)
-    # The row is the entry: its code and condition come with the asked threshold.
-    assert ev is not None and ev.sentence == ALARM_ROW
+def test_two_asked_fields_are_quoted_together():
     sheet = "Step: Caustic wash\nConcentration: 1.5 %\nTemperature: 75 °C\nTime: 20 min"
     ev = asked_field(
         "What concentration and temperature does the K-500 caustic wash run at?",
@@ -200,7 +196,11 @@ def test_the_entry_named_first_is_the_one_asked_about():
     rows = ["Service: pop3; Port: 110", "Service: pop3s; Port: 995"]
     q = "What is the port of pop3s, the secure version of pop3?"
     ev = asked_field(q, rows, ["Ports > pop3", "Ports > pop3s"])
-    assert ev is not None and ev.passage == 2 and "995" in ev.sentence
+    assert ev is not None and ev.passage == 2 and ev.sentence == "Port: 995"
+    # One row that holds both: the field after the name asked about.
+    row = "Plain service: pop3; port: 110; secure service: pop3s; port: 995"
+    ev = asked_field(q, [row], ["Ports > pop3"])
+    assert ev is not None and ev.sentence == "port: 995"
 
 
 def test_asks_for_number():

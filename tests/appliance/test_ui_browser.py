@@ -183,8 +183,7 @@ def test_evidence_sentence_is_highlighted_and_an_unsupported_value_is_replaced(
     server = serve(generator=FakeGenerator(token_delay_s=0.01), retriever=retriever)
     page.goto(server.url + "/")
     wait_ready(page)
-    # Asked for its meaning, the entry's "Meaning:" field is the answer, quoted with its table
-    # row (appliance.fields).
+    # Asked for its meaning, the entry's "Meaning:" field is the answer (appliance.fields).
     ask(page, "What does alarm E-47 mean?")
     page.wait_for_selector(".turn.assistant[data-state=done]")
     turn = page.locator(".turn.assistant").last
