@@ -5,8 +5,6 @@ Spanish question and English for an English one, in-process and through the HTTP
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import pytest
 import requests
 
@@ -16,42 +14,24 @@ from appliance.generation.fake import FakeGenerator
 from appliance.prompting import (
     NOT_IN_DOCUMENTS,
     PLANT_WORDING,
-    PromptPassage,
     wording,
     wording_from_manifest,
 )
+from tests.passages import FixedRetriever, passage
 
 PARAMS = GenerationParams(max_new_tokens=48)
 ES_ABSTAIN = "Los documentos no tratan esta pregunta."
 
 
-@dataclass
-class StubPassage:
-    text: str
-    dense_score: float
-    chunk_id: str = "pump#3"
-    doc_id: str = "pump"
-    path: str = "pump-maintenance-manual.md"
-    title: str = "Pump manual"
-    section: str = "4. Impeller"
-    page: int | None = None
-    score: float = 0.5
-    keyword_score: float | None = None
-    metadata: dict = field(default_factory=dict)
-
-    def to_prompt(self) -> PromptPassage:
-        return PromptPassage(self.text, self.title, self.section, self.page)
-
-
-class StubRetriever:
-    def __init__(self, passages):
-        self.passages = passages
-
-    def search(self, query, k=5, filters=None, mode="hybrid"):
-        return self.passages[:k]
-
-
-PUMP = StubPassage("The P-101 impeller nut is tightened to 120 N·m.", 0.7)
+PUMP = passage(
+    "The P-101 impeller nut is tightened to 120 N·m.",
+    0.7,
+    "pump#3",
+    doc_id="pump",
+    path="pump-maintenance-manual.md",
+    title="Pump manual",
+    section="4. Impeller",
+)
 
 
 def test_wording_in_spanish_and_back() -> None:
@@ -71,7 +51,7 @@ def test_spanish_question_gets_the_spanish_prompt() -> None:
     ans = answer(
         "¿A qué par se aprieta la tuerca del rodete de la P-101?",
         generator=gen,
-        retriever=StubRetriever([PUMP]),
+        retriever=FixedRetriever([PUMP]),
         params=PARAMS,
     )
     prompt = gen.prompts[-1]
@@ -86,7 +66,7 @@ def test_english_question_keeps_the_english_prompt() -> None:
     answer(
         "What torque does the P-101 impeller nut get?",
         generator=gen,
-        retriever=StubRetriever([PUMP]),
+        retriever=FixedRetriever([PUMP]),
         params=PARAMS,
     )
     assert "Question: What torque" in gen.prompts[-1]
@@ -94,14 +74,16 @@ def test_english_question_keeps_the_english_prompt() -> None:
 
 
 def test_abstention_is_in_the_language_of_the_question() -> None:
-    low = StubRetriever([StubPassage("Shift handover uses form QF-12.", 0.1)])
+    low = FixedRetriever([passage("Shift handover uses form QF-12.", 0.1)])
     es = answer("¿Quién ganó el partido de ayer?", generator=FakeGenerator(), retriever=low, params=PARAMS)  # fmt: skip
     assert es.abstained and es.text == ES_ABSTAIN
     en = answer("Who won the match yesterday?", generator=FakeGenerator(), retriever=low, params=PARAMS)  # fmt: skip
     assert en.abstained and en.text == NOT_IN_DOCUMENTS
     # The model saying the Spanish sentence is an abstention too.
     said = FakeGenerator(reply=ES_ABSTAIN)
-    ans = answer("¿Cuál es el par?", generator=said, retriever=StubRetriever([PUMP]), params=PARAMS)
+    ans = answer(
+        "¿Cuál es el par?", generator=said, retriever=FixedRetriever([PUMP]), params=PARAMS
+    )
     assert ans.abstained and ans.abstain_reason == "model"
     # An operator's own abstention message is kept in every language.
     fixed = AnswerPolicy(abstain_message="Ask the shift leader.")

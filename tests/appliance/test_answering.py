@@ -4,8 +4,6 @@ tiny in-memory retriever (the real index is covered by the server and calibratio
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import pytest
 
 from appliance.answering import (
@@ -23,37 +21,11 @@ from appliance.answering import (
 )
 from appliance.generation.base import GenerationParams
 from appliance.generation.fake import FakeGenerator
-from appliance.prompting import NOT_IN_DOCUMENTS, PromptPassage
+from appliance.prompting import NOT_IN_DOCUMENTS
+from tests.passages import FixedRetriever as StubRetriever
+from tests.passages import passage as StubPassage
 
 PARAMS = GenerationParams(max_new_tokens=64)
-
-
-@dataclass
-class StubPassage:
-    text: str
-    dense_score: float
-    chunk_id: str = "doc#0"
-    doc_id: str = "doc"
-    path: str = "manual.md"
-    title: str = "Manual"
-    section: str = "1. Data"
-    page: int | None = None
-    score: float = 0.5
-    keyword_score: float | None = None
-    metadata: dict = field(default_factory=dict)
-
-    def to_prompt(self) -> PromptPassage:
-        return PromptPassage(self.text, self.title, self.section, self.page)
-
-
-class StubRetriever:
-    def __init__(self, passages):
-        self.passages = passages
-        self.calls = []
-
-    def search(self, query, k=5, filters=None, mode="hybrid"):
-        self.calls.append((query, k, filters))
-        return self.passages[:k]
 
 
 PUMP = StubPassage(

@@ -7,15 +7,13 @@ Then: every rate carries its Wilson interval, and the report is split into test 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import pytest
 
 from appliance.answering import answer
 from appliance.common.questions import EvalQuestion, load_questions
 from appliance.generation.base import GenerationParams
 from appliance.generation.fake import FakeGenerator
-from appliance.prompting import NOT_IN_DOCUMENTS, PromptPassage
+from appliance.prompting import NOT_IN_DOCUMENTS
 from build.eval_metrics import (
     abstention_kind,
     conflicting_values,
@@ -26,6 +24,7 @@ from build.eval_metrics import (
 )
 from build.eval_report import SUMMARY_ROWS, build_report, summarize_mode, wilson_interval
 from build.evaluation import AnswerRecord, standard_modes
+from tests.passages import FixedRetriever, passage
 
 PRICE_Q = "What is the purchase price of the HX-4471-B mechanical seal?"
 
@@ -125,34 +124,23 @@ def test_facts_match_whole_tokens_after_citation_markers_are_removed(fact, text,
 # ---- counter-example 4: [n] markers the appliance appends are not the model's citations
 
 
-@dataclass
-class _Passage:
-    text: str
-    dense_score: float = 0.9
-    chunk_id: str = "pump#1"
-    doc_id: str = "pump"
-    path: str = "docs/pump-maintenance-manual.md"
-    title: str = "Pump maintenance manual"
-    section: str = "Impeller"
-    page: int | None = None
-    score: float = 0.9
-    keyword_score: float | None = None
-    metadata: dict = field(default_factory=dict)
-
-    def to_prompt(self) -> PromptPassage:
-        return PromptPassage(self.text, self.title, self.section, self.page)
-
-
-class _Retriever:
-    def search(self, query, k=5, filters=None, mode="hybrid"):
-        return [_Passage("The P-101 impeller nut is tightened to 120 N·m.")]
+PUMP = passage(
+    "The P-101 impeller nut is tightened to 120 N·m.",
+    0.9,
+    "pump#1",
+    doc_id="pump",
+    path="docs/pump-maintenance-manual.md",
+    title="Pump maintenance manual",
+    section="Impeller",
+    score=0.9,
+)
 
 
 def _answer(reply: str):
     return answer(
         "Impeller nut torque on P-101?",
         generator=FakeGenerator(reply=reply),
-        retriever=_Retriever(),
+        retriever=FixedRetriever([PUMP]),
         params=GenerationParams(max_new_tokens=64),
         k=1,
     )
