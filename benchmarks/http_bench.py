@@ -30,7 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.processes import child_env, free_port, status_kib, wait_ready
+from benchmarks.processes import chat_events, child_env, free_port, status_kib, wait_ready
 from benchmarks.records import make_record, skipped_record, summarize
 
 log = logging.getLogger(__name__)
@@ -55,8 +55,6 @@ def _documents(plant: Path | None, n_words: int) -> list[str]:
 
 def _stream(url: str, messages: list[dict], max_tokens: int, headers: dict) -> dict:
     """One streaming chat request; times from the request to each content chunk."""
-    import requests
-
     body = {
         "messages": messages,
         "stream": True,
@@ -68,23 +66,13 @@ def _stream(url: str, messages: list[dict], max_tokens: int, headers: dict) -> d
     t0 = time.perf_counter()
     times: list[float] = []
     text, usage = "", {}
-    with requests.post(
-        f"{url}/v1/chat/completions", json=body, stream=True, timeout=300, headers=headers
-    ) as r:
-        r.raise_for_status()
-        for line in r.iter_lines():
-            if not line.startswith(b"data: "):
-                continue
-            data = line[6:]
-            if data == b"[DONE]":
-                break
-            event = json.loads(data)
-            usage = event.get("usage") or usage
-            for choice in event.get("choices") or []:
-                delta = (choice.get("delta") or {}).get("content")
-                if delta:
-                    times.append(time.perf_counter() - t0)
-                    text += delta
+    for event in chat_events(url, body, headers, timeout_s=300):
+        usage = event.get("usage") or usage
+        for choice in event.get("choices") or []:
+            delta = (choice.get("delta") or {}).get("content")
+            if delta:
+                times.append(time.perf_counter() - t0)
+                text += delta
     if not times:
         raise RuntimeError(f"{url} streamed no text")
     tokens = int(usage.get("completion_tokens") or len(times))

@@ -1,6 +1,6 @@
 """Process helpers the benchmark suites share: start a server on a free loopback port, wait
-until it answers, read a process's memory figures, and stop a process group with everything
-in it (a timed-out suite and the servers it started).
+until it answers, read its streamed chat answers, read a process's memory figures, and stop a
+process group with everything in it (a timed-out suite and the servers it started).
 
 Memory: psutil has the current resident size but not the kernel's peak (VmHWM) nor the
 anonymous/file split (RssAnon, RssFile) the memory suite reports, so those come from
@@ -11,11 +11,13 @@ Test: .venv/bin/pytest tests/benchmarks/test_processes.py tests/benchmarks/test_
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -56,6 +58,26 @@ def wait_ready(
             proc.kill()
             raise RuntimeError(f"{url} was not ready within {timeout_s:.0f} s")
         time.sleep(poll_s)
+
+
+def chat_events(
+    url: str, body: dict, headers: dict | None = None, timeout_s: float = 300
+) -> Iterator[dict]:
+    """POST a streaming /v1/chat/completions request and yield each server-sent event's JSON
+    as it arrives, until `data: [DONE]` (an HTTP error status raises)."""
+    import requests
+
+    with requests.post(
+        f"{url}/v1/chat/completions", json=body, stream=True, timeout=timeout_s, headers=headers
+    ) as r:
+        r.raise_for_status()
+        for line in r.iter_lines():
+            if not line.startswith(b"data: "):
+                continue  # blank separators, `: keep-alive` comments
+            data = line[len(b"data: ") :]
+            if data == b"[DONE]":
+                return
+            yield json.loads(data)
 
 
 def status_kib(pid: int | str = "self", fields: tuple[str, ...] = ("VmRSS", "VmHWM")) -> dict:

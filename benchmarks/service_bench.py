@@ -31,7 +31,7 @@ import threading
 import time
 from pathlib import Path
 
-from benchmarks.processes import child_env, free_port, status_kib, wait_ready
+from benchmarks.processes import chat_events, child_env, free_port, status_kib, wait_ready
 from benchmarks.records import make_record, skipped_record, summarize
 
 log = logging.getLogger(__name__)
@@ -130,8 +130,6 @@ def _peer_worker(
 
 
 def _ask_http(url: str, question: str, max_tokens: int) -> tuple[float, float]:
-    import requests
-
     body = {
         "messages": [{"role": "user", "content": question}],
         "stream": True,
@@ -139,18 +137,11 @@ def _ask_http(url: str, question: str, max_tokens: int) -> tuple[float, float]:
     }
     t0 = time.perf_counter()
     first = None
-    with requests.post(f"{url}/v1/chat/completions", json=body, stream=True, timeout=600) as r:
-        r.raise_for_status()
-        for line in r.iter_lines():
-            if not line.startswith(b"data: "):
-                continue
-            data = line[6:]
-            if data == b"[DONE]":
-                break
-            if first is None:
-                choices = json.loads(data).get("choices") or [{}]
-                if choices[0].get("delta", {}).get("content"):
-                    first = time.perf_counter() - t0
+    for event in chat_events(url, body, timeout_s=600):
+        if first is None:
+            choices = event.get("choices") or [{}]
+            if choices[0].get("delta", {}).get("content"):
+                first = time.perf_counter() - t0
     return first or 0.0, time.perf_counter() - t0
 
 

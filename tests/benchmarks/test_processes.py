@@ -4,16 +4,21 @@ and the suite runner's timeout, which must stop the suite and every process it s
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import psutil
 import pytest
+import requests
 
 from benchmarks.processes import (
+    chat_events,
     child_env,
     free_port,
     group_members,
@@ -110,3 +115,38 @@ def test_a_timed_out_suite_stops_with_the_server_it_started(tmp_path: Path) -> N
     assert "did not finish within 20 s" in records[0]["skipped"]
     server = int((tmp_path / "server.pid").read_text())  # it got as far as starting it
     assert _stopped(server)
+
+
+class _SSEHandler(BaseHTTPRequestHandler):
+    """Streams two chunks, a keep-alive comment and [DONE], as the service does; 404 elsewhere."""
+
+    def do_POST(self) -> None:  # noqa: N802 - the http.server name
+        length = int(self.headers["Content-Length"])
+        body = json.loads(self.rfile.read(length))
+        if self.path != "/v1/chat/completions" or not body.get("stream"):
+            self.send_error(404)
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.end_headers()
+        for part in ("Hel", "lo"):
+            chunk = {"choices": [{"delta": {"content": part}}]}
+            self.wfile.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+        self.wfile.write(b': keep-alive\n\ndata: [DONE]\n\ndata: {"after": 1}\n\n')
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_chat_events_yields_each_event_until_done() -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _SSEHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        events = list(chat_events(url, {"stream": True}, timeout_s=10))
+        assert [e["choices"][0]["delta"]["content"] for e in events] == ["Hel", "lo"]
+        with pytest.raises(requests.HTTPError, match="404"):
+            list(chat_events(url, {"stream": False}, timeout_s=10))
+    finally:
+        server.shutdown()
+        server.server_close()
