@@ -757,6 +757,15 @@ def synthesize(
         p.status, p.reason = "dropped", reason
         dropped.append(p)
 
+    def held_out(p: Pair) -> bool:
+        """Drop `p` if it overlaps an eval question, and record the overlap."""
+        hit = holdout_reason(p, holdout)
+        if hit:
+            why, h = hit
+            drop(p, f"holdout: {why} as eval question {h.id} ({h.split})")
+            overlap.append({"pair": p.question, "eval_id": h.id, "split": h.split, "why": why})
+        return hit is not None
+
     t1 = time.perf_counter()
     survivors: list[Pair] = []
     seen: dict[frozenset[str], list[tuple[frozenset[str], Pair]]] = {}
@@ -772,11 +781,7 @@ def synthesize(
         if reason:
             drop(p, reason)
             continue
-        hit = holdout_reason(p, holdout)
-        if hit:
-            why, h = hit
-            drop(p, f"holdout: {why} as eval question {h.id} ({h.split})")
-            overlap.append({"pair": p.question, "eval_id": h.id, "split": h.split, "why": why})
+        if held_out(p):
             continue
         words, names = _words(p.question), _names(p.question)
         twin = next(
@@ -809,11 +814,7 @@ def synthesize(
     unans = unanswerable_pairs(answerable, unanswerable, abstain, corpus_folded, rng)
     kept_unans = []
     for p in unans:
-        hit = holdout_reason(p, holdout)
-        if hit:
-            why, h = hit
-            drop(p, f"holdout: {why} as eval question {h.id} ({h.split})")
-            overlap.append({"pair": p.question, "eval_id": h.id, "split": h.split, "why": why})
+        if held_out(p):
             continue
         p.status = "kept"
         kept_unans.append(p)
