@@ -13,13 +13,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import requests
 
-from tests.appliance.server_harness import free_port, offline_env
+from tests.appliance.server_harness import free_port, offline_env, wait_served
 
 # Held-out questions whose source is a Markdown table, the PDF, the DOCX and the CSV.
 QUESTION_IDS = ("q022", "q049", "q054", "q062")
@@ -43,16 +42,7 @@ def served_plant(tmp_path_factory, smollm2_onnx_int4: Path, embedder_onnx: Path,
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=offline_env())
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, log.read_text()[-3000:]
-            try:
-                if requests.get(url + "/readyz", timeout=1).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            assert time.monotonic() < deadline, "server not ready in 120 s"
-            time.sleep(0.2)
+        wait_served(proc, url, log, timeout=120)
         yield url
     finally:
         proc.terminate()

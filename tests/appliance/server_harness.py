@@ -1,4 +1,5 @@
-"""Helpers of the service tests: a real waitress server on loopback, raw HTTP, SSE parsing.
+"""Helpers of the service tests: a real waitress server on loopback, raw HTTP, SSE parsing,
+waiting for a condition or for an `expert serve` subprocess to be ready.
 
 The fixtures built on them (`serve`, `small_index`, `embedder`, `retriever`) are in
 tests/appliance/conftest.py.
@@ -10,8 +11,10 @@ import json
 import os
 import shutil
 import socket
+import subprocess
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from appliance.server import ServeConfig
@@ -151,3 +154,30 @@ def offline_env(**extra: str) -> dict:
     env.pop("INVOCATION_ID", None)
     env.update(extra)
     return env
+
+
+def wait_until(cond: Callable[[], object], timeout: float = 10.0) -> bool:
+    """Poll `cond` until it is true (True) or `timeout` seconds pass (False)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def wait_served(proc: subprocess.Popen, url: str, log: Path, timeout: float) -> float:
+    """Seconds until an `expert serve` subprocess answers GET /readyz with 200; fails the test
+    with the end of its log if it exits first, or when it is not ready within `timeout`."""
+    import requests
+
+    t0 = time.monotonic()
+    while True:
+        assert proc.poll() is None, log.read_text()[-3000:]
+        try:
+            if requests.get(url + "/readyz", timeout=1).status_code == 200:
+                return time.monotonic() - t0
+        except requests.ConnectionError:
+            pass
+        assert time.monotonic() - t0 < timeout, f"server not ready in {timeout:.0f} s"
+        time.sleep(0.1)

@@ -12,6 +12,7 @@ import requests
 
 from appliance.generation.fake import FakeGenerator
 from appliance.server.slots import SlotPool
+from tests.appliance.server_harness import wait_until
 
 LONG_REPLY = " ".join(f"word{i}" for i in range(200))  # 400 deltas
 
@@ -26,15 +27,6 @@ def in_background(fn, *args, **kw) -> threading.Thread:
     t = threading.Thread(target=fn, args=args, kwargs=kw, daemon=True)
     t.start()
     return t
-
-
-def wait_until(cond, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.01)
-    return False
 
 
 def test_full_queue_is_refused_at_once_with_retry_after(serve):

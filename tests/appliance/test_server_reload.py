@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import signal
 import threading
-import time
 
 import pytest
 import requests
@@ -16,7 +15,7 @@ from appliance.errors import BundleError
 from appliance.generation.fake import FakeGenerator
 from appliance.server.runtime import Runtime, answer_policy
 from appliance.server.serve import install_signal_handlers
-from tests.appliance.server_harness import sse_events
+from tests.appliance.server_harness import sse_events, wait_until
 
 LONG_REPLY = " ".join(f"w{i}" for i in range(100))  # 200 deltas
 
@@ -27,15 +26,6 @@ def restore_signals():
     yield
     for s, handler in saved.items():
         signal.signal(s, handler)
-
-
-def wait_until(cond, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.01)
-    return False
 
 
 def test_sighup_swaps_bundle_without_dropping_a_stream(serve, restore_signals):
