@@ -56,15 +56,32 @@ def wilson(k: int, n: int) -> tuple[float, float]:
     return wilson_interval(k, n) or (0.0, 1.0)
 
 
+# The code an index is built by: loading, chunking, and what ingest writes (store, keywords,
+# vectors, versions). A change to any of it rebuilds the cached index.
+INDEX_CODE = (
+    "appliance/documents/loaders.py",
+    "appliance/documents/chunking.py",
+    "appliance/documents/model.py",
+    "appliance/documents/limits.py",
+    "appliance/retrieval/ingest.py",
+    "appliance/retrieval/writer.py",
+    "appliance/retrieval/store.py",
+    "appliance/retrieval/keywords.py",
+    "appliance/retrieval/vectors.py",
+    "appliance/retrieval/versions.py",
+)
+
+
 def index_key(corpus: Path, embedder_folder: Path) -> str:
-    """What a cached index depends on: the chunking code, the corpus' documents and every file
-    of the embedder (model, tokenizer, embedder.json with its prefixes and keyword weight), so
-    that two embedders, or two exports of one model, never share an index."""
+    """What a cached index depends on: the code that builds it (INDEX_CODE), the corpus'
+    documents and every file of the embedder (model, tokenizer, embedder.json with its prefixes
+    and keyword weight), so that two embedders, or two exports of one model, never share an
+    index."""
     from appliance.common.fsutil import sha256_file
 
     h = hashlib.sha256()
-    for rel in ("appliance/documents/chunking.py", "appliance/documents/loaders.py"):
-        h.update((REPO / rel).read_bytes())
+    for rel in INDEX_CODE:
+        h.update(rel.encode() + b"\0" + (REPO / rel).read_bytes())
     for f in sorted((corpus / "docs").rglob("*")):
         if f.is_file():
             h.update(f.name.encode() + f.read_bytes())
@@ -77,7 +94,7 @@ def index_key(corpus: Path, embedder_folder: Path) -> str:
 
 
 def build_index(corpus: Path, embedder, out_root: Path) -> Path:
-    """The corpus' index for this embedder under the current chunking code (rebuilt when either
+    """The corpus' index for this embedder under the current index code (rebuilt when either
     changes; see index_key)."""
     from appliance.retrieval.ingest import ingest_folder
 

@@ -7,7 +7,8 @@ import json
 from pathlib import Path
 
 from appliance.embedding import EMBEDDER_CONFIG, OnnxEmbedder
-from benchmarks.reader_variants import build_index
+from benchmarks.reader_variants import INDEX_CODE, build_index
+from tests.conftest import PLANT_INDEX_CODE
 
 DOC = "# Pump P-101\n\nThe P-101 impeller nut is tightened to 120 N·m.\n"
 
@@ -50,3 +51,10 @@ def test_two_embedders_never_share_a_cached_index(embedder_onnx: Path, tmp_path:
     assert sorted(p.name for p in work.iterdir()) == sorted(
         {index_a.parent.name, index_b.parent.name}
     )
+
+
+def test_the_index_key_covers_the_code_an_index_is_built_by() -> None:
+    """Every appliance module the test suite's own index cache is keyed by (tests/conftest.py)
+    is in the benchmark's key too, so a change to ingest or the store rebuilds its index."""
+    appliance_code = {rel for rel in PLANT_INDEX_CODE if rel.startswith("appliance/")}
+    assert appliance_code <= set(INDEX_CODE)
