@@ -356,7 +356,8 @@ _BOILERPLATE_TAGS = [
 ]  # fmt: skip
 _BOILERPLATE_ATTR_RE = re.compile(
     r"(^|[\s_-])(nav|navbar|menu|footer|header|sidebar|breadcrumbs?|cookie|banner|social|share|"
-    r"advert|ads|skip-link|toc-sidebar|toplang|bottomlang|quickview)([\s_-]|$)",
+    r"advert|ads|skip-link|toc-sidebar|toplang|bottomlang|quickview|toc|navheader|navfooter)"
+    r"([\s_-]|$)",
     re.I,
 )
 _BOX_ATTR_RE = re.compile(
@@ -454,6 +455,21 @@ def _load_html(data: bytes, name: str) -> tuple[str, list[Block], dict]:
         if parts or name:
             emit()
 
+    def box_table(node: Tag) -> None:
+        """A note box laid out as a table (DocBook: icon cell, <th>Nota</th>, the text cell):
+        the <th> titles the box like a heading inside it, the other cells are its text."""
+        for cell in node.find_all(["th", "td"]):
+            if cell.find_parent("table") is not node:
+                continue  # a nested table's cells: walk(cell) reads them
+            if cell.name == "th":
+                flush()
+                text = " ".join(cell.get_text(" ", strip=True).split())
+                if text:
+                    stack.append((len(_HEADINGS) + 1, text))
+            else:
+                walk(cell)
+                flush()
+
     def walk(node: Tag) -> None:
         for child in node.children:
             if isinstance(child, NavigableString):
@@ -471,6 +487,9 @@ def _load_html(data: bytes, name: str) -> tuple[str, list[Block], dict]:
                     while stack and stack[-1][0] >= level:
                         stack.pop()
                     stack.append((level, text))
+            elif child.name == "table" and _is_box_layout(child):
+                flush()
+                box_table(child)
             elif child.name == "table":
                 flush()
                 table(child)
@@ -494,6 +513,15 @@ def _load_html(data: bytes, name: str) -> tuple[str, list[Block], dict]:
     walk(root)
     flush()
     return title, blocks, {}
+
+
+def _is_box_layout(table) -> bool:
+    """A table that only lays out a note box (DocBook's admonitions: an icon, the word "Note"
+    as its one <th>, the text): the table is the box's own child and has no column headers."""
+    parent = table.parent
+    classes = " ".join(parent.get("class") or []) if parent is not None else ""
+    own_th = [th for th in table.find_all("th") if th.find_parent("table") is table]
+    return bool(_BOX_ATTR_RE.search(classes)) and len(own_th) <= 1
 
 
 def _heading_text(tag) -> str:

@@ -316,6 +316,37 @@ def test_html_table_rows_and_definition_lists_are_entries() -> None:
     assert by_section[("Worker flags",)] == "After the box."
 
 
+def test_docbook_contents_navigation_and_note_tables_are_not_entries() -> None:
+    # DocBook HTML (the Debian Reference): a table of contents, navigation tables and note
+    # boxes laid out as tables (icon cell, <th>Nota</th>, the text cell).
+    html = """<html><body>
+      <div class="navheader"><table summary="Navigation header"><tr><th colspan="3">Cap 5</th></tr>
+        <tr><td><a href="ch04.html">Anterior</a></td><th></th><td>Siguiente</td></tr></table></div>
+      <div class="chapter"><h1>Capítulo 5. Red</h1>
+      <div class="toc"><p><strong>Tabla de contenidos</strong></p>
+        <dl class="toc"><dt><span class="section"><a href="#a">5.1. Lo básico</a></span></dt></dl></div>
+      <div class="section"><h2>5.1. Lo básico</h2><p>Texto de la sección.</p>
+      <div class="note"><table border="0" summary="Note">
+        <tr><td rowspan="2"><img alt="[Nota]" src="note.png"/></td><th>Nota</th></tr>
+        <tr><td><p>El grupo «netdev» configura la red.</p><table><tr><th>a</th><th>b</th></tr>
+          <tr><td>1</td><td>2</td></tr></table></td></tr></table></div>
+      <p>Después de la nota.</p></div></div>
+      <div class="navfooter"><table><tr><td>Capítulo 4</td><td>Capítulo 6</td></tr></table></div>
+      </body></html>""".encode()
+    doc = load_bytes(html, "ch05.html")
+    text = "\n".join(b.text for b in doc.blocks)
+    assert "Tabla de contenidos" not in text and "Anterior" not in text
+    assert "Capítulo 4" not in text and "Capítulo 6" not in text
+    by_section = {b.section: b.text for b in doc.blocks if b.kind == "text"}
+    # The note's <th> titles the box like a heading inside it; its text is not a table row.
+    assert by_section[("5.1. Lo básico", "Nota")] == "El grupo «netdev» configura la red."
+    assert by_section[("5.1. Lo básico",)].endswith("Después de la nota.")
+    assert not any(b.kind == "table_row" and b.text == "Nota" for b in doc.blocks)
+    # A real table inside the note is still read as a table, once.
+    rows = [b for b in doc.blocks if b.kind == "table_row"]
+    assert [b.text for b in rows] == ["a: 1; b: 2"]
+
+
 def test_csv_rows_carry_their_part_number_and_equipment_tag() -> None:
     doc, chunks = _chunks(PLANT / "spare-parts-list.csv")
     seal = next(c for c in chunks if "stock_location: MS-A2-04" in c.text)
