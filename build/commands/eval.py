@@ -183,6 +183,13 @@ def _add_calibrate(actions: argparse._SubParsersAction) -> None:
         func=run_calibrate,
     )
     p.add_argument("--k", type=int, default=DEFAULT_K, help="passages per question")
+    p.add_argument(
+        "--decimals",
+        type=int,
+        default=2,
+        help="round the threshold down to this many decimals (4 for an embedder whose scores "
+        "lie in a narrow band, such as multilingual-e5-small)",
+    )
 
 
 def _add_quality_gate(actions: argparse._SubParsersAction) -> None:
@@ -325,7 +332,11 @@ def _one_bundle(args: argparse.Namespace, command: str) -> Path:
 def run_calibrate(args: argparse.Namespace) -> int:
     from build.bundle_evaluation import calibrate_threshold
 
-    result = calibrate_threshold(_one_bundle(args, "calibrate"), args.questions, k=args.k)
+    if not 1 <= args.decimals <= 6:
+        raise UserFacingError(f"--decimals must be between 1 and 6, got {args.decimals}")
+    result = calibrate_threshold(
+        _one_bundle(args, "calibrate"), args.questions, k=args.k, decimals=args.decimals
+    )
     if args.out is not None:
         # A bundle-extra file: other keys (e.g. "prompting") are kept.
         extra = {}

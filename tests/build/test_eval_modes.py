@@ -6,6 +6,7 @@ building its own fine-tuned model (two LoRA steps), bundle and report."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 from pathlib import Path
@@ -319,7 +320,9 @@ def test_expert_eval_trains_on_pairs_without_a_plant(
     assert asked and asked <= eval_questions
 
 
-def test_calibrate_threshold_on_dev_only(tiny_bundle: Path, plant_dir: Path, tmp_path: Path):
+def test_calibrate_threshold_on_dev_only(
+    tiny_bundle: Path, plant_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+):
     """`expert eval calibrate`: the threshold comes from the dev split, test is only reported,
     and --out merges it into a bundle-extra file without losing its other keys."""
     from appliance.cli import main as expert
@@ -336,3 +339,11 @@ def test_calibrate_threshold_on_dev_only(tiny_bundle: Path, plant_dir: Path, tmp
     assert t == int(cal["calibrated"] * 100) / 100 and -1 <= t <= 1
     answered, total = map(int, cal["by_split"]["dev"]["answered"].split()[0].split("/"))
     assert answered >= 0.95 * total
+    # --decimals: e5's scores lie in a narrow band, so its bundles keep four decimals.
+    fine = tmp_path / "fine.json"
+    argv = [*argv, str(plant_dir / "qa" / "eval.jsonl"), "--out", str(fine), "--decimals", "4"]
+    assert expert(argv) == 0
+    data = json.loads(fine.read_text(encoding="utf-8"))["retrieval"]
+    assert data["abstain_threshold"] == math.floor(cal["calibrated"] * 10**4) / 10**4
+    assert expert([*argv[:-1], "9"]) == 2
+    assert "--decimals must be between 1 and 6" in capsys.readouterr().err
