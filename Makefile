@@ -187,11 +187,24 @@ $(WORK)/debian-es-index/.ingested: $(WORK)/embedder-e5/embedder.json $(INGEST_CO
 	$(EXPERT) ingest $(SPANISH)/docs --index $(WORK)/debian-es-index --embedder $(WORK)/embedder-e5
 	touch $@
 
-$(SPANISH_BUNDLE)/manifest.json: $(WORK)/smollm2-int4/export.json $(WORK)/debian-es-index/.ingested $(WORK)/quality-gate.json
-	rm -rf $(SPANISH_BUNDLE)
-	$(EXPERT) bundle --name debian-es --version $(VERSION) --out $(BUNDLES) \
+# Its abstention threshold is calibrated like the Apache bundle's: on the Spanish dev split only,
+# against its own index, by the rule of `expert eval calibrate` (the highest threshold that still
+# answers >= 95% of the dev answerable questions; 2026-11-30: 0.8693, dev 27/28 answered, 3/5
+# unanswerable refused). Rounded down to four decimals, not two: e5's best scores lie in a narrow
+# band (dev answerable 0.868-0.931, unanswerable 0.848-0.906), where 0.86 would refuse 2/5.
+# On the test split it refused 7/28 answerable questions (README, "Spanish answers").
+$(SPANISH_BUNDLE)/manifest.json: $(WORK)/smollm2-int4/export.json $(WORK)/debian-es-index/.ingested $(WORK)/quality-gate.json $(SPANISH)/bundle-extra.json $(SPANISH)/qa/eval.jsonl
+	rm -rf $(SPANISH_BUNDLE) $(BUNDLES)/debian-es-uncalibrated
+	$(EXPERT) bundle --name debian-es --version $(VERSION) --out $(BUNDLES)/debian-es-uncalibrated \
 	    --llm $(WORK)/smollm2-int4 --embedder $(WORK)/embedder-e5 --index $(WORK)/debian-es-index \
 	    --quality-gate $(WORK)/quality-gate.json --extra $(SPANISH)/bundle-extra.json $(APACHE_QL)
+	cp $(SPANISH)/bundle-extra.json $(WORK)/debian-es-extra.json
+	$(EXPERT) eval calibrate --bundle $(BUNDLES)/debian-es-uncalibrated/bundle-debian-es-$(VERSION) \
+	    --questions $(SPANISH)/qa/eval.jsonl --decimals 4 --out $(WORK)/debian-es-extra.json
+	$(EXPERT) bundle --name debian-es --version $(VERSION) --out $(BUNDLES) \
+	    --llm $(WORK)/smollm2-int4 --embedder $(WORK)/embedder-e5 --index $(WORK)/debian-es-index \
+	    --quality-gate $(WORK)/quality-gate.json --extra $(WORK)/debian-es-extra.json $(APACHE_QL)
+	rm -rf $(BUNDLES)/debian-es-uncalibrated
 
 # Both corpora through the four modes; the fine-tuned model (trained on the plant's Q&A) is
 # built by the plant run and reused for the Apache manual, which has no training pairs of its
