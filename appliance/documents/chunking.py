@@ -23,7 +23,9 @@ SECTION_JOIN = " > "
 # settings would give other chunks (a new boundary, an entry's name prefix). It is part of each
 # document's ingest fingerprint, so the next ingest re-chunks documents that an older chunker
 # cut, instead of keeping them as "unchanged". 2: entry-level chunks of reference material.
-CHUNK_FORMAT = 2
+# 3: HTML tables of contents and navigation dropped, a note box laid out as a table read as text
+# (appliance.documents.loaders; the Debian Reference pages; Apache and plant blocks unchanged).
+CHUNK_FORMAT = 3
 
 
 @dataclass(frozen=True)
