@@ -4,11 +4,14 @@ Run: `make test` (or `.venv/bin/pytest`); slow tests: `.venv/bin/pytest -m slow`
 
 Expensive artefacts (the SmolLM2 import, its int4 export, the ONNX embedder, the tiny Phi-3) are
 built once into var/test-cache/<name>-<key>/, where the key hashes the code that builds them, so
-a second run reuses them and a code change rebuilds them. Everything runs offline.
+a second run reuses them and a code change rebuilds them. A build holds a lock on its name, so two
+test runs sharing the cache build an artefact once and never remove each other's half-built one.
+Everything runs offline.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import shutil
@@ -41,14 +44,19 @@ def cached_dir(name: str, sources: tuple[str, ...], make: Callable[[Path], objec
     out = CACHE / f"{name}-{_key(*sources)}"
     if (out / DONE).is_file():
         return out
-    for stale in CACHE.glob(f"{name}-*"):
-        shutil.rmtree(stale, ignore_errors=True)
-    work = CACHE / f".{name}.partial"
-    shutil.rmtree(work, ignore_errors=True)
-    work.parent.mkdir(parents=True, exist_ok=True)
-    make(work)
-    (work / DONE).write_text("ok\n")
-    os.replace(work, out)
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with open(CACHE / f".{name}.lock", "w") as lock:
+        # Another test run building the same artefact finishes first; then it is reused.
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (out / DONE).is_file():
+            return out
+        for stale in CACHE.glob(f"{name}-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        work = CACHE / f".{name}.partial"
+        shutil.rmtree(work, ignore_errors=True)
+        make(work)
+        (work / DONE).write_text("ok\n")
+        os.replace(work, out)
     return out
 
 
