@@ -46,6 +46,17 @@ def test_batching_and_order_do_not_change_vectors(embedder: OnnxEmbedder) -> Non
     np.testing.assert_allclose(together, reversed_, atol=1e-5)
 
 
+def test_worker_threads_sleep_between_operators(embedder_onnx: Path) -> None:
+    two = OnnxEmbedder(embedder_onnx, threads=2)
+    options = two._session.get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert options.intra_op_num_threads == 2
+    # The setting changes scheduling only: the vectors are the ones a one-thread session gives.
+    np.testing.assert_allclose(
+        two.embed(TEXTS[:2]), OnnxEmbedder(embedder_onnx, threads=1).embed(TEXTS[:2]), atol=1e-5
+    )
+
+
 def test_similarity_is_meaningful(embedder: OnnxEmbedder) -> None:
     q, near, far = embedder.embed(
         ["How tight is the impeller nut?", TEXTS[1], "Shift handover uses form QF-12."]
