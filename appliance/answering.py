@@ -872,7 +872,12 @@ class AnswerStream:
 
         def closest(min_share: float) -> Evidence | None:
             """The shown passages' sentence that best matches the question, one that may be
-            quoted as the answer (`quotable`), covering `min_share` of it; or None."""
+            quoted as the answer (`quotable`), covering `min_share` of it; or None.
+
+            (Tried on the dev splits and not kept: preferring, for a quote that replaces the
+            model's text, a sentence holding a value the model stated. Spanish dev lost e021
+            and e053 to sentences with the model's stray numbers and gained nothing; Apache and
+            plant dev did not move.)"""
             return best_sentence(
                 p.question,
                 [s.text for s in sources],
