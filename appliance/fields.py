@@ -90,6 +90,27 @@ _QUANTITY_RE = re.compile(
 )
 
 
+# What a quantity cue asks for, in the words a data sheet labels it with: "How much grease goes
+# into the DE bearing?" asks for the "DE quantity" field, not the "DE bearing" one. The words
+# are put into the question right after the cue, where the asked thing stands. The one such
+# list, in the appliance's two languages. Chosen on the plant dev split (q003 was answered with
+# "DE bearing: 6310 C3"); "number" is left out ("how many" is not a "Part number").
+CUE_LABELS = (
+    (re.compile(r"\bhow much\b|\bcu[aá]nt[oa]\b", re.I), "quantity amount cantidad"),
+    (re.compile(r"\bhow many\b|\bcu[aá]nt[oa]s\b", re.I), "quantity count cantidad"),
+    (re.compile(r"\bhow often\b|\bcada cu[aá]nto\b|\bcon qu[eé] frecuencia\b", re.I),
+     "interval frequency intervalo frecuencia"),
+    (re.compile(r"\bhow long\b", re.I), "time duration"),
+)  # fmt: skip
+
+
+def with_cue_labels(question: str) -> str:
+    """`question` with the label words of its quantity cue after the cue (`CUE_LABELS`)."""
+    for cue, words in CUE_LABELS:
+        question = cue.sub(lambda m, w=words: f"{m.group(0)} {w}", question, count=1)
+    return question
+
+
 def asks_for_number(question: str) -> bool:
     """The question asks for a quantity (`_QUANTITY_RE`), so only a number answers it."""
     return _QUANTITY_RE.search(question) is not None
@@ -289,6 +310,7 @@ def asked_field(
     pointer: str | None = None  # the asked label, where its field points elsewhere
     best: tuple[tuple, int, Field] | None = None
     matching: dict[int, list[Field]] = {}  # per passage, every field the question asks for
+    labelled = with_cue_labels(question)  # the question as a data sheet labels it
     for i in named:
         # The entry the question names first is the one asked about ("el puerto de pop3s,
         # la versión segura de pop3" asks for pop3s).
@@ -300,7 +322,7 @@ def asked_field(
         spans = sorted((at, span) for at, span in spans if span is not None)
         text_at = spans[0][1][0] if spans else 0
         for f in _candidates(passages[i - 1], question):
-            if not label_matches(f.label, question, half=_is_pair(f)):
+            if not label_matches(f.label, labelled, half=_is_pair(f)):
                 continue
             if _is_pair(f) and not _pair_answers(f, question):
                 continue
@@ -320,7 +342,7 @@ def asked_field(
             weight = (
                 not _is_pair(f),
                 len(_label_words(f.label)),
-                -_first_position(f.label, question),
+                -_first_position(f.label, labelled),
                 -named_at,
                 -i,
                 -(f.start - text_at) if f.start >= text_at else -len(passages[i - 1]) - f.start,
@@ -329,7 +351,7 @@ def asked_field(
                 best = (weight, i, f)
     if best is not None:
         _, i, f = best
-        start, end = _quoted_span(f, matching.get(i, []), question)
+        start, end = _quoted_span(f, matching.get(i, []), labelled)
         return Evidence(i, start, end, passages[i - 1][start:end])
     if pointer is not None:
         # "Default: See usage for details": the entry's sentence that names the label and
@@ -353,7 +375,8 @@ MAX_JOINED_SPAN = 400
 def _quoted_span(f: Field, asked: Sequence[Field], question: str) -> tuple[int, int]:
     """What is quoted for the asked field `f`: `f`, widened to the other fields the question
     asks for with other words of it ("What concentration and temperature ...": both lines),
-    when they stand close.
+    when they stand close and the question joins the two ("and", "y", a comma between them:
+    "How much grease goes into the DE bearing?" names "bearing" but asks for the quantity).
 
     (Tried on the dev splits and not kept: quoting a table row whole. Under strict scoring
     it lost more than it gained: the row states the neighbouring cells' values too, "DE
@@ -362,7 +385,7 @@ def _quoted_span(f: Field, asked: Sequence[Field], question: str) -> tuple[int, 
     used = {_first_position(f.label, question)}
     for g in asked:
         at = _first_position(g.label, question)
-        if g is f or at in used:
+        if g is f or at in used or not _coordinated(question, min(used), at):
             continue
         s, e = min(start, g.start), max(end, g.end)
         if e - s <= MAX_JOINED_SPAN:
@@ -401,6 +424,19 @@ def points_elsewhere(question: str, text: str, section: str) -> bool:
             if rest and not _states_something(rest, question):
                 return True
     return False
+
+
+_AND_RE = re.compile(r"\b(?:and|y|e)\b|[,;]", re.I)
+
+
+def _coordinated(question: str, a: int, b: int) -> bool:
+    """The question's `a`-th and `b`-th (4-letter or longer) words are joined by a coordinator
+    between them: "concentration and temperature", "¿cada cuánto ... y qué ...?"."""
+    spans = [m.span() for m in _WORD_RE.finditer(question) if len(m.group(0)) >= 4]
+    if max(a, b) >= len(spans):
+        return False
+    lo, hi = sorted((a, b))
+    return _AND_RE.search(question, spans[lo][1], spans[hi][0]) is not None
 
 
 def _first_position(label: str, question: str) -> int:

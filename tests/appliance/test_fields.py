@@ -210,3 +210,15 @@ def test_asks_for_number():
     assert not asks_for_number("What is the default ServerTokens?")
     assert states_number("Default: 600", "What is the default H2MaxWorkerIdleSeconds?")
     assert not states_number("Default: Unset", "What is the default RLimitMEM?")
+
+
+def test_a_quantity_cue_asks_for_the_quantity_field_and_only_joined_fields_are_joined():
+    row = "Pump: P-101; DE bearing: 6310 C3; DE quantity: 15 g; NDE bearing: 6309 C3"
+    q = "How much grease goes into the drive-end bearing of P-101 at each regrease?"
+    ev = asked_field(q, [row], ["Grease and quantities > P-101"])
+    # "bearing" is named, but "how much" asks for the quantity, and only for it.
+    assert ev is not None and ev.sentence == "DE quantity: 15 g"
+    sheet = "Part number: HX-7120-L\nInterval: 9,000 h\nSupplier: Korvand"
+    q = "How often is the UV-120 lamp replaced, and what is its part number?"
+    ev = asked_field(q, [sheet], ["UV-120 lamp"])
+    assert ev is not None and ev.sentence == "Part number: HX-7120-L\nInterval: 9,000 h"
