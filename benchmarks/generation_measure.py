@@ -367,22 +367,8 @@ def records_from(config: GenerationBenchConfig, raw: dict, ours: str | None = No
                 "others_cpu_share_ours": median_share(a),
                 "others_cpu_share_peer": median_share(b),
             }
-            ta = summarize([r["ttft_s"] for r in a])
-            tb = summarize([r["ttft_s"] for r in b])
             out.append(
-                make_record(
-                    SUITE,
-                    f"time to first token, ~{size}-token prompt{tag}",
-                    "s",
-                    ta["median"],
-                    tb["median"],
-                    peer,
-                    "lower",
-                    ours_p95=ta["p95"],
-                    peer_p95=tb["p95"],
-                    repeats=len(a),
-                    params=params,
-                )
+                _ttft_record(f"time to first token, ~{size}-token prompt{tag}", a, b, peer, params)
             )
             da = summarize([r["decode_tok_s"] for r in a])
             db = summarize([r["decode_tok_s"] for r in b])
@@ -436,22 +422,14 @@ def records_from(config: GenerationBenchConfig, raw: dict, ours: str | None = No
         ra_runs = (reuse.get("runs") or {}).get(ours)
         rb_runs = (reuse.get("runs") or {}).get(peer)
         if ra_runs and rb_runs:
-            ta = summarize([r["ttft_s"] for r in ra_runs])
-            tb = summarize([r["ttft_s"] for r in rb_runs])
             out.append(
-                make_record(
-                    SUITE,
+                _ttft_record(
                     f"time to first token, follow-up request reusing the shared prefix, "
                     f"~{reuse['size']}-token prompt{tag}",
-                    "s",
-                    ta["median"],
-                    tb["median"],
+                    ra_runs,
+                    rb_runs,
                     peer,
-                    "lower",
-                    ours_p95=ta["p95"],
-                    peer_p95=tb["p95"],
-                    repeats=len(ra_runs),
-                    params={
+                    {
                         **base,
                         "prompt_tokens": reuse["prompt_tokens"],
                         "shared_prefix_tokens": reuse["shared_tokens"],
@@ -484,6 +462,19 @@ def records_from(config: GenerationBenchConfig, raw: dict, ours: str | None = No
                 )
             )
     return out
+
+
+def _ttft_record(
+    metric: str, a: list[dict], b: list[dict], peer: str, params: dict, note: str | None = None
+) -> dict:
+    """The time-to-first-token record of our runs `a` against the peer's runs `b`: medians,
+    with the p95 of each as its slow tail."""
+    ta = summarize([r["ttft_s"] for r in a])
+    tb = summarize([r["ttft_s"] for r in b])
+    return make_record(
+        SUITE, metric, "s", ta["median"], tb["median"], peer, "lower",
+        ours_p95=ta["p95"], peer_p95=tb["p95"], repeats=len(a), params=params, note=note,
+    )  # fmt: skip
 
 
 CONTENTION_SHARE = 0.2
