@@ -370,6 +370,7 @@ def prepare(
     abstain_reason = None
     extracted: Evidence | None = None
     wants_number = policy.grounding and asks_for_number(question)
+    no_value = False  # the named entry's asked field states no number
     if use_retrieval:
         if retriever is None:
             raise UserFacingError("retrieval was asked for but no document index is loaded")
@@ -408,11 +409,8 @@ def prepare(
             # The named entry's own field states no number ("Default: Unset; uses operating
             # system defaults") for a question that asks for one: the documents do not give it.
             extracted = None
-            if any(t.kind != "quoted" for t in _entry_terms(question)):
-                abstain_reason = "no_value"
-        if abstain_reason is not None:
-            pass
-        elif not passages:
+            no_value = any(t.kind != "quoted" for t in _entry_terms(question))
+        if not passages:
             abstain_reason = "no_passages"
         elif (
             policy.abstain_threshold is not None
@@ -423,6 +421,8 @@ def prepare(
             abstain_reason = "low_score"
         elif unknown:
             abstain_reason = "unknown_term"
+        elif no_value:
+            abstain_reason = "no_value"
 
     if passages is not None:
         # A small model that has answered goes on to invent the prompt's next turn.
