@@ -215,15 +215,33 @@ def label_matches(label: str, question: str, half: bool = False) -> bool:
     return bool(want) and found == len(want)
 
 
+def _content_words(text: str) -> list[str]:
+    """The words `shared_words` compares: 4 letters or longer, and words in capitals of 2 or
+    3 letters (MSS, MTU, CIP: an acronym names a thing as much as a long word does)."""
+    return [
+        _fold(x) for x in _WORD_RE.findall(text) if len(x) >= 4 or (len(x) >= 2 and x.isupper())
+    ]
+
+
 def shared_words(a: str, b: str, leave_out: str = "") -> list[str]:
-    """The (4-letter or longer) words of `a`, less those of `leave_out`, that `b` has too,
-    a word matching another that begins it or shares its first 6 letters ("take"/"takes")."""
-    skip = _label_words(leave_out)
-    have = _label_words(b)
+    """The words of `a` (`_content_words`), less those of `leave_out`, that `b` has too, a
+    word matching another that begins it or shares its first 6 letters ("take"/"takes"); an
+    acronym matches only itself.
+
+    (Acronyms were added on the Spanish dev split: e041, "¿Cómo se calcula el MSS a partir de
+    la MTU en IPv6?", names only IPv6 as an identifier, and the sentence that answers it,
+    "MSS = MTU - 60 en el caso de IPv6", shares only MSS and MTU with the question, so it was
+    taken for a mere listing of IPv6 and the answer became the abstention.)"""
+    skip = _content_words(leave_out)
+    have = _content_words(b)
+
+    def same(w: str, x: str) -> bool:
+        return w == x if min(len(w), len(x)) < 4 else _same_word(w, x)
+
     return [
         w
-        for w in _label_words(a)
-        if not any(_same_word(w, x) for x in skip) and any(_same_word(w, h) for h in have)
+        for w in _content_words(a)
+        if not any(same(w, x) for x in skip) and any(same(w, h) for h in have)
     ]
 
 

@@ -9,6 +9,7 @@ from appliance.fields import (
     asks_for_number,
     label_matches,
     record_fields,
+    shared_words,
     states_number,
 )
 
@@ -222,3 +223,10 @@ def test_a_quantity_cue_asks_for_the_quantity_field_and_only_joined_fields_are_j
     q = "How often is the UV-120 lamp replaced, and what is its part number?"
     ev = asked_field(q, [sheet], ["UV-120 lamp"])
     assert ev is not None and ev.sentence == "Part number: HX-7120-L\nInterval: 9,000 h"
+
+
+def test_shared_words_counts_acronyms_but_only_whole():
+    assert shared_words("How is the MSS computed from the MTU for IPv6?",
+                        "MSS = MTU - 60 for IPv6", leave_out="IPv6") == ["mss", "mtu"]  # fmt: skip
+    assert shared_words("Which MTU applies?", "The MTUs are listed below.") == []
+    assert shared_words("the default takes", "It take defaults") == ["default", "takes"]
