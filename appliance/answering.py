@@ -45,6 +45,7 @@ from appliance.grounding import (
     new_values,
     occurs,
     value_spans,
+    with_next_value,
 )
 from appliance.grounding import check as check_grounding
 from appliance.i18n import detect_language, is_function_word
@@ -897,6 +898,7 @@ class AnswerStream:
                     else closest(policy.quote_over_abstention)
                 )
                 if over is not None:
+                    over = with_next_value(over, [s.text for s in sources], p.question)
                     # The model refused, but a passage sentence matches the question closely:
                     # the small model refuses answerable questions far more than the others.
                     status, text, evidence, abstained = (
@@ -935,6 +937,7 @@ class AnswerStream:
                 unsupported = list(verdict.unsupported)
                 best = best or closest(policy.quote_min_share)
                 if best is not None:
+                    best = with_next_value(best, [s.text for s in sources], p.question)
                     status, text, evidence = (
                         "quoted",
                         policy.wording.quote_of(best.sentence, best.passage),

@@ -40,6 +40,7 @@ __all__ = [
     "occurs",
     "sentence_spans",
     "value_spans",
+    "with_next_value",
 ]
 
 SUPPORTED = "supported"
@@ -500,6 +501,34 @@ def best_sentence(
             if best is None or key > best[0]:
                 best = (key, Evidence(i, s, e, sent))
     return best[1] if best else None
+
+
+def with_next_value(evidence: Evidence, passages: Sequence, question: str) -> Evidence:
+    """`evidence` widened to the next sentence of its passage when it states nothing the
+    question does not (`bears_value`) and that next sentence does: "... se determina mediante
+    la configuración de su nivel de umbral." followed by the command line "# dmesg -n3".
+    A bare list enumerator ("4.") is passed over.
+
+    A quote is there to give the value the model failed to give; a sentence that only
+    restates the question leads into the value more often than not (a command, a formula, a
+    list after a colon). Chosen on the dev splits (strict scoring, base + RAG): Spanish dev
+    25 -> 26/28 (e019 now quotes the command), Apache dev 29/33 and plant dev 13/23 unchanged
+    (the one other valueless quote, plant q031, was wrong before and after), no abstention
+    changes."""
+    if bears_value(evidence.sentence, question):
+        return evidence
+    text = _texts(passages)[evidence.passage - 1]
+    after = next(
+        (
+            (s, e)
+            for s, e in sentence_spans(text, fields=False)
+            if s >= evidence.end and not re.fullmatch(r"\d{1,2}[.)]", text[s:e])
+        ),
+        None,
+    )
+    if after is None or not bears_value(text[after[0] : after[1]], question):
+        return evidence
+    return Evidence(evidence.passage, evidence.start, after[1], text[evidence.start : after[1]])
 
 
 def contradicts(answer: str, evidence: Evidence | str) -> bool:

@@ -393,3 +393,15 @@ def test_an_acronym_of_the_question_makes_a_sentence_more_than_a_listing_of_its_
                retriever=StubRetriever([formula]), params=PARAMS)  # fmt: skip
     assert a.grounding == "quoted" and "MSS = MTU - 60 for IPv6" in a.text
     assert "1500" not in a.text
+
+
+def test_a_quote_that_restates_the_question_goes_on_to_the_command_line_after_it():
+    text = (
+        "This command sets the console log level for the kernel messages.\n\n"
+        "# dmesg -n3\n\nTable 3.4. Kernel error levels"
+    )
+    gen = FakeGenerator(reply="The console log level is set by the kernel 7 [1].")
+    a = answer("Which command sets the console log level to 3?", generator=gen,
+               retriever=StubRetriever([StubPassage(text, 0.9)]), params=PARAMS)  # fmt: skip
+    assert a.grounding == "quoted" and a.text.endswith('# dmesg -n3" [1]')
+    assert a.evidence[0].sentence.startswith("This command sets")

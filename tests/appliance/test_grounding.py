@@ -13,6 +13,7 @@ from appliance.grounding import (
     occurs,
     sentence_spans,
     value_spans,
+    with_next_value,
 )
 
 KEEPALIVE = (
@@ -182,3 +183,27 @@ def test_a_long_answer_made_of_its_own_words_is_repetitive():
         "Check the impeller for wear and replace the O-ring before closing the casing again [1]."
     )
     assert not is_repetitive(steps)
+
+
+def test_a_quote_that_states_nothing_new_takes_the_next_sentence_with_a_value():
+    text = (
+        "El mensaje que se muestra en la consola depende de su nivel de umbral.\n\n"
+        "# dmesg -n3\n\nTabla 3.4. Niveles"
+    )
+    q = "¿Qué orden fija el nivel de umbral de la consola a 3?"
+    ev = best_sentence(q, [text])
+    assert ev is not None and "dmesg" not in ev.sentence
+    wide = with_next_value(ev, [text], q)
+    assert wide.sentence == text[wide.start : wide.end]
+    assert wide.sentence.endswith("# dmesg -n3") and wide.start == ev.start
+    # A sentence that already states a value is quoted as it is.
+    valued = best_sentence("¿Qué orden fija el umbral?", ["La orden es dmesg -n3. Otra: 5 s."])
+    assert with_next_value(valued, ["La orden es dmesg -n3. Otra: 5 s."], "¿umbral?") == valued
+    # A list's enumerator is passed over; nothing with a value after it: unchanged.
+    items = "Check the alarms of the shift.\n4. Open permits: which locks, by whom.\n5. Done"
+    first = best_sentence("What is checked for alarms at the shift?", [items])
+    wide = with_next_value(first, [items], "What is checked for alarms at the shift?")
+    assert wide.sentence.endswith("Open permits: which locks, by whom.")
+    plain = "Check the alarms of the shift."
+    ev = best_sentence("alarms of the shift", [plain])
+    assert with_next_value(ev, [plain], "alarms of the shift") == ev
