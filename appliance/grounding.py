@@ -455,6 +455,7 @@ def best_sentence(
     headings: Sequence[str] | None = None,
     valued: bool = False,
     require: Callable[[str], bool] | None = None,
+    ignore: Callable[[str], bool] | None = None,
 ) -> Evidence | None:
     """The passage sentence that best matches `query` (a question, or an answer), or None.
 
@@ -465,7 +466,9 @@ def best_sentence(
     sentence must cover (0: any shared word will do). `within` limits the passages.
     A table row is one sentence here (its fields together: the row is the entry). `valued`
     keeps only sentences that state something the query does not (`bears_value`); `require`
-    keeps only the sentences it accepts.
+    keeps only the sentences it accepts. `ignore` leaves out the query's words it accepts (the
+    caller's function words: "what", "when", "cuál"), judged whole, before they are cut to
+    their prefix.
     `headings` (one per passage: its title, section path and entry name) count as words of
     every sentence of their passage: "Default: KeepAliveTimeout 5" under the heading
     "KeepAliveTimeout Directive" matches a question about that directive's default.
@@ -475,6 +478,8 @@ def best_sentence(
         return None
     weights = _weights(texts)
     q = _words(query)
+    if ignore is not None:
+        q = _words(" ".join(w for w in _WORD_RE.findall(query) if not ignore(w)))
     q_values = [v for v in value_spans(query) if v.kind != "number" or v.unit]
     total = sum(weights.get(w, math.log(2)) for w in q) or 1.0
     best: tuple[float, Evidence] | None = None

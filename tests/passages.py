@@ -34,3 +34,16 @@ class FixedRetriever:
     def search(self, query, k=5, filters=None, mode="hybrid"):
         self.calls.append((query, k, filters))
         return self.passages[:k]
+
+
+# A tolerance row and its neighbour (the plant's shaft alignment section): the row answers
+# "What is the maximum parallel offset allowed when aligning a pump to its motor?" but covers
+# just under 0.4 of the question while its function words ("what", "when") count.
+ALIGNMENT = [
+    "Parameter: Parallel (offset) misalignment; Tolerance at 2,950 rpm: ≤ 0.05 mm",
+    "Alignment between pump and motor is checked every 4,000 h. Use the laser tool LA-2.",
+]
+ALIGNMENT_HEADS = [
+    "8. Shaft alignment > 8.1 Tolerances > Parallel (offset) misalignment",
+    "8. Shaft alignment > 8.1 Tolerances",
+]

@@ -22,6 +22,7 @@ from appliance.answering import (
 from appliance.generation.base import GenerationParams
 from appliance.generation.fake import FakeGenerator
 from appliance.prompting import NOT_IN_DOCUMENTS
+from tests.passages import ALIGNMENT, ALIGNMENT_HEADS
 from tests.passages import FixedRetriever as StubRetriever
 from tests.passages import passage as StubPassage
 
@@ -405,3 +406,14 @@ def test_a_quote_that_restates_the_question_goes_on_to_the_command_line_after_it
                retriever=StubRetriever([StubPassage(text, 0.9)]), params=PARAMS)  # fmt: skip
     assert a.grounding == "quoted" and a.text.endswith('# dmesg -n3" [1]')
     assert a.evidence[0].sentence.startswith("This command sets")
+
+
+def test_the_quote_over_a_checked_answer_counts_only_the_questions_content_words():
+    shown = [
+        StubPassage(t, 0.7, chunk_id=f"doc#{i}", section=h)
+        for i, (t, h) in enumerate(zip(ALIGNMENT, ALIGNMENT_HEADS, strict=True))
+    ]
+    gen = FakeGenerator(reply="The maximum parallel offset is 4,000 rpm.")  # 4,000 h, not rpm
+    a = answer("What is the maximum parallel offset allowed when aligning a pump to its motor?",
+               generator=gen, retriever=StubRetriever(shown), params=PARAMS)  # fmt: skip
+    assert a.grounding == "quoted" and "≤ 0.05 mm" in a.text and a.cited == [1]

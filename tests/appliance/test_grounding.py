@@ -15,6 +15,7 @@ from appliance.grounding import (
     value_spans,
     with_next_value,
 )
+from tests.passages import ALIGNMENT, ALIGNMENT_HEADS
 
 KEEPALIVE = (
     "Description: Amount of time the server will wait for subsequent requests\n"
@@ -207,3 +208,15 @@ def test_a_quote_that_states_nothing_new_takes_the_next_sentence_with_a_value():
     plain = "Check the alarms of the shift."
     ev = best_sentence("alarms of the shift", [plain])
     assert with_next_value(ev, [plain], "alarms of the shift") == ev
+
+
+def test_best_sentence_may_leave_the_questions_function_words_out_of_the_share():
+    from appliance.i18n import is_function_word
+
+    q = "What is the maximum parallel offset allowed when aligning a pump to its motor?"
+    kw = {"min_share": 0.4, "headings": ALIGNMENT_HEADS}
+    assert best_sentence(q, ALIGNMENT, **kw) is None  # "what", "when" count: 0.399
+    ev = best_sentence(q, ALIGNMENT, ignore=is_function_word, **kw)
+    assert ev is not None and ev.passage == 1 and "0.05 mm" in ev.sentence
+    # Whole words are judged: "cuáles" is a function word, its prefix "cuále" is not.
+    assert best_sentence("¿cuáles?", ["Cuáles son."], ignore=is_function_word) is None
