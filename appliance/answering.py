@@ -889,7 +889,11 @@ class AnswerStream:
             (Tried on the dev splits and not kept: preferring, for a quote that replaces the
             model's text, a sentence holding a value the model stated. Spanish dev lost e021
             and e053 to sentences with the model's stray numbers and gained nothing; Apache and
-            plant dev did not move.)"""
+            plant dev did not move. Nor its narrower form, for a looping answer whose values
+            the check found, guided by its values of three digits or more, codes and
+            identifiers only: Spanish dev 26 -> 25/28 (e053 quoted the "puerto 4025" line), the
+            unanswerable Apache u005 quoted as "Default: MaxMemFree 2048" (7/7 -> 6/7), e047
+            not mended.)"""
             return best_sentence(
                 p.question,
                 [s.text for s in sources],
