@@ -44,6 +44,7 @@ from appliance.grounding import (
     is_small_number,
     new_values,
     occurs,
+    restates,
     value_spans,
     with_next_value,
 )
@@ -942,6 +943,10 @@ class AnswerStream:
                         not new_values(model_text, p.question)
                         and bears_value(best.sentence, p.question)
                     )
+                    # An answer that only restates the question ("The SSLVerifyClient level
+                    # makes the client present a valid certificate.") names nothing; the
+                    # sentence that matches the question may (the "%k" row of a log format).
+                    or restates(model_text, p.question, ignore=is_function_word)
                 ):
                     verdict = replace(verdict, status="unsupported")
             if verdict.supported and is_repetitive(model_text):

@@ -417,3 +417,18 @@ def test_the_quote_over_a_checked_answer_counts_only_the_questions_content_words
     a = answer("What is the maximum parallel offset allowed when aligning a pump to its motor?",
                generator=gen, retriever=StubRetriever(shown), params=PARAMS)  # fmt: skip
     assert a.grounding == "quoted" and "≤ 0.05 mm" in a.text and a.cited == [1]
+
+
+def test_an_answer_that_restates_the_question_is_quoted_over():
+    row = StubPassage(
+        "%k | Number of keepalive requests handled on this connection.",
+        0.8,
+        section="LogFormat Directive > Custom Log Formats > %k",
+    )
+    q = "Which LogFormat code logs the number of keepalive requests handled on the connection?"
+    gen = FakeGenerator(reply="The logs contain the number of keepalive requests handled.")
+    a = answer(q, generator=gen, retriever=StubRetriever([row]), params=PARAMS)
+    assert a.grounding == "quoted" and "%k" in a.text
+    gen = FakeGenerator(reply="It uses the %k format string from the Custom Log Formats table.")
+    b = answer(q, generator=gen, retriever=StubRetriever([row]), params=PARAMS)
+    assert b.grounding == "supported" and b.text.startswith(b.model_text)

@@ -11,6 +11,7 @@ from appliance.grounding import (
     check,
     is_repetitive,
     occurs,
+    restates,
     sentence_spans,
     value_spans,
     with_next_value,
@@ -220,3 +221,14 @@ def test_best_sentence_may_leave_the_questions_function_words_out_of_the_share()
     assert ev is not None and ev.passage == 1 and "0.05 mm" in ev.sentence
     # Whole words are judged: "cuáles" is a function word, its prefix "cuále" is not.
     assert best_sentence("¿cuáles?", ["Cuáles son."], ignore=is_function_word) is None
+
+
+def test_an_answer_that_only_restates_its_question_is_told_apart():
+    from appliance.i18n import is_function_word
+
+    q = "Which LogFormat code logs the number of keepalive requests handled on the connection?"
+    echo = "The logs contain the number of keepalives requests handled on the connection."
+    assert restates(echo, q, ignore=is_function_word)
+    assert not restates("The %k code logs it: 5 requests [1].", q, ignore=is_function_word)
+    assert not restates("Apache writes these requests to a separate keepalive journal file.", q)
+    assert not restates("", q) and not restates("The.", q)
