@@ -461,6 +461,7 @@ def best_sentence(
     valued: bool = False,
     require: Callable[[str], bool] | None = None,
     ignore: Callable[[str], bool] | None = None,
+    record_bonus: bool = True,
 ) -> Evidence | None:
     """The passage sentence that best matches `query` (a question, or an answer), or None.
 
@@ -473,7 +474,7 @@ def best_sentence(
     keeps only sentences that state something the query does not (`bears_value`); `require`
     keeps only the sentences it accepts. `ignore` leaves out the query's words it accepts (the
     caller's function words: "what", "when", "cuál"), judged whole, before they are cut to
-    their prefix.
+    their prefix. `record_bonus=False` drops the double weight of a record line's key.
     `headings` (one per passage: its title, section path and entry name) count as words of
     every sentence of their passage: "Default: KeepAliveTimeout 5" under the heading
     "KeepAliveTimeout Directive" matches a question about that directive's default.
@@ -500,7 +501,12 @@ def best_sentence(
                 continue
             score = _overlap(q, _words(sent) | head, weights)
             score += sum(2 * math.log(2) for v in q_values if occurs(v, sent) is not None)
-            if score > 0 and _RECORD_LINE_RE.match(sent) and _words(sent.split(":", 1)[0]) & q:
+            if (
+                record_bonus
+                and score > 0
+                and _RECORD_LINE_RE.match(sent)
+                and _words(sent.split(":", 1)[0]) & q
+            ):
                 score += 2 * math.log(2)  # "Default: TimeOut 60" answers "the default ...?"
             if score <= 0:
                 continue

@@ -432,3 +432,29 @@ def test_an_answer_that_restates_the_question_is_quoted_over():
     gen = FakeGenerator(reply="It uses the %k format string from the Custom Log Formats table.")
     b = answer(q, generator=gen, retriever=StubRetriever([row]), params=PARAMS)
     assert b.grounding == "supported" and b.text.startswith(b.model_text)
+
+
+def test_a_refusal_is_quoted_over_by_matching_words_not_by_a_record_key():
+    # The sentence's own words match the question: the refusal gives way to it.
+    watch = StubPassage(
+        "A trained fire watcher stays at the work area during the hot work.\n"
+        "The fire watch continues for 60 minutes after the hot work has finished.\n"
+        "The area is checked again 2 hours after the work ends.",
+        0.76,
+        section="2. Hot Work Permit > 2.3 Fire watch",
+    )
+    gen = FakeGenerator(reply=NOT_IN_DOCUMENTS)
+    a = answer("After hot work is finished, how long must the fire watch stay?", generator=gen,
+               retriever=StubRetriever([watch]), params=PARAMS)  # fmt: skip
+    assert a.grounding == "quoted" and "60 minutes" in a.text and not a.abstained
+    # A row whose key ("Product; Line A") shares a word with an unanswerable question is not
+    # close enough to override the refusal (at 0.6 the key's bonus alone would carry it).
+    row = StubPassage(
+        "Product; Line A: still water, 0.5 L PET (also 0.33 L format); Line B: sparkling water",
+        0.6,
+        section="1. Lines",
+    )
+    b = answer("Which supplier makes the PET preforms for Line A?", generator=gen,
+               retriever=StubRetriever([row]), params=PARAMS,
+               policy=AnswerPolicy(quote_over_abstention=0.6))  # fmt: skip
+    assert b.grounding == "abstained" and b.abstained and b.text == NOT_IN_DOCUMENTS

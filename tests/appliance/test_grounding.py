@@ -232,3 +232,11 @@ def test_an_answer_that_only_restates_its_question_is_told_apart():
     assert not restates("The %k code logs it: 5 requests [1].", q, ignore=is_function_word)
     assert not restates("Apache writes these requests to a separate keepalive journal file.", q)
     assert not restates("", q) and not restates("The.", q)
+
+
+def test_the_record_line_bonus_can_be_left_out():
+    row = ["Product; Line A: still water, 0.5 L PET; Line B: sparkling water"]
+    q = "Which supplier makes the PET preforms for Line A?"
+    with_bonus = best_sentence(q, row, min_share=0.6)
+    assert with_bonus is not None and with_bonus.passage == 1
+    assert best_sentence(q, row, min_share=0.6, record_bonus=False) is None
