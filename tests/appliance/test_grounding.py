@@ -240,3 +240,17 @@ def test_the_record_line_bonus_can_be_left_out():
     with_bonus = best_sentence(q, row, min_share=0.6)
     assert with_bonus is not None and with_bonus.passage == 1
     assert best_sentence(q, row, min_share=0.6, record_bonus=False) is None
+
+
+def test_a_record_key_the_question_names_as_written_counts_even_when_short():
+    status = (
+        "D: Worker is disabled and will not accept any requests. S: Worker is stopped. "
+        "E: Worker is in an error state. N: Worker is in drain mode and will only accept "
+        "existing sticky sessions. Thus, a setting of 'S-E' sets this worker to Stopped and "
+        "clears the in-error flag."
+    )
+    ev = best_sentence("What does the worker status flag N mean in mod_proxy?", [status])
+    assert ev is not None and ev.sentence.startswith("N: Worker is in drain mode")
+    # Another letter is not named: "D" does not match the question's "N".
+    ev = best_sentence("What does the worker status flag D mean?", [status])
+    assert ev is not None and ev.sentence.startswith("D: Worker is disabled")
