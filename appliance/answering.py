@@ -385,6 +385,7 @@ def prepare(
         if policy.require_named_terms and not unknown:
             unknown = unmentioned_names(question, retriever)
         top = passages[0] if passages else None
+        retrieved = list(passages)
         passages, named = order_passages(question, passages, None, by_entry=policy.focus_entries)
         passages = with_entry_heads(retriever, passages, named)
         if policy.max_passages is not None:
@@ -393,6 +394,24 @@ def prepare(
                 # The retriever's best passage keeps the last slot (a spare-parts row found
                 # by its part number stays in when manual sections name the same valve).
                 passages[-1] = top
+            if len(passages) > 1 and named == 0:
+                # No entry named: the passage closest in meaning (best dense score) takes the
+                # last slot too when the fused ranking left it out. Chosen on the dev splits:
+                # plant q035 ("Which group lockout box is used for jobs on the air
+                # compressors?") showed GLB-1's line and a procedure step, while GLB-2's line
+                # scored best in meaning; with it (and `held_elsewhere`) plant dev 15 -> 16/23;
+                # Apache 31/33 and Spanish 26/28 unchanged, no abstention changes. Alone it
+                # moved nothing: the right answer it led to was quoted over as contradicting
+                # GLB-1's line.
+                dense_top = max(
+                    (q for q in retrieved if getattr(q, "dense_score", None) is not None),
+                    key=lambda q: q.dense_score,
+                    default=None,
+                )
+                if dense_top is not None and all(
+                    q.chunk_id != dense_top.chunk_id for q in passages
+                ):
+                    passages[-1] = dense_top
         if passages and policy.extract_fields and policy.grounding:
             extracted = asked_field(
                 question,
@@ -950,8 +969,33 @@ class AnswerStream:
                 # Supported, but is it the answer? The sentence that best matches the question
                 # holds a value; an answer that states none, or only other numbers, is not it.
                 best = closest(policy.quote_min_share)
+
+                def held_elsewhere() -> bool:
+                    """Another quotable sentence that matches the question as well as a quote
+                    must (`quote_min_share`) holds every number and code of the answer: the
+                    best sentence is a neighbour's line, not evidence against the answer
+                    ("GLB-2 — compressor house" beside "GLB-1 — ... except the compressor
+                    house"). Chosen on plant dev with the dense-top passage (see prepare):
+                    15 -> 16/23; alone it moved nothing on the three dev splits."""
+                    mine = [v for v in value_spans(model_text) if v.kind in ("number", "code")]
+                    mine = [v for v in mine if occurs(v, p.question) is None]
+                    if not mine:
+                        return False
+                    alt = best_sentence(
+                        p.question,
+                        [s.text for s in sources],
+                        within=p.focus or None,
+                        min_share=policy.quote_min_share,
+                        headings=[s.section for s in sources],
+                        require=lambda x: (
+                            quotable(x) and all(occurs(v, x) is not None for v in mine)
+                        ),
+                        ignore=is_function_word,
+                    )
+                    return alt is not None
+
                 if best is not None and (
-                    contradicts(model_text, best)
+                    (contradicts(model_text, best) and not held_elsewhere())
                     or (
                         not new_values(model_text, p.question)
                         and bears_value(best.sentence, p.question)

@@ -458,3 +458,49 @@ def test_a_refusal_is_quoted_over_by_matching_words_not_by_a_record_key():
                retriever=StubRetriever([row]), params=PARAMS,
                policy=AnswerPolicy(quote_over_abstention=0.6))  # fmt: skip
     assert b.grounding == "abstained" and b.abstained and b.text == NOT_IN_DOCUMENTS
+
+
+GLB_1 = StubPassage(
+    "- GLB-1 — maintenance workshop, used for all production line and utility jobs except "
+    "the compressor house.",
+    0.587,
+    chunk_id="doc#1",
+    section="4.3 Group lockout boxes > GLB-1",
+)
+GLB_STEP = StubPassage(
+    "8. Group box. Isolation keys go into the group lockout box (GLB-1 or GLB-2).",
+    0.537,
+    chunk_id="doc#2",
+    section="6.1 Step by step > Group box.",
+)
+GLB_2 = StubPassage(
+    "- GLB-2 — compressor house, used for C-301, C-302, R-304 and D-303 work.",
+    0.638,
+    chunk_id="doc#3",
+    section="4.3 Group lockout boxes > GLB-2",
+)
+GLB_QUESTION = "Which group lockout box is used for jobs on the air compressors?"
+
+
+def test_the_passage_closest_in_meaning_takes_the_last_slot_when_no_entry_is_named():
+    gen = FakeGenerator(reply="GLB-2.")
+    pa = prepare(GLB_QUESTION, generator=gen, retriever=StubRetriever([GLB_1, GLB_STEP, GLB_2]),
+                 params=PARAMS, policy=AnswerPolicy(max_passages=2))  # fmt: skip
+    assert [s.chunk_id for s in pa.sources] == ["doc#1", "doc#3"]
+    # Already shown: nothing moves.
+    pb = prepare(GLB_QUESTION, generator=gen, retriever=StubRetriever([GLB_2, GLB_1, GLB_STEP]),
+                 params=PARAMS, policy=AnswerPolicy(max_passages=2))  # fmt: skip
+    assert [s.chunk_id for s in pb.sources] == ["doc#3", "doc#1"]
+
+
+def test_an_answer_whose_code_a_matching_sentence_holds_is_not_taken_for_a_neighbours():
+    """The best sentence for the question is GLB-1's line ("... except the compressor
+    house"); GLB-2's line also matches the question and holds the answer's code."""
+    gen = FakeGenerator(reply="The group lockout box used for jobs on air compressors is GLB-2.")
+    a = answer(GLB_QUESTION, generator=gen, retriever=StubRetriever([GLB_1, GLB_2]),
+               params=PARAMS)  # fmt: skip
+    assert a.grounding == "supported" and a.text.startswith(a.model_text)
+    # Where no other matching sentence holds it, the code is taken for the neighbour's.
+    b = answer(GLB_QUESTION, generator=gen, retriever=StubRetriever([GLB_1, GLB_STEP]),
+               params=PARAMS)  # fmt: skip
+    assert b.grounding == "quoted" and "GLB-1 — maintenance workshop" in b.text
