@@ -132,6 +132,8 @@ class ContextOverflowError(UserFacingError):
 #   Re-checked once the share counted only content words (all three dev splits, base + RAG,
 #   strict): 0.3 gives Apache 30/33, plant 16/23, Spanish 26/28; 0.4 gives 31/33, 16/23,
 #   26/28; 0.5 gives 31/33, 15/23 (2 needless), 26/28; every unanswerable abstained at each.
+#   (At 0.3 Apache a073 keeps a supported model answer without the 302 its quote had; at 0.5
+#   plant q005 loses its quote to the abstention.)
 # - DEFAULT_QUOTE_OVER_ABSTENTION = 0.7: on plant dev, quoting over a model refusal at 0.5 or
 #   0.6 raised fact accuracy from 4/23 to 9/23 but let an unanswerable question through (6/8);
 #   0.7 keeps 7/8 and gives 7/23 (10/23 once a table row is quoted whole); Apache dev has no
