@@ -15,7 +15,9 @@ shared libraries. Configurations:
   sized to the request), for every `--ours` export given (e.g. before/after an export change),
 - ours with the prompt in one pass (prefill_chunk=None),
 - ours with the KV buffer at the model's full context (genai_config's default max_length),
-- ours keeping the weight file's pages that only the load read (release_pages=False),
+- ours keeping the weight file's pages that only the load read (release_pages=False; this also
+  keeps the libraries' pages),
+- ours keeping the runtime libraries' pages that only the load ran (the weight file's released),
 - ours with the KV buffer sized in 256-token steps plus 256 tokens of headroom (the sizing
   before 2026-11-30),
 - llama.cpp (llama-cpp-python, flash attention on, KV for the request) on each GGUF given.
@@ -79,6 +81,11 @@ def _ours(
     from appliance.generation.genai import GenaiGenerator
 
     stages.append(("onnxruntime-genai + appliance imported", _status()))
+    options = dict(options)
+    if options.pop("keep_library_pages", False):  # the weight file's pages are still released
+        import appliance.generation.genai as genai_module
+
+        genai_module.release_library_pages = lambda: None
     gen = GenaiGenerator(Path(model_dir), threads=threads, **options)
     stages.append(("model + tokenizer loaded", _status()))
     if kv_sizing == "full":
@@ -178,6 +185,15 @@ def measure(
             prompts,
             threads,
             {"release_pages": False},
+            "",
+            new_tokens,
+        )
+        configs["ours, library pages kept after load"] = (
+            _ours,
+            str(first),
+            prompts,
+            threads,
+            {"keep_library_pages": True},
             "",
             new_tokens,
         )

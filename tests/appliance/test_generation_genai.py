@@ -243,7 +243,10 @@ def test_residency_release_drops_load_only_pages_and_changes_no_output(
 ):
     # `gen` released the pages its load read; `uncached` kept them (both map the same file).
     assert gen.released_pages["released_mb"] > 1 and gen.released_pages["kept_written"] == 0
-    assert uncached.released_pages is None
+    assert uncached.released_pages is None and uncached.released_library_pages is None
+    # The libraries' never-written pages went too; their relocated (written) data stayed.
+    assert gen.released_library_pages["released_mb"] > 1
+    assert gen.released_library_pages["kept_written"] > 0
     before = _mapped_weight_kib(smollm2_onnx_int4)
     again = GenaiGenerator(smollm2_onnx_int4, threads=2, prefix_cache_tokens=0)
     assert again.released_pages["mappings"] > 0
@@ -272,3 +275,20 @@ def test_residency_parses_smaps_and_skips_other_files(tmp_path: Path):
     ]
     # A file this process has not mapped: nothing to release, nothing raised.
     assert release_weight_pages([weights])["mappings"] == 0
+
+
+def test_residency_lists_shared_objects_only():
+    from appliance.generation.residency import shared_objects
+
+    smaps = (
+        "7f0000000000-7f0000001000 r-xp 00000000 08:01 12 /usr/lib/libonnxruntime.so.1.32.0\n"
+        "Rss:                   4 kB\n"
+        "7f0000001000-7f0000002000 r--p 00000000 08:01 13 /srv/m/model.onnx.data\n"
+        "7f0000002000-7f0000003000 r-xp 00000000 08:01 14 /v/np/_umath.cpython-311-x86_64.so\n"
+        "7f0000003000-7f0000004000 rw-p 00000000 00:00 0 [heap]\n"
+        "7f0000004000-7f0000005000 r--p 00000000 08:01 15 /srv/m/notes.so.txt\n"
+    )
+    assert shared_objects(smaps) == [
+        "/usr/lib/libonnxruntime.so.1.32.0",
+        "/v/np/_umath.cpython-311-x86_64.so",
+    ]
