@@ -35,11 +35,17 @@ class GenaiTuning:
     - allow_spinning: worker threads busy-wait between operators instead of sleeping. A decode step
       runs ~300 small operators, so waking sleeping threads costs more than spinning on a box that
       serves one generation at a time.
+    - stop_spinning_after_run: the workers stop spinning as soon as a forward pass returns
+      (`session.force_spinning_stop`), so the Python, web-server and client work between two
+      tokens gets the cores. Streaming over HTTP, 64 tokens, ~800-token prompt, interleaved
+      servers (2026-12-01): quiet box 113.1 tok/s against 101.4 spinning and 89.5 not spinning;
+      load 2-4: 41.9-93.2 (median 67) against 35.3-45.7 spinning and 63.3-77.0 not spinning.
     - enable_cpu_mem_arena / enable_mem_pattern: onnxruntime's allocator caching.
     """
 
     intra_op_threads: int | None = None
     allow_spinning: bool | None = None
+    stop_spinning_after_run: bool | None = None
     enable_cpu_mem_arena: bool | None = None
     enable_mem_pattern: bool | None = None
 
@@ -50,7 +56,12 @@ class GenaiTuning:
             raise ValueError(
                 f"intra_op_threads must be an int >= 1 or None, got {self.intra_op_threads!r}"
             )
-        for name in ("allow_spinning", "enable_cpu_mem_arena", "enable_mem_pattern"):
+        for name in (
+            "allow_spinning",
+            "stop_spinning_after_run",
+            "enable_cpu_mem_arena",
+            "enable_mem_pattern",
+        ):
             value = getattr(self, name)
             if value is not None and not isinstance(value, bool):
                 raise ValueError(f"{name} must be a bool or None, got {value!r}")
@@ -65,6 +76,7 @@ class GenaiTuning:
         return cls(
             intra_op_threads=threads or usable_cores(),
             allow_spinning=True,
+            stop_spinning_after_run=True,
             enable_mem_pattern=False,
         )
 
@@ -77,6 +89,8 @@ class GenaiTuning:
         if self.allow_spinning is not None:
             # An onnxruntime session config entry; genai passes unknown string keys through.
             options["session.intra_op.allow_spinning"] = "1" if self.allow_spinning else "0"
+        if self.stop_spinning_after_run is not None:
+            options["session.force_spinning_stop"] = "1" if self.stop_spinning_after_run else "0"
         if self.enable_cpu_mem_arena is not None:
             options["enable_cpu_mem_arena"] = self.enable_cpu_mem_arena
         if self.enable_mem_pattern is not None:
