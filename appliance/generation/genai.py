@@ -184,7 +184,7 @@ class GenaiGenerator:
         # The weight file's pages that loading read (to pack the weights) but decoding does not:
         # 17-21 MB of SmolLM2's peak RSS (benchmarks/results/latest.md, memory breakdown).
         # The libraries' code that only loading ran (graph optimisation, weight packing): 24 MB
-        # of peak RSS (same section).
+        # of peak RSS (benchmarks/results/raw/memory_bench_2026-12-01.md).
         self.released_pages = (
             release_weight_pages(p for p in self.llm_dir.iterdir() if p.is_file())
             if release_pages

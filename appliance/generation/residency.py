@@ -9,9 +9,10 @@ decode never reads them again (benchmarks/results/latest.md, "where the memory g
 
 The same holds for the code of the shared libraries: loading a model runs graph
 transformations, kernel registration and weight packing, whose code (in libonnxruntime.so and
-libonnxruntime-genai.so) stays resident although a request never runs it again. Of the 55 MB
-of library pages resident after an 800- and a 1,600-token request on SmolLM2, 23 MB are what
-requests touch when the load-only pages are dropped (benchmarks/results/latest.md).
+libonnxruntime-genai.so) stays resident although a request never runs it again. After an 800-
+and a 1,600-token request on SmolLM2, 50.2 MB of library pages are resident when they are kept
+and 26.2 MB (what requests fault back) when they are dropped after the load
+(benchmarks/results/raw/memory_bench_2026-12-01.md).
 
 `release_weight_pages` and `release_library_pages` ask the kernel to drop those pages from this
 process (madvise MADV_DONTNEED). For a private file mapping whose pages were never written,
@@ -67,7 +68,11 @@ def file_mappings(path: Path, smaps: str) -> list[tuple[int, int, int, int]]:
 
 def shared_objects(smaps: str) -> list[str]:
     """The paths of the shared libraries (and extension modules) mapped in an smaps text."""
-    return sorted(p for p in _all_mappings(smaps) if _SHARED_OBJECT.search(p))
+    return sorted(filter(_is_shared_object, _all_mappings(smaps)))
+
+
+def _is_shared_object(path: str) -> bool:
+    return _SHARED_OBJECT.search(path) is not None
 
 
 def _release(select) -> dict:
@@ -112,4 +117,4 @@ def release_library_pages() -> dict:
     """Drop the resident, never-written pages of every shared library this process maps (the
     code a model load ran; what requests run faults back in). Same report as
     `release_weight_pages`."""
-    return _release(lambda mappings: [p for p in mappings if _SHARED_OBJECT.search(p)])
+    return _release(lambda mappings: list(filter(_is_shared_object, mappings)))
