@@ -82,10 +82,6 @@ def _ours(
 
     stages.append(("onnxruntime-genai + appliance imported", _status()))
     options = dict(options)
-    if options.pop("keep_library_pages", False):  # the weight file's pages are still released
-        import appliance.generation.genai as genai_module
-
-        genai_module.release_library_pages = lambda: None
     gen = GenaiGenerator(Path(model_dir), threads=threads, **options)
     stages.append(("model + tokenizer loaded", _status()))
     if kv_sizing == "full":
@@ -193,7 +189,7 @@ def measure(
             str(first),
             prompts,
             threads,
-            {"keep_library_pages": True},
+            {"release_pages": {"weights"}},  # the weight file's pages are still released
             "",
             new_tokens,
         )

@@ -30,13 +30,13 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
 
 from appliance.errors import BundleError
 from appliance.generation.base import GenerationParams, GenerationStream, scan_tokens
-from appliance.generation.residency import release_library_pages, release_weight_pages
+from appliance.generation.residency import release_load_only_pages
 from appliance.generation.tuning import GenaiTuning, PrefixCache, apply_tuning
 
 log = logging.getLogger(__name__)
@@ -52,6 +52,24 @@ DEFAULT_PREFIX_CACHE_TOKENS = 2048
 # logits); on the pruned default export it bounds the attention scratch (9 heads x 256 x 1,728
 # floats = 16 MB at a 1,600-token prompt, against 100 MB in one pass). None: one pass.
 DEFAULT_PREFILL_CHUNK = 256
+
+
+RELEASABLE_PAGES = frozenset({"weights", "libraries"})
+
+
+def _release_kinds(release_pages: bool | Iterable[str]) -> frozenset[str]:
+    """Which load-only pages `GenaiGenerator` gives back: True = all, False = none, else names."""
+    if release_pages is True:
+        return RELEASABLE_PAGES
+    if release_pages is False:
+        return frozenset()
+    kinds = frozenset(release_pages)
+    if unknown := kinds - RELEASABLE_PAGES:
+        raise ValueError(
+            f"release_pages: unknown page kinds {sorted(unknown)}; "
+            f"use True, False or some of {sorted(RELEASABLE_PAGES)}"
+        )
+    return kinds
 
 
 def _decoded_tokens(generator, decoder) -> Iterator[str]:
@@ -138,7 +156,7 @@ class GenaiGenerator:
         tuning: GenaiTuning | None = None,
         prefix_cache_tokens: int = DEFAULT_PREFIX_CACHE_TOKENS,
         prefill_chunk: int | None = DEFAULT_PREFILL_CHUNK,
-        release_pages: bool = True,
+        release_pages: bool | Iterable[str] = True,
     ) -> None:
         import onnxruntime_genai as og
 
@@ -155,6 +173,8 @@ class GenaiGenerator:
             raise ValueError(f"prefix_cache_tokens must be >= 0, got {prefix_cache_tokens}")
         if prefill_chunk is not None and prefill_chunk < 1:
             raise ValueError(f"prefill_chunk must be >= 1 or None, got {prefill_chunk}")
+        # `release_pages`: True (both), False (neither), or some of {"weights", "libraries"}.
+        kinds = _release_kinds(release_pages)
         self.tuning = tuning or GenaiTuning.for_this_machine(threads)
         self.prefill_chunk = prefill_chunk
         try:
@@ -185,12 +205,16 @@ class GenaiGenerator:
         # 17-21 MB of SmolLM2's peak RSS (benchmarks/results/latest.md, memory breakdown).
         # The libraries' code that only loading ran (graph optimisation, weight packing): 24 MB
         # of peak RSS (benchmarks/results/raw/memory_bench_2026-12-01.md).
-        self.released_pages = (
-            release_weight_pages(p for p in self.llm_dir.iterdir() if p.is_file())
-            if release_pages
-            else None
+        released = (
+            release_load_only_pages(
+                (p for p in self.llm_dir.iterdir() if p.is_file() and "weights" in kinds),
+                libraries="libraries" in kinds,
+            )
+            if kinds
+            else {}
         )
-        self.released_library_pages = release_library_pages() if release_pages else None
+        self.released_pages = released.get("weights") if "weights" in kinds else None
+        self.released_library_pages = released.get("libraries")
         self._lock = threading.Lock()
         self.active = 0
         cache_tokens = min(prefix_cache_tokens, self.context_length)

@@ -14,7 +14,7 @@ and a 1,600-token request on SmolLM2, 50.2 MB of library pages are resident when
 and 26.2 MB (what requests fault back) when they are dropped after the load
 (benchmarks/results/raw/memory_bench_2026-12-01.md).
 
-`release_weight_pages` and `release_library_pages` ask the kernel to drop those pages from this
+`release_load_only_pages` asks the kernel to drop those pages from this
 process (madvise MADV_DONTNEED). For a private file mapping whose pages were never written,
 that loses nothing: a later read faults the page back in from the file (from the page cache,
 usually), exactly as after the kernel reclaimed it under memory pressure. A mapping holding any
@@ -75,24 +75,11 @@ def _is_shared_object(path: str) -> bool:
     return _SHARED_OBJECT.search(path) is not None
 
 
-def _release(select) -> dict:
-    """Drop the resident, never-written pages of this process's file mappings whose paths
-    `select(mappings)` returns. Never raises: a failure leaves the pages resident."""
+def _release(mappings: dict, paths, madvise) -> dict:
+    """Drop the resident, never-written pages of the mappings of `paths` (a parsed smaps)."""
     report = {"released_mb": 0.0, "mappings": 0, "kept_written": 0}
-    smaps_path = Path("/proc/self/smaps")
-    if not sys.platform.startswith("linux") or not smaps_path.is_file():
-        return report
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        madvise = libc.madvise
-        madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-        madvise.restype = ctypes.c_int
-        mappings = _all_mappings(smaps_path.read_text())
-    except (OSError, AttributeError) as exc:
-        log.debug("cannot release load-only pages: %s", exc)
-        return report
     released_kib = 0
-    for path in select(mappings):
+    for path in paths:
         for start, end, rss_kib, anon_kib in mappings.get(path, ()):
             if anon_kib:  # a written copy-on-write page: dropping it would lose the write
                 report["kept_written"] += 1
@@ -104,17 +91,34 @@ def _release(select) -> dict:
     return report
 
 
+def release_load_only_pages(weight_paths=(), *, libraries: bool = True) -> dict:
+    """Drop the resident, never-written pages of this process's mappings of `weight_paths` and,
+    with `libraries`, of every shared library it maps (the code a model load ran; what requests
+    run faults back in). One read of /proc/self/smaps serves both.
+
+    Returns {"weights": report, "libraries": report or None}, each report
+    {"released_mb", "mappings", "kept_written"}; all zero where the platform offers no way to do
+    it. Never raises: a failure leaves the pages resident, which is only memory."""
+    empty = {"released_mb": 0.0, "mappings": 0, "kept_written": 0}
+    out = {"weights": dict(empty), "libraries": dict(empty) if libraries else None}
+    smaps_path = Path("/proc/self/smaps")
+    if not sys.platform.startswith("linux") or not smaps_path.is_file():
+        return out
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        madvise = libc.madvise
+        madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+        madvise.restype = ctypes.c_int
+        mappings = _all_mappings(smaps_path.read_text())
+    except (OSError, AttributeError) as exc:
+        log.debug("cannot release load-only pages: %s", exc)
+        return out
+    out["weights"] = _release(mappings, [str(Path(p).resolve()) for p in weight_paths], madvise)
+    if libraries:
+        out["libraries"] = _release(mappings, filter(_is_shared_object, mappings), madvise)
+    return out
+
+
 def release_weight_pages(paths) -> dict:
-    """Drop the resident, never-written pages of this process's mappings of `paths`.
-
-    Returns {"released_mb", "mappings", "kept_written"}; all zero where the platform offers no
-    way to do it. Never raises: a failure leaves the pages resident, which is only memory."""
-    targets = [str(Path(p).resolve()) for p in paths]
-    return _release(lambda _mappings: targets)
-
-
-def release_library_pages() -> dict:
-    """Drop the resident, never-written pages of every shared library this process maps (the
-    code a model load ran; what requests run faults back in). Same report as
-    `release_weight_pages`."""
-    return _release(lambda mappings: list(filter(_is_shared_object, mappings)))
+    """`release_load_only_pages` for `paths` alone; returns the weights' report."""
+    return release_load_only_pages(paths, libraries=False)["weights"]

@@ -256,6 +256,16 @@ def test_residency_release_drops_load_only_pages_and_changes_no_output(
     assert "".join(again.generate(prompt, params)) == "".join(uncached.generate(prompt, params))
 
 
+def test_residency_choice_of_pages(smollm2_onnx_int4: Path):
+    weights_only = GenaiGenerator(
+        smollm2_onnx_int4, threads=2, prefix_cache_tokens=0, release_pages={"weights"}
+    )
+    assert weights_only.released_pages is not None
+    assert weights_only.released_library_pages is None
+    with pytest.raises(ValueError, match="unknown page kinds \\['code'\\]"):
+        GenaiGenerator(smollm2_onnx_int4, release_pages={"weights", "code"})
+
+
 def test_residency_parses_smaps_and_skips_other_files(tmp_path: Path):
     from appliance.generation.residency import file_mappings, release_weight_pages
 
