@@ -4,6 +4,8 @@ the focus entry, and the sentence to quote."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from appliance.grounding import (
@@ -72,6 +74,29 @@ def test_occurs_matches_whole_tokens_only():
     assert occurs("0,5", "a gap of 0.5 mm") is not None
     assert occurs("5 ms", "KeepAliveTimeout 5 (seconds)") is None  # the unit is not there
     assert occurs('"max rate"', 'Set the "Max  Rate" field') is not None
+
+
+def test_command_line_options_are_found_where_they_were_taken_from():
+    # A value the answer copied from a passage must be found in that passage: "-n3" gives the
+    # token "n3", which an option's hyphen must not hide (Spanish dev e019, "dmesg -n3").
+    assert [v.text for v in value_spans("# dmesg -n3")] == ["n3"]
+    assert occurs("n3", "# dmesg -n3") is not None
+    assert occurs("DUseCache", "httpd -DReverseProxy -DUseCache") is not None
+    assert occurs("4471-B", "tag HX-4471-B") is None  # a code's tail is not the code
+    assert value_spans("En-/Disable forwarding") == []
+
+
+@pytest.mark.parametrize("corpus", ["plant", "apache", "debian-es"])
+def test_every_value_of_a_document_occurs_in_it(corpus: str):
+    """The extraction and the search agree: each value-like token taken from a text is found in
+    that same text (over the example corpora's files as stored: Markdown, HTML, CSV)."""
+    docs = Path(__file__).resolve().parents[2] / "examples" / corpus / "docs"
+    files = [p for p in sorted(docs.iterdir()) if p.suffix in {".md", ".html", ".csv", ".txt"}]
+    assert files
+    for path in files:
+        for text in path.read_text(encoding="utf-8", errors="replace").splitlines():
+            missing = [v.text for v in value_spans(text) if occurs(v, text) is None]
+            assert missing == [], f"{path.name}: {missing[:10]} in {text[:200]!r}"
 
 
 def test_supported_answer_carries_evidence_span_and_sentence():
