@@ -56,10 +56,10 @@ _QUOTED_RE = re.compile(
     r'"([^"\n]{1,120})"|“([^”\n]{1,120})”|«([^»\n]{1,120})»|`([^`\n]{1,120})`|‘([^’\n]{1,120})’'
 )
 # A token that may be an identifier or a code: word characters joined by - _ . / : (no spaces).
-# It starts neither inside a word nor right after a word's hyphen ("En-/Disable"), like `occurs`
-# looks for it: a command-line option's name ("-n3", "-DUseCache") is a token, a hyphenated
-# code's tail ("4471-B" of "HX-4471-B") is not.
-_TOKEN_RE = re.compile(r"(?<![\w/])(?<!\w-)/?[^\W_](?:[\w]|[-./:](?=\w))*")
+# It never starts inside a word or after a hyphen or a slash; an option's or a negation's
+# leading hyphens belong to it ("-n3", "--force", "all -SSLv3"): "SSLv3" is not "-SSLv3", as
+# "4 MB" is not "64 MB", and `occurs` finds neither inside the other.
+_TOKEN_RE = re.compile(r"(?<![\w/\-])-{0,2}/?[^\W_](?:[\w]|[-./:](?=\w))*")
 # A number, optionally signed, with decimal or thousands separators.
 _NUMBER_RE = re.compile(r"(?<![\w.,\-])(?:[-+−](?=\d))?\d+(?:[.,]\d+)*(?!\w)")
 # A unit right after a number: %, degrees, or a short letter group (ms, bar, kW, N·m, m3/h).
@@ -226,7 +226,7 @@ def occurs(value: ValueSpan | str, passage: str) -> tuple[int, int] | None:
         return hit
     if value.kind == "quoted":
         return _find_spaced(_fold(value.text), folded)
-    pattern = r"(?<!\w)(?<!\w-)" + re.escape(_fold(value.text)) + r"(?![\w]|-\w)"
+    pattern = r"(?<![\w\-])" + re.escape(_fold(value.text)) + r"(?![\w]|-\w)"
     m = re.search(pattern, folded)
     return (m.start(), m.end()) if m else None
 
