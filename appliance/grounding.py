@@ -175,7 +175,7 @@ def value_spans(text: str) -> list[ValueSpan]:
     for m in _TOKEN_RE.finditer(work):
         tok = m.group(0).rstrip(".:-/")
         s, e = m.start(), m.start() + len(tok)
-        if _is_code(tok):
+        if _is_code(tok.lstrip("-")):  # "-SSLv3" is a code as SSLv3 is, and another one
             add(s, e, "code")
         elif _is_identifier(tok):
             add(s, e, "identifier")

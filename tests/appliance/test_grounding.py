@@ -89,6 +89,10 @@ def test_command_line_options_are_found_where_they_were_taken_from():
     passage = "Default: SSLProtocol all -SSLv3 (up to 2.4.16: all)"
     assert occurs("SSLv3", passage) is None
     assert not check("The default SSLProtocol is SSLv3 [1].", [passage]).supported
+    assert ("-SSLv3", "code") in [(v.text, v.kind) for v in value_spans(passage)]
+    from appliance.grounding import contradicts
+
+    assert contradicts("The default SSLProtocol is SSLv3.", passage)
 
 
 @pytest.mark.parametrize("corpus", ["plant", "apache", "debian-es"])
