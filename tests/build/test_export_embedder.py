@@ -30,6 +30,10 @@ def reference() -> np.ndarray:
     return model.encode(TEXTS, normalize_embeddings=True)
 
 
+def _model_bytes(folder: Path) -> int:
+    return sum((folder / name).stat().st_size for name in ("model.onnx", "model.onnx.data"))
+
+
 def test_fp32_export_matches_sentence_transformers(embedder_onnx: Path, reference) -> None:
     meta = json.loads((embedder_onnx / "embedder.json").read_text())
     assert meta["pooling"] == "mean" and meta["normalize"] is True
@@ -40,12 +44,16 @@ def test_fp32_export_matches_sentence_transformers(embedder_onnx: Path, referenc
     vecs = OnnxEmbedder(embedder_onnx).embed(TEXTS)
     cosine = (vecs * reference).sum(axis=1)
     assert cosine.min() >= 0.999, cosine
+    # The weights sit beside the graph, readable by the service's user.
+    assert (embedder_onnx / "model.onnx").stat().st_size < 1_000_000
+    assert (embedder_onnx / "model.onnx.data").stat().st_size > 80_000_000
+    assert (embedder_onnx / "model.onnx.data").stat().st_mode & 0o444 == 0o444
 
 
 def test_int8_export_is_close_and_smaller(tmp_path: Path, embedder_onnx: Path, reference) -> None:
     out = export_embedder(tmp_path / "int8", int8=True)
     assert json.loads((out / "embedder.json").read_text())["quantization"] == "int8-dynamic"
-    assert (out / "model.onnx").stat().st_size < 0.7 * (embedder_onnx / "model.onnx").stat().st_size
+    assert _model_bytes(out) < 0.7 * _model_bytes(embedder_onnx)
     cosine = (OnnxEmbedder(out).embed(TEXTS) * reference).sum(axis=1)
     assert cosine.min() >= 0.97, cosine
     with pytest.raises(UserFacingError, match="--overwrite"):
