@@ -152,13 +152,6 @@ class OnnxEmbedder:
                 f"cannot load embedder model {model_path}: {exc}; re-export it with "
                 "`expert export-embedder`"
             ) from exc
-        # Pages of the weight file that loading read but inference does not (the MatMul weights
-        # live on in onnxruntime's packed copies): given back, as the generator does.
-        from appliance.generation.residency import release_weight_pages
-
-        self.released_pages = release_weight_pages(
-            p for p in (model_path, self.folder / "model.onnx.data") if p.is_file()
-        )
         self._input_names = [i.name for i in self._session.get_inputs()]
         unknown = set(self._input_names) - {"input_ids", "attention_mask", "token_type_ids"}
         if unknown:

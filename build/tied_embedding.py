@@ -13,7 +13,7 @@ as [vocab, blocks, 1], a fold of 3.5 MB) and one Reshape of the gathered activat
 [batch, sequence, hidden]. The values are the same bytes, scales and zero points, so the
 embedding output is bit-identical. The mapped original then serves the embedding (only the
 rows of tokens in use become resident once the load's pages are released, see
-appliance/generation/residency.py). Peak RSS before/after: benchmarks/results/latest.md.
+appliance/common/residency.py). Peak RSS before/after: benchmarks/results/latest.md.
 
 Only the 8-bit case (the head k_quant_mixed keeps in int8) is rewritten: there every byte is
 one value, so the 3-D view gathers exactly the 2-D rows. Any other layout is left as built.

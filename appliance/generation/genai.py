@@ -9,7 +9,7 @@ one request at a time; any other request (sampling, an adapter, a second concurr
 long) gets its own `og.Generator`, created when iteration starts and dropped as soon as the
 caller stops iterating, so a client that disconnects frees its memory at once. After loading,
 the pages of the weight file and of the runtime's libraries that only the load read are given
-back to the kernel (`appliance.generation.residency`).
+back to the kernel (`appliance.common.residency`).
 
 The decoder session takes its threads and spinning from `GenaiTuning.for_this_machine` (the
 settings benchmarks/OPTIMISATION.md measured). Prompts are processed in chunks of
@@ -34,9 +34,9 @@ from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
 
+from appliance.common.residency import release_load_only_pages
 from appliance.errors import BundleError
 from appliance.generation.base import GenerationParams, GenerationStream, scan_tokens
-from appliance.generation.residency import release_load_only_pages
 from appliance.generation.tuning import GenaiTuning, PrefixCache, apply_tuning
 
 log = logging.getLogger(__name__)

@@ -22,7 +22,7 @@ written (copy-on-write) page, such as a library's relocated data, is left alone,
 it would discard the write. Only Linux has /proc/self/smaps and the advice; elsewhere this does
 nothing.
 
-Test: .venv/bin/pytest tests/appliance/test_generation_genai.py -k residency
+Test: .venv/bin/pytest tests/appliance/test_common_residency.py tests/appliance/test_generation_genai.py -k residency
 """
 
 from __future__ import annotations
