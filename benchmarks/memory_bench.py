@@ -81,7 +81,6 @@ def _ours(
     from appliance.generation.genai import GenaiGenerator
 
     stages.append(("onnxruntime-genai + appliance imported", _status()))
-    options = dict(options)
     gen = GenaiGenerator(Path(model_dir), threads=threads, **options)
     stages.append(("model + tokenizer loaded", _status()))
     if kv_sizing == "full":

@@ -8,8 +8,8 @@ over HTTP by client threads that stream grounded answers to the example plant's 
 questions whose answer the model writes (screened in-process first: most are answered from a
 quoted field with no model run). The peer is the very same bundle and answering code
 (appliance.answering) called in-process, with the same number of slots (a semaphore), no
-HTTP: the ratio is what the
-service layer costs (both admit work through the same FIFO slot pool). Measured, at
+HTTP: the ratio is what the service layer costs (both admit work through the same FIFO slot
+pool). Measured, at
 concurrency 1, 2, 4 and 8 (closed loop: each client thread sends its next question when the last
 answer ends; the service's default slots and a queue of 16):
 - time to first token (request sent -> first answer text received; queueing included),

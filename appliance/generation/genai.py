@@ -205,13 +205,9 @@ class GenaiGenerator:
         # 17-21 MB of SmolLM2's peak RSS (benchmarks/results/latest.md, memory breakdown).
         # The libraries' code that only loading ran (graph optimisation, weight packing): 24 MB
         # of peak RSS (benchmarks/results/raw/memory_bench_2026-12-01.md).
+        weights = [p for p in self.llm_dir.iterdir() if p.is_file()] if "weights" in kinds else []
         released = (
-            release_load_only_pages(
-                (p for p in self.llm_dir.iterdir() if p.is_file() and "weights" in kinds),
-                libraries="libraries" in kinds,
-            )
-            if kinds
-            else {}
+            release_load_only_pages(weights, libraries="libraries" in kinds) if kinds else {}
         )
         self.released_pages = released.get("weights") if "weights" in kinds else None
         self.released_library_pages = released.get("libraries")
