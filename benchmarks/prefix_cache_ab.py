@@ -3,8 +3,9 @@
 Run: .venv/bin/python -m benchmarks.prefix_cache_ab --llm var/bundles/bundle-plant-0.1.0/llm
 
 Two generators on the same int4 export in one process (the default prefix cache, and
-`prefix_cache_tokens=0`), fed the same ~800-token plant prompts (three alternating documents,
-so a follow-up shares only its chat header with the previous prompt), greedy, `--tokens` new
+`prefix_cache_tokens=0`), fed the same ~800-token grounded plant prompts (the generation
+suite's `build_prompt_texts`, three starting points in the documents, so a request shares its
+system prompt and passage header with the previous one), greedy, `--tokens` new
 tokens, in pairs whose order alternates. Prints time to first token and decode tokens/s of each
 run, the medians and the ratio (cache on / cache off). The HTTP suite showed the service with
 its cache decoding 0.81-0.98x as fast as without it; this separates the generator from the
@@ -22,19 +23,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _prompts(generator, plant: Path, n_words: int = 520) -> list[str]:
-    words = " ".join(p.read_text() for p in sorted((plant / "docs").glob("*.md"))).split()
-    question = "Which steps does the procedure above require, in order?"
+def _prompts(llm: Path, plant: Path, tokens: int = 800) -> list[str]:
+    """Three grounded plant prompts of ~`tokens` tokens (the generation suite's builder),
+    starting 300 words apart in the documents."""
+    from benchmarks.generation_config import build_prompt_texts
+
     return [
-        generator.chat_prompt(
-            [
-                {
-                    "role": "user",
-                    "content": " ".join(words[i * 300 : i * 300 + n_words]) + "\n\n" + question,
-                }
-            ]
-        )
-        for i in range(3)
+        build_prompt_texts(llm, (tokens,), plant, offset)[tokens][0] for offset in (0, 300, 600)
     ]
 
 
@@ -54,7 +49,7 @@ def measure(llm: Path, plant: Path, pairs: int, tokens: int, threads: int) -> di
         "cache on": GenaiGenerator(llm, threads=threads),
         "cache off": GenaiGenerator(llm, threads=threads, prefix_cache_tokens=0),
     }
-    prompts = _prompts(engines["cache on"], plant)
+    prompts = _prompts(llm, plant)
     params = GenerationParams(max_new_tokens=tokens)
     runs: dict[str, list[tuple[float, float]]] = {name: [] for name in engines}
     for i in range(pairs):
