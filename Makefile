@@ -38,9 +38,11 @@ BUNDLE   := $(BUNDLES)/bundle-$(NAME)-$(VERSION)
 HOST     ?= 127.0.0.1
 PORT     ?= 8080
 STATE    ?= var/state
-# The Spanish corpus and its bundle (`make demo LANG=es`, `make eval`).
+# The Spanish corpus and its bundle (`make demo LANG=es`, `make eval`); like the Apache bundle it
+# follows MODEL (bundle-debian-es-<model>-<version> for a fetched model).
 SPANISH        ?= examples/debian-es
-SPANISH_BUNDLE := $(BUNDLES)/bundle-debian-es-$(VERSION)
+SPANISH_NAME   := $(if $(filter smollm2-135m,$(MODEL)),debian-es,debian-es-$(MODEL))
+SPANISH_BUNDLE := $(BUNDLES)/bundle-$(SPANISH_NAME)-$(VERSION)
 
 .PHONY: help venv demo apache-bundle serve-es test test-all lint format bundle serve package eval eval-synth bench clean browser
 
@@ -193,17 +195,17 @@ $(WORK)/debian-es-index/.ingested: $(WORK)/embedder-e5/embedder.json $(INGEST_CO
 # unanswerable refused). Rounded down to four decimals, not two: e5's best scores lie in a narrow
 # band (dev answerable 0.868-0.931, unanswerable 0.848-0.906), where 0.86 would refuse 2/5.
 # On the test split it refused 7/28 answerable questions (README, "Spanish answers").
-$(SPANISH_BUNDLE)/manifest.json: $(WORK)/smollm2-int4/export.json $(WORK)/debian-es-index/.ingested $(WORK)/quality-gate.json $(SPANISH)/bundle-extra.json $(SPANISH)/qa/eval.jsonl
+$(SPANISH_BUNDLE)/manifest.json: $(WORK)/$(LLM)-int4/export.json $(WORK)/debian-es-index/.ingested $(WORK)/$(GATE) $(SPANISH)/bundle-extra.json $(SPANISH)/qa/eval.jsonl
 	rm -rf $(SPANISH_BUNDLE) $(BUNDLES)/debian-es-uncalibrated
-	$(EXPERT) bundle --name debian-es --version $(VERSION) --out $(BUNDLES)/debian-es-uncalibrated \
-	    --llm $(WORK)/smollm2-int4 --embedder $(WORK)/embedder-e5 --index $(WORK)/debian-es-index \
-	    --quality-gate $(WORK)/quality-gate.json --extra $(SPANISH)/bundle-extra.json $(APACHE_QL)
-	cp $(SPANISH)/bundle-extra.json $(WORK)/debian-es-extra.json
-	$(EXPERT) eval calibrate --bundle $(BUNDLES)/debian-es-uncalibrated/bundle-debian-es-$(VERSION) \
-	    --questions $(SPANISH)/qa/eval.jsonl --decimals 4 --out $(WORK)/debian-es-extra.json
-	$(EXPERT) bundle --name debian-es --version $(VERSION) --out $(BUNDLES) \
-	    --llm $(WORK)/smollm2-int4 --embedder $(WORK)/embedder-e5 --index $(WORK)/debian-es-index \
-	    --quality-gate $(WORK)/quality-gate.json --extra $(WORK)/debian-es-extra.json $(APACHE_QL)
+	$(EXPERT) bundle --name $(SPANISH_NAME) --version $(VERSION) --out $(BUNDLES)/debian-es-uncalibrated \
+	    --llm $(WORK)/$(LLM)-int4 --embedder $(WORK)/embedder-e5 --index $(WORK)/debian-es-index \
+	    --quality-gate $(WORK)/$(GATE) --extra $(SPANISH)/bundle-extra.json $(APACHE_QL)
+	cp $(SPANISH)/bundle-extra.json $(WORK)/$(SPANISH_NAME)-extra.json
+	$(EXPERT) eval calibrate --bundle $(BUNDLES)/debian-es-uncalibrated/bundle-$(SPANISH_NAME)-$(VERSION) \
+	    --questions $(SPANISH)/qa/eval.jsonl --decimals 4 --out $(WORK)/$(SPANISH_NAME)-extra.json
+	$(EXPERT) bundle --name $(SPANISH_NAME) --version $(VERSION) --out $(BUNDLES) \
+	    --llm $(WORK)/$(LLM)-int4 --embedder $(WORK)/embedder-e5 --index $(WORK)/debian-es-index \
+	    --quality-gate $(WORK)/$(GATE) --extra $(WORK)/$(SPANISH_NAME)-extra.json $(APACHE_QL)
 	rm -rf $(BUNDLES)/debian-es-uncalibrated
 
 # Both corpora through the four modes; the fine-tuned model (trained on the plant's Q&A) is
