@@ -195,7 +195,7 @@ $(WORK)/debian-es-index/.ingested: $(WORK)/embedder-e5/embedder.json $(INGEST_CO
 # unanswerable refused). Rounded down to four decimals, not two: e5's best scores lie in a narrow
 # band (dev answerable 0.868-0.931, unanswerable 0.848-0.906), where 0.86 would refuse 2/5.
 # On the test split it refused 7/28 answerable questions (README, "Spanish answers").
-$(SPANISH_BUNDLE)/manifest.json: $(WORK)/$(LLM)-int4/export.json $(WORK)/debian-es-index/.ingested $(WORK)/$(GATE) $(SPANISH)/bundle-extra.json $(SPANISH)/qa/eval.jsonl
+$(SPANISH_BUNDLE)/manifest.json: $(WORK)/$(LLM)-int4/export.json $(WORK)/debian-es-index/.ingested $(WORK)/$(GATE) $(SPANISH)/bundle-extra.json $(SPANISH)/qa/eval.jsonl $(SPANISH)/qa/mixed-en.jsonl
 	rm -rf $(SPANISH_BUNDLE) $(BUNDLES)/debian-es-uncalibrated
 	$(EXPERT) bundle --name $(SPANISH_NAME) --version $(VERSION) --out $(BUNDLES)/debian-es-uncalibrated \
 	    --llm $(WORK)/$(LLM)-int4 --embedder $(WORK)/embedder-e5 --index $(WORK)/debian-es-index \
@@ -203,6 +203,9 @@ $(SPANISH_BUNDLE)/manifest.json: $(WORK)/$(LLM)-int4/export.json $(WORK)/debian-
 	cp $(SPANISH)/bundle-extra.json $(WORK)/$(SPANISH_NAME)-extra.json
 	$(EXPERT) eval calibrate --bundle $(BUNDLES)/debian-es-uncalibrated/bundle-$(SPANISH_NAME)-$(VERSION) \
 	    --questions $(SPANISH)/qa/eval.jsonl --decimals 4 --out $(WORK)/$(SPANISH_NAME)-extra.json
+	$(EXPERT) eval calibrate --bundle $(BUNDLES)/debian-es-uncalibrated/bundle-$(SPANISH_NAME)-$(VERSION) \
+	    --questions $(SPANISH)/qa/mixed-en.jsonl --cross-language --decimals 4 \
+	    --out $(WORK)/$(SPANISH_NAME)-extra.json
 	$(EXPERT) bundle --name $(SPANISH_NAME) --version $(VERSION) --out $(BUNDLES) \
 	    --llm $(WORK)/$(LLM)-int4 --embedder $(WORK)/embedder-e5 --index $(WORK)/debian-es-index \
 	    --quality-gate $(WORK)/$(GATE) --extra $(WORK)/$(SPANISH_NAME)-extra.json $(APACHE_QL)

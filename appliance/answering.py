@@ -168,6 +168,12 @@ class AnswerPolicy:
     """How answers are grounded; one per service, validated at load."""
 
     abstain_threshold: float | None = DEFAULT_ABSTAIN_THRESHOLD  # None: never abstain on score
+    # The threshold for a question in another language than the documents' (the wording's):
+    # a multilingual embedder scores an English question lower against Spanish passages than a
+    # Spanish one, so one threshold refuses most cross-language questions. None: the same
+    # threshold for every question. A bundle carries its value calibrated on a dev split of
+    # such questions (`expert eval calibrate --cross-language`).
+    abstain_threshold_cross_language: float | None = None
     abstain_message: str = ""  # "": the wording's abstention sentence
     system_prompt: str | None = None  # None: the wording's system prompt
     min_passages: int = 1  # passages kept when the budget forces dropping some
@@ -197,11 +203,12 @@ class AnswerPolicy:
     extract_unnamed_share: float | None = DEFAULT_EXTRACT_UNNAMED_SHARE
 
     def __post_init__(self) -> None:
-        t = self.abstain_threshold
-        if t is not None and not (isinstance(t, int | float) and math.isfinite(t) and -1 <= t <= 1):
-            raise ValueError(
-                f"abstain_threshold must be a cosine score in [-1, 1] or None, got {t!r}"
-            )
+        for name in ("abstain_threshold", "abstain_threshold_cross_language"):
+            t = getattr(self, name)
+            if t is not None and not (
+                isinstance(t, int | float) and math.isfinite(t) and -1 <= t <= 1
+            ):
+                raise ValueError(f"{name} must be a cosine score in [-1, 1] or None, got {t!r}")
         if self.abstain_message and not self.abstain_message.strip():
             raise ValueError("abstain_message must not be blank")
         if self.min_passages < 1:
@@ -217,19 +224,30 @@ class AnswerPolicy:
 
     def for_question(self, question: str) -> AnswerPolicy:
         """This policy with its wording in the question's language (appliance.i18n), so a
-        Spanish question gets the Spanish prompt and abstention whatever the documents' language.
+        Spanish question gets the Spanish prompt and abstention whatever the documents' language,
+        and, when that language is not the documents', the cross-language threshold (if any).
         An operator's own system prompt or abstention message is kept as given."""
         language = detect_language(question, default=self.wording.language)
+        if language == self.wording.language:
+            return self
+        changes: dict[str, Any] = {}
         words = self.wording.in_language(language)
-        return self if words is self.wording else replace(self, wording=words)
+        if words is not self.wording:
+            changes["wording"] = words
+        if self.abstain_threshold_cross_language is not None:
+            changes["abstain_threshold"] = self.abstain_threshold_cross_language
+        return replace(self, **changes) if changes else self
 
     @classmethod
     def from_manifest(cls, manifest: Mapping | None, **overrides) -> AnswerPolicy:
         """The policy a bundle asks for: its calibrated threshold and its wording."""
         kw: dict[str, Any] = {"wording": wording_from_manifest(manifest)}
-        value = ((manifest or {}).get("retrieval") or {}).get("abstain_threshold")
-        if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
-            kw["abstain_threshold"] = float(value)
+        retrieval = (manifest or {}).get("retrieval") or {}
+        for name in ("abstain_threshold", "abstain_threshold_cross_language"):
+            value = retrieval.get(name)
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                if math.isfinite(value):
+                    kw[name] = float(value)
         kw.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**kw)
 

@@ -224,6 +224,7 @@ def evaluate_modes(
         "finetuned_bundle": str(ft.root) if ft is not None else None,
         "settings": asdict(settings),
         "abstain_threshold": policy.abstain_threshold,
+        "abstain_threshold_cross_language": policy.abstain_threshold_cross_language,
         "machine": machine_info(),
         "load_average_at_start": started_load,
         "eval_s": round(time.perf_counter() - eval_started, 1),
@@ -265,8 +266,14 @@ def calibrate_threshold(
     split: str = "dev",
     k: int = DEFAULT_K,
     decimals: int = 2,
+    cross_language: bool = False,
 ) -> dict:
     """The abstention threshold for a bundle, chosen on one split only (dev by default).
+
+    `cross_language`: only the questions in another language than the bundle's documents (its
+    wording's language; `appliance.i18n.detect_language` on each question) count, and the result
+    is the bundle's `abstain_threshold_cross_language`, which the service applies to such
+    questions (English questions over the Spanish corpus: examples/debian-es/qa/mixed-en.jsonl).
 
     For each question of the split: the best dense score of the top-k passages the bundle's
     index returns; then `appliance.answering.calibrate_abstain_threshold` (the highest
@@ -278,9 +285,22 @@ def calibrate_threshold(
     split is only reported."""
     from appliance.answering import best_dense_score, calibrate_abstain_threshold
     from appliance.bundle import load_bundle
+    from appliance.i18n import detect_language
+    from appliance.prompting import wording_from_manifest
 
     bundle = load_bundle(bundle_path)
     questions = load_questions(questions_file)
+    documents_language = wording_from_manifest(bundle.manifest).language
+    if cross_language:
+        questions = [
+            q for q in questions
+            if detect_language(q.question, default=documents_language) != documents_language
+        ]  # fmt: skip
+        if not questions:
+            raise UserFacingError(
+                f"{questions_file}: no question is in another language than the bundle's "
+                f"documents ({documents_language!r}); --cross-language calibrates on such questions"
+            )
     if split not in SPLITS or not any(q.split == split for q in questions):
         raise UserFacingError(f"{questions_file}: no questions in split {split!r}")
     scores: dict[str, dict[str, list[float]]] = {}
@@ -308,6 +328,9 @@ def calibrate_threshold(
         "bundle": str(bundle.root),
         "questions_file": str(questions_file),
         "chosen_on": split,
+        "questions": f"in another language than the documents' ({documents_language!r}) only"
+        if cross_language
+        else "all",
         "calibrated": round(cal.threshold, 4),
         "abstain_threshold": threshold,
         "by_split": {name: effect(part) for name, part in sorted(scores.items())},

@@ -206,9 +206,7 @@ class GenaiGenerator:
         # The libraries' code that only loading ran (graph optimisation, weight packing): 24 MB
         # of peak RSS (benchmarks/results/raw/memory_bench_2026-12-01.md).
         weights = [p for p in self.llm_dir.iterdir() if p.is_file()] if "weights" in kinds else []
-        released = (
-            release_load_only_pages(weights, libraries="libraries" in kinds) if kinds else {}
-        )
+        released = release_load_only_pages(weights, libraries="libraries" in kinds) if kinds else {}
         self.released_pages = released.get("weights") if "weights" in kinds else None
         self.released_library_pages = released.get("libraries")
         self._lock = threading.Lock()

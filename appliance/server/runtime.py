@@ -74,15 +74,23 @@ class Runtime:
 
 def answer_policy(config: ServeConfig, manifest: dict | None) -> AnswerPolicy:
     """Threshold precedence: the operator's setting > the bundle's calibrated value > default.
-    The wording (system prompt, abstention sentence) is the bundle's; the operator's
-    abstain_message wins over the bundle's sentence."""
+    An operator's threshold holds for every question; otherwise a question in another language
+    than the documents' takes the bundle's cross-language value, when it has one. The wording
+    (system prompt, abstention sentence) is the bundle's; the operator's abstain_message wins
+    over the bundle's sentence."""
     policy = AnswerPolicy.from_manifest(manifest)
     threshold = config.abstain_threshold
+    cross = policy.abstain_threshold_cross_language if threshold is None else None
     if threshold is None:
         threshold = policy.abstain_threshold
     if threshold is None:
         threshold = DEFAULT_ABSTAIN_THRESHOLD
-    return replace(policy, abstain_threshold=threshold, abstain_message=config.abstain_message)
+    return replace(
+        policy,
+        abstain_threshold=threshold,
+        abstain_threshold_cross_language=cross,
+        abstain_message=config.abstain_message,
+    )
 
 
 def load_runtime(config: ServeConfig) -> Runtime:

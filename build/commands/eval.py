@@ -190,6 +190,13 @@ def _add_calibrate(actions: argparse._SubParsersAction) -> None:
         help="round the threshold down to this many decimals (4 for an embedder whose scores "
         "lie in a narrow band, such as multilingual-e5-small)",
     )
+    p.add_argument(
+        "--cross-language",
+        action="store_true",
+        help="calibrate on the questions in another language than the bundle's documents only; "
+        "--out writes retrieval.abstain_threshold_cross_language (the service's threshold for "
+        "such questions) instead of retrieval.abstain_threshold",
+    )
 
 
 def _add_quality_gate(actions: argparse._SubParsersAction) -> None:
@@ -335,15 +342,20 @@ def run_calibrate(args: argparse.Namespace) -> int:
     if not 1 <= args.decimals <= 6:
         raise UserFacingError(f"--decimals must be between 1 and 6, got {args.decimals}")
     result = calibrate_threshold(
-        _one_bundle(args, "calibrate"), args.questions, k=args.k, decimals=args.decimals
+        _one_bundle(args, "calibrate"),
+        args.questions,
+        k=args.k,
+        decimals=args.decimals,
+        cross_language=args.cross_language,
     )
     if args.out is not None:
-        # A bundle-extra file: other keys (e.g. "prompting") are kept.
+        # A bundle-extra file: other keys (e.g. "prompting", the other threshold) are kept.
         extra = {}
         if args.out.is_file():
             extra = json.loads(args.out.read_text(encoding="utf-8"))
-        extra.setdefault("retrieval", {})["abstain_threshold"] = result["abstain_threshold"]
-        extra["retrieval"]["abstain_threshold_calibration"] = {
+        key = "abstain_threshold_cross_language" if args.cross_language else "abstain_threshold"
+        extra.setdefault("retrieval", {})[key] = result["abstain_threshold"]
+        extra["retrieval"][f"{key}_calibration"] = {
             k: v for k, v in result.items() if k != "bundle"
         }
         args.out.write_text(json.dumps(extra, indent=2) + "\n", encoding="utf-8")

@@ -264,6 +264,34 @@ def test_policy_from_manifest_reads_wording_and_threshold():
         AnswerPolicy.from_manifest({"prompting": {"domain": "x", "language": "xx"}})
 
 
+def test_a_question_in_another_language_takes_the_cross_language_threshold():
+    """Spanish documents: a Spanish question keeps the bundle's threshold, an English one takes
+    the cross-language value (and English wording); without that value nothing changes but the
+    wording; the manifest carries it; a value out of range is refused by name."""
+    m = {"retrieval": {"abstain_threshold": 0.8693, "abstain_threshold_cross_language": 0.8228},
+         "prompting": {"domain": "la Referencia de Debian", "language": "es"}}  # fmt: skip
+    p = AnswerPolicy.from_manifest(m)
+    assert p.abstain_threshold_cross_language == 0.8228
+    same = p.for_question("¿Qué MTU se usa en un enlace Ethernet?")
+    assert same is p and same.abstain_threshold == 0.8693
+    other = p.for_question("Which MTU is used on an Ethernet link?")
+    assert other.abstain_threshold == 0.8228 and other.wording.language == "en"
+    assert other.for_question("Which MTU is used on an Ethernet link?") is other
+    plain = AnswerPolicy.from_manifest({"prompting": m["prompting"]})
+    assert plain.for_question("Which MTU is used on an Ethernet link?").abstain_threshold == (
+        plain.abstain_threshold
+    )
+    low = answer("Which MTU is used on an Ethernet link?", generator=FakeGenerator(),
+                 retriever=StubRetriever([StubPassage("La MTU de Ethernet es 1500.", 0.84)]),
+                 params=PARAMS, policy=p)  # fmt: skip
+    assert low.abstain_reason != "low_score"
+    assert answer("¿Qué MTU se usa en un enlace Ethernet?", generator=FakeGenerator(),
+                  retriever=StubRetriever([StubPassage("La MTU de Ethernet es 1500.", 0.84)]),
+                  params=PARAMS, policy=p).abstain_reason == "low_score"  # fmt: skip
+    with pytest.raises(ValueError, match="abstain_threshold_cross_language"):
+        AnswerPolicy(abstain_threshold_cross_language=2.0)
+
+
 def test_a_named_code_found_in_no_passage_is_abstained_on_without_the_model():
     gen = FakeGenerator()
     retr = StubRetriever([PUMP, OIL])

@@ -76,6 +76,21 @@ def test_abstention_message_and_threshold_are_configurable(serve, retriever):
     assert body["choices"][0]["message"]["content"] == "Not in the manuals."
 
 
+def test_an_operator_threshold_holds_for_questions_in_every_language():
+    """The bundle's cross-language threshold applies only while the operator sets none."""
+    from appliance.server.config import ServeConfig
+    from appliance.server.runtime import answer_policy
+
+    manifest = {"retrieval": {"abstain_threshold": 0.87, "abstain_threshold_cross_language": 0.82},
+                "prompting": {"language": "es"}}  # fmt: skip
+    english = "Which MTU is used on an Ethernet link?"
+    bundle_own = answer_policy(ServeConfig(bundle="b"), manifest)
+    assert bundle_own.for_question(english).abstain_threshold == 0.82
+    operator = answer_policy(ServeConfig(bundle="b", abstain_threshold=0.9), manifest)
+    assert operator.abstain_threshold_cross_language is None
+    assert operator.for_question(english).abstain_threshold == 0.9
+
+
 def test_streaming_ends_with_done_and_carries_sources(server):
     r = chat(server, ANSWERABLE, stream=True, stream_options={"include_usage": True})
     assert r.status_code == 200

@@ -347,3 +347,16 @@ def test_calibrate_threshold_on_dev_only(
     assert data["abstain_threshold"] == math.floor(cal["calibrated"] * 10**4) / 10**4
     assert expert([*argv[:-1], "9"]) == 2
     assert "--decimals must be between 1 and 6" in capsys.readouterr().err
+    # --cross-language: the Spanish questions over the English plant give the threshold for
+    # questions in another language; the bundle's own threshold in the file is kept.
+    argv = ["eval", "calibrate", "--bundle", str(tiny_bundle), "--cross-language", "--questions"]
+    assert expert([*argv, str(plant_dir / "qa" / "eval-es.jsonl"), "--out", str(extra)]) == 0
+    data = json.loads(extra.read_text(encoding="utf-8"))["retrieval"]
+    assert data["abstain_threshold"] == t
+    cross = data["abstain_threshold_cross_language_calibration"]
+    assert cross["chosen_on"] == "dev" and cross["questions"].startswith("in another language")
+    assert cross["by_split"]["dev"]["answered"].endswith("/9 answerable")
+    assert data["abstain_threshold_cross_language"] == int(cross["calibrated"] * 100) / 100
+    capsys.readouterr()
+    assert expert([*argv, str(plant_dir / "qa" / "eval.jsonl")]) == 2
+    assert "no question is in another language" in capsys.readouterr().err
