@@ -215,4 +215,9 @@ def settings_text(run: Mapping) -> str:
     parts.append("greedy")
     if run.get("abstain_threshold") is not None:
         parts.append(f"abstain threshold {run['abstain_threshold']}")
+    if run.get("abstain_threshold_cross_language") is not None:
+        parts.append(
+            f"{run['abstain_threshold_cross_language']} for questions in another language "
+            "than the documents'"
+        )
     return ", ".join(parts)

@@ -292,3 +292,14 @@ def test_plant_questions_load(plant_dir: Path) -> None:
     assert len(questions) >= 20
     assert any(not q.answerable for q in questions)
     assert all(q.expected_facts for q in questions if q.answerable)
+
+
+def test_settings_line_names_both_thresholds():
+    from build.eval_text import settings_text
+
+    run = {"settings": {"k": 5}, "abstain_threshold": 0.8693}
+    assert settings_text(run) == "k=5, greedy, abstain threshold 0.8693"
+    run["abstain_threshold_cross_language"] = 0.8229
+    assert settings_text(run).endswith(
+        "abstain threshold 0.8693, 0.8229 for questions in another language than the documents'"
+    )
