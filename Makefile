@@ -47,7 +47,7 @@ SPANISH_BUNDLE := $(BUNDLES)/bundle-$(SPANISH_NAME)-$(VERSION)
 .PHONY: help venv demo apache-bundle plant-e5-bundle serve-es test test-all lint format bundle serve package eval eval-synth bench clean browser
 
 help:
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s "$$(printf '\t')"
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s "$$(printf '\t')"
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
