@@ -222,12 +222,21 @@ class AnswerPolicy:
     def abstain_text(self) -> str:
         return self.abstain_message or self.wording.abstain
 
+    def question_language(self, question: str) -> str:
+        """The question's language (appliance.i18n); the documents' (the wording's) when the
+        question gives no sign of another."""
+        return detect_language(question, default=self.wording.language)
+
+    def is_cross_language(self, question: str) -> bool:
+        """Whether the question is in another language than the documents'."""
+        return self.question_language(question) != self.wording.language
+
     def for_question(self, question: str) -> AnswerPolicy:
         """This policy with its wording in the question's language (appliance.i18n), so a
         Spanish question gets the Spanish prompt and abstention whatever the documents' language,
         and, when that language is not the documents', the cross-language threshold (if any).
         An operator's own system prompt or abstention message is kept as given."""
-        language = detect_language(question, default=self.wording.language)
+        language = self.question_language(question)
         if language == self.wording.language:
             return self
         changes: dict[str, Any] = {}
@@ -245,9 +254,12 @@ class AnswerPolicy:
         retrieval = (manifest or {}).get("retrieval") or {}
         for name in ("abstain_threshold", "abstain_threshold_cross_language"):
             value = retrieval.get(name)
-            if isinstance(value, int | float) and not isinstance(value, bool):
-                if math.isfinite(value):
-                    kw[name] = float(value)
+            if (
+                isinstance(value, int | float)
+                and not isinstance(value, bool)
+                and math.isfinite(value)
+            ):
+                kw[name] = float(value)
         kw.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**kw)
 

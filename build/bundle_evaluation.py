@@ -285,21 +285,20 @@ def calibrate_threshold(
     split is only reported."""
     from appliance.answering import best_dense_score, calibrate_abstain_threshold
     from appliance.bundle import load_bundle
-    from appliance.i18n import detect_language
-    from appliance.prompting import wording_from_manifest
 
     bundle = load_bundle(bundle_path)
     questions = load_questions(questions_file)
-    documents_language = wording_from_manifest(bundle.manifest).language
+    scope = "all"
     if cross_language:
-        questions = [
-            q for q in questions
-            if detect_language(q.question, default=documents_language) != documents_language
-        ]  # fmt: skip
+        # The service's own test (AnswerPolicy.for_question) of which questions take the value.
+        policy = bundle_policy(bundle.manifest)
+        questions = [q for q in questions if policy.is_cross_language(q.question)]
+        scope = f"in another language than the documents' ({policy.wording.language!r}) only"
         if not questions:
             raise UserFacingError(
                 f"{questions_file}: no question is in another language than the bundle's "
-                f"documents ({documents_language!r}); --cross-language calibrates on such questions"
+                f"documents ({policy.wording.language!r}); --cross-language calibrates on such "
+                "questions"
             )
     if split not in SPLITS or not any(q.split == split for q in questions):
         raise UserFacingError(f"{questions_file}: no questions in split {split!r}")
@@ -328,9 +327,7 @@ def calibrate_threshold(
         "bundle": str(bundle.root),
         "questions_file": str(questions_file),
         "chosen_on": split,
-        "questions": f"in another language than the documents' ({documents_language!r}) only"
-        if cross_language
-        else "all",
+        "questions": scope,
         "calibrated": round(cal.threshold, 4),
         "abstain_threshold": threshold,
         "by_split": {name: effect(part) for name, part in sorted(scores.items())},
