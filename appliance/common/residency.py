@@ -117,8 +117,3 @@ def release_load_only_pages(weight_paths=(), *, libraries: bool = True) -> dict:
     if libraries:
         out["libraries"] = _release(mappings, filter(_is_shared_object, mappings), madvise)
     return out
-
-
-def release_weight_pages(paths) -> dict:
-    """`release_load_only_pages` for `paths` alone; returns the weights' report."""
-    return release_load_only_pages(paths, libraries=False)["weights"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from appliance.common.residency import file_mappings, release_weight_pages, shared_objects
+from appliance.common.residency import file_mappings, release_load_only_pages, shared_objects
 
 
 def test_residency_parses_smaps_and_skips_other_files(tmp_path: Path):
@@ -25,7 +25,7 @@ def test_residency_parses_smaps_and_skips_other_files(tmp_path: Path):
         (0x7F0000003000, 0x7F0000004000, 4, 4),
     ]
     # A file this process has not mapped: nothing to release, nothing raised.
-    assert release_weight_pages([weights])["mappings"] == 0
+    assert release_load_only_pages([weights], libraries=False)["weights"]["mappings"] == 0
 
 
 def test_residency_lists_shared_objects_only():
