@@ -62,10 +62,9 @@ def measure(bundles: Path) -> list[dict]:
         dev = [q for q in load_questions(REPO / questions) if q.split == "dev"]
         split: dict[str, tuple[list, list]] = {}
         with open_retriever(bundle) as retriever:
-            vectors = retriever._snap.vectors
             for q in dev:
-                v = retriever.embedder.embed([q.question], kind="query")[0]
-                got = signals([s for _, s in vectors.search(v, NEIGHBOURS, None)])
+                nearest = retriever.search(q.question, k=NEIGHBOURS, mode="dense")
+                got = signals([p.dense_score for p in nearest])
                 for key, value in got.items():
                     split.setdefault(key, ([], []))[0 if q.answerable else 1].append(value)
         rows.append({"set": name, "questions": len(dev),
