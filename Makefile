@@ -31,6 +31,8 @@ LLM      := $(MODEL)
 GATE     := quality-gate-$(MODEL).json
 endif
 VERSION  ?= 0.1.0
+# `make bundle ACCEPT_QUALITY_LOSS="why"`: bundle an export that failed the quality gate anyway.
+QUALITY_LOSS := $(if $(ACCEPT_QUALITY_LOSS),--accept-quality-loss --quality-loss-reason "$(ACCEPT_QUALITY_LOSS)")
 PLANT    ?= examples/plant
 WORK     ?= var/work
 BUNDLES  ?= var/bundles
@@ -94,8 +96,7 @@ $(BUNDLE)/manifest.json: $(WORK)/$(LLM)-int4/export.json $(WORK)/index/.ingested
 	rm -rf $(BUNDLE)
 	$(EXPERT) bundle --name $(NAME) --version $(VERSION) --out $(BUNDLES) \
 	    --llm $(WORK)/$(LLM)-int4 --embedder $(WORK)/embedder --index $(WORK)/index \
-	    --quality-gate $(WORK)/$(GATE) \
-	    $(if $(ACCEPT_QUALITY_LOSS),--accept-quality-loss --quality-loss-reason "$(ACCEPT_QUALITY_LOSS)")
+	    --quality-gate $(WORK)/$(GATE) $(QUALITY_LOSS)
 
 bundle: $(BUNDLE)/manifest.json ## build the default bundle (import, export int4, embed, index, gate, bundle)
 
@@ -161,21 +162,29 @@ $(WORK)/apache-index/.ingested: $(WORK)/embedder/embedder.json $(INGEST_CODE) $(
 	$(EXPERT) ingest $(APACHE)/docs --index $(WORK)/apache-index --embedder $(WORK)/embedder
 	touch $@
 
-# The abstention threshold of the Apache bundle is calibrated on the Apache dev split against its
-# own index (`expert eval calibrate`), then the bundle is built with it.
-APACHE_QL := $(if $(ACCEPT_QUALITY_LOSS),--accept-quality-loss --quality-loss-reason "$(ACCEPT_QUALITY_LOSS)")
+# A bundle whose abstention threshold is calibrated on a dev split against its own index
+# (`expert eval calibrate`): built once uncalibrated, calibrated, then built with the threshold.
+# $(call calibrated_bundle,NAME,EMBEDDER_DIR,INDEX_DIR,EXTRA_JSON or empty,QUESTIONS,DECIMALS,
+#         CROSS_LANGUAGE_QUESTIONS or empty: those calibrate the second threshold, --cross-language)
+define calibrated_bundle
+	rm -rf $(BUNDLES)/bundle-$(1)-$(VERSION) $(BUNDLES)/$(1)-uncalibrated
+	$(EXPERT) bundle --name $(1) --version $(VERSION) --out $(BUNDLES)/$(1)-uncalibrated \
+	    --llm $(WORK)/$(LLM)-int4 --embedder $(2) --index $(3) \
+	    --quality-gate $(WORK)/$(GATE) $(if $(4),--extra $(4)) $(QUALITY_LOSS)
+	$(if $(4),cp $(4),echo '{}' >) $(WORK)/$(1)-extra.json
+	$(EXPERT) eval calibrate --bundle $(BUNDLES)/$(1)-uncalibrated/bundle-$(1)-$(VERSION) \
+	    --questions $(5) --decimals $(6) --out $(WORK)/$(1)-extra.json
+	$(if $(7),$(EXPERT) eval calibrate --bundle $(BUNDLES)/$(1)-uncalibrated/bundle-$(1)-$(VERSION) \
+	    --questions $(7) --cross-language --decimals $(6) --out $(WORK)/$(1)-extra.json)
+	$(EXPERT) bundle --name $(1) --version $(VERSION) --out $(BUNDLES) \
+	    --llm $(WORK)/$(LLM)-int4 --embedder $(2) --index $(3) \
+	    --quality-gate $(WORK)/$(GATE) --extra $(WORK)/$(1)-extra.json $(QUALITY_LOSS)
+	rm -rf $(BUNDLES)/$(1)-uncalibrated
+endef
+
+# The Apache bundle's threshold: calibrated on the Apache dev split, two decimals (MiniLM).
 $(APACHE_BUNDLE)/manifest.json: $(WORK)/$(LLM)-int4/export.json $(WORK)/apache-index/.ingested $(WORK)/$(GATE) $(APACHE)/bundle-extra.json $(APACHE)/qa/eval.jsonl
-	rm -rf $(APACHE_BUNDLE) $(BUNDLES)/apache-uncalibrated
-	$(EXPERT) bundle --name $(APACHE_NAME) --version $(VERSION) --out $(BUNDLES)/apache-uncalibrated \
-	    --llm $(WORK)/$(LLM)-int4 --embedder $(WORK)/embedder --index $(WORK)/apache-index \
-	    --quality-gate $(WORK)/$(GATE) --extra $(APACHE)/bundle-extra.json $(APACHE_QL)
-	cp $(APACHE)/bundle-extra.json $(WORK)/$(APACHE_NAME)-extra.json
-	$(EXPERT) eval calibrate --bundle $(BUNDLES)/apache-uncalibrated/bundle-$(APACHE_NAME)-$(VERSION) \
-	    --questions $(APACHE)/qa/eval.jsonl --out $(WORK)/$(APACHE_NAME)-extra.json
-	$(EXPERT) bundle --name $(APACHE_NAME) --version $(VERSION) --out $(BUNDLES) \
-	    --llm $(WORK)/$(LLM)-int4 --embedder $(WORK)/embedder --index $(WORK)/apache-index \
-	    --quality-gate $(WORK)/$(GATE) --extra $(WORK)/$(APACHE_NAME)-extra.json $(APACHE_QL)
-	rm -rf $(BUNDLES)/apache-uncalibrated
+	$(call calibrated_bundle,$(APACHE_NAME),$(WORK)/embedder,$(WORK)/apache-index,$(APACHE)/bundle-extra.json,$(APACHE)/qa/eval.jsonl,2)
 
 apache-bundle: $(APACHE_BUNDLE)/manifest.json ## the Apache manual's bundle on MODEL, abstention threshold calibrated on its dev split
 
@@ -198,20 +207,7 @@ $(WORK)/debian-es-index/.ingested: $(WORK)/embedder-e5/embedder.json $(INGEST_CO
 # English questions over these pages take a second threshold, calibrated the same way on the dev
 # split of qa/mixed-en.jsonl (--cross-language; 2026-12-01: 0.8229, dev 9/9 answerable answered).
 $(SPANISH_BUNDLE)/manifest.json: $(WORK)/$(LLM)-int4/export.json $(WORK)/debian-es-index/.ingested $(WORK)/$(GATE) $(SPANISH)/bundle-extra.json $(SPANISH)/qa/eval.jsonl $(SPANISH)/qa/mixed-en.jsonl
-	rm -rf $(SPANISH_BUNDLE) $(BUNDLES)/debian-es-uncalibrated
-	$(EXPERT) bundle --name $(SPANISH_NAME) --version $(VERSION) --out $(BUNDLES)/debian-es-uncalibrated \
-	    --llm $(WORK)/$(LLM)-int4 --embedder $(WORK)/embedder-e5 --index $(WORK)/debian-es-index \
-	    --quality-gate $(WORK)/$(GATE) --extra $(SPANISH)/bundle-extra.json $(APACHE_QL)
-	cp $(SPANISH)/bundle-extra.json $(WORK)/$(SPANISH_NAME)-extra.json
-	$(EXPERT) eval calibrate --bundle $(BUNDLES)/debian-es-uncalibrated/bundle-$(SPANISH_NAME)-$(VERSION) \
-	    --questions $(SPANISH)/qa/eval.jsonl --decimals 4 --out $(WORK)/$(SPANISH_NAME)-extra.json
-	$(EXPERT) eval calibrate --bundle $(BUNDLES)/debian-es-uncalibrated/bundle-$(SPANISH_NAME)-$(VERSION) \
-	    --questions $(SPANISH)/qa/mixed-en.jsonl --cross-language --decimals 4 \
-	    --out $(WORK)/$(SPANISH_NAME)-extra.json
-	$(EXPERT) bundle --name $(SPANISH_NAME) --version $(VERSION) --out $(BUNDLES) \
-	    --llm $(WORK)/$(LLM)-int4 --embedder $(WORK)/embedder-e5 --index $(WORK)/debian-es-index \
-	    --quality-gate $(WORK)/$(GATE) --extra $(WORK)/$(SPANISH_NAME)-extra.json $(APACHE_QL)
-	rm -rf $(BUNDLES)/debian-es-uncalibrated
+	$(call calibrated_bundle,$(SPANISH_NAME),$(WORK)/embedder-e5,$(WORK)/debian-es-index,$(SPANISH)/bundle-extra.json,$(SPANISH)/qa/eval.jsonl,4,$(SPANISH)/qa/mixed-en.jsonl)
 
 # The example plant indexed with multilingual-e5-small instead of MiniLM, for operators who ask
 # in Spanish over English manuals: MiniLM answers 0/15 Spanish test questions over the plant, e5
@@ -226,20 +222,7 @@ $(WORK)/plant-e5-index/.ingested: $(WORK)/embedder-e5/embedder.json $(INGEST_COD
 	touch $@
 
 $(PLANT_E5_BUNDLE)/manifest.json: $(WORK)/$(LLM)-int4/export.json $(WORK)/plant-e5-index/.ingested $(WORK)/$(GATE) $(PLANT)/qa/eval.jsonl $(PLANT)/qa/eval-es.jsonl
-	rm -rf $(PLANT_E5_BUNDLE) $(BUNDLES)/plant-e5-uncalibrated
-	$(EXPERT) bundle --name $(PLANT_E5_NAME) --version $(VERSION) --out $(BUNDLES)/plant-e5-uncalibrated \
-	    --llm $(WORK)/$(LLM)-int4 --embedder $(WORK)/embedder-e5 --index $(WORK)/plant-e5-index \
-	    --quality-gate $(WORK)/$(GATE) $(APACHE_QL)
-	echo '{}' > $(WORK)/$(PLANT_E5_NAME)-extra.json
-	$(EXPERT) eval calibrate --bundle $(BUNDLES)/plant-e5-uncalibrated/bundle-$(PLANT_E5_NAME)-$(VERSION) \
-	    --questions $(PLANT)/qa/eval.jsonl --decimals 4 --out $(WORK)/$(PLANT_E5_NAME)-extra.json
-	$(EXPERT) eval calibrate --bundle $(BUNDLES)/plant-e5-uncalibrated/bundle-$(PLANT_E5_NAME)-$(VERSION) \
-	    --questions $(PLANT)/qa/eval-es.jsonl --cross-language --decimals 4 \
-	    --out $(WORK)/$(PLANT_E5_NAME)-extra.json
-	$(EXPERT) bundle --name $(PLANT_E5_NAME) --version $(VERSION) --out $(BUNDLES) \
-	    --llm $(WORK)/$(LLM)-int4 --embedder $(WORK)/embedder-e5 --index $(WORK)/plant-e5-index \
-	    --quality-gate $(WORK)/$(GATE) --extra $(WORK)/$(PLANT_E5_NAME)-extra.json $(APACHE_QL)
-	rm -rf $(BUNDLES)/plant-e5-uncalibrated
+	$(call calibrated_bundle,$(PLANT_E5_NAME),$(WORK)/embedder-e5,$(WORK)/plant-e5-index,,$(PLANT)/qa/eval.jsonl,4,$(PLANT)/qa/eval-es.jsonl)
 
 plant-e5-bundle: $(PLANT_E5_BUNDLE)/manifest.json ## the example plant indexed with multilingual-e5-small (Spanish questions over English manuals), both thresholds calibrated on dev
 
