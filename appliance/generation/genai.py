@@ -188,10 +188,26 @@ class GenaiGenerator:
             config = og.Config(str(self.llm_dir))
             apply_tuning(config, self.tuning)
             self._model = og.Model(config)
-            self._tokenizer = og.Tokenizer(self._model)
         except Exception as exc:  # onnxruntime-genai raises plain RuntimeError/OgaError
             raise BundleError(
                 f"onnxruntime-genai cannot load the model in {self.llm_dir.name!r}: {exc}; "
+                "re-export it with `expert export`"
+            ) from exc
+        # The weight file's pages that loading read (to pack the weights) but decoding does not:
+        # 17-21 MB of SmolLM2's peak RSS (benchmarks/results/latest.md, memory breakdown).
+        # The libraries' code that only loading ran (graph optimisation, weight packing): 24 MB
+        # of peak RSS (benchmarks/results/raw/memory_bench_2026-12-01.md). Given back before
+        # the tokenizer loads, so that its ~21 MB does not stack on them: the load's peak is
+        # the packed weights plus the pages the packing read (benchmarks/OPTIMISATION.md, "load order").
+        weights = [p for p in self.llm_dir.iterdir() if p.is_file()] if "weights" in kinds else []
+        released = release_load_only_pages(weights, libraries="libraries" in kinds) if kinds else {}
+        self.released_pages = released.get("weights") if "weights" in kinds else None
+        self.released_library_pages = released.get("libraries")
+        try:
+            self._tokenizer = og.Tokenizer(self._model)
+        except Exception as exc:
+            raise BundleError(
+                f"onnxruntime-genai cannot load the tokenizer in {self.llm_dir.name!r}: {exc}; "
                 "re-export it with `expert export`"
             ) from exc
         self.model_id = model_id or self.llm_dir.resolve().parent.name or "model"
@@ -201,14 +217,6 @@ class GenaiGenerator:
         self._adapter_names: tuple[str, ...] = ()
         if adapters_dir is not None and Path(adapters_dir).is_dir():
             self._load_adapters(og, Path(adapters_dir))
-        # The weight file's pages that loading read (to pack the weights) but decoding does not:
-        # 17-21 MB of SmolLM2's peak RSS (benchmarks/results/latest.md, memory breakdown).
-        # The libraries' code that only loading ran (graph optimisation, weight packing): 24 MB
-        # of peak RSS (benchmarks/results/raw/memory_bench_2026-12-01.md).
-        weights = [p for p in self.llm_dir.iterdir() if p.is_file()] if "weights" in kinds else []
-        released = release_load_only_pages(weights, libraries="libraries" in kinds) if kinds else {}
-        self.released_pages = released.get("weights") if "weights" in kinds else None
-        self.released_library_pages = released.get("libraries")
         self._lock = threading.Lock()
         self.active = 0
         cache_tokens = min(prefix_cache_tokens, self.context_length)
