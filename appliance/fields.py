@@ -280,6 +280,22 @@ def _states_something(value: str, question: str) -> bool:
     return len(words) <= MAX_PLAIN_WORDS or not (POINTER_WORDS & set(words))
 
 
+def _is_row(text: str) -> bool:
+    """`text` is one table row read with its header: one line, two or more labelled cells."""
+    return "\n" not in text.strip() and len(record_fields(text)) >= 2
+
+
+def _entry_name(section: str, text: str) -> str:
+    """What names the entry a passage is: its section path, and for a table row also its cells
+    (a spare-parts row headed by its part number names the valve it is for in its
+    description: "Safety valve, set 11.0 bar (SV-302B final stage)").
+
+    Chosen on the plant dev split: q062 ("What is the part number of the spare safety valve
+    for SV-302B?") was answered with the valve's set pressure from the data sheet, since the
+    spare-parts row that answers it names SV-302B only in a cell."""
+    return f"{section}\n{text}" if _is_row(text) else section
+
+
 def asked_field(
     question: str,
     passages: Sequence[str],
@@ -323,7 +339,7 @@ def asked_field(
         for i, section in enumerate(sections, start=1)
         if i <= len(passages)
         and (not within or i in within)
-        and any(occurs(t, section) is not None for t in terms)
+        and any(occurs(t, _entry_name(section, passages[i - 1])) is not None for t in terms)
     ]
     pointer: str | None = None  # the asked label, where its field points elsewhere
     best: tuple[tuple, int, Field] | None = None
@@ -332,7 +348,9 @@ def asked_field(
     for i in named:
         # The entry the question names first is the one asked about ("el puerto de pop3s,
         # la versión segura de pop3" asks for pop3s).
-        names = [t for t in terms if occurs(t, sections[i - 1]) is not None]
+        names = [
+            t for t in terms if occurs(t, _entry_name(sections[i - 1], passages[i - 1])) is not None
+        ]
         named_at = min((t.start for t in names), default=0)
         # Where the passage's text names what the question names first: a row that holds two
         # entries ("pop3; puerto: 110; ... pop3s; puerto: 995") gives the field after it.

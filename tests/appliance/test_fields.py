@@ -193,6 +193,21 @@ def test_a_two_cell_row_answers_only_about_its_own_item():
     assert ev is not None and ev.sentence == rows[0]
 
 
+def test_a_table_row_that_names_the_entry_in_a_cell_is_that_entrys_row():
+    sheet = "Item: Final stage safety valve SV-302B; Value: set pressure 11.0 bar"
+    part = (
+        "part_number: HX-5241-SV; description: Safety valve, set 11.0 bar (SV-302B final "
+        "stage); equipment_tag: C-302; stock_location: MS-C3-02"
+    )
+    sections = ["C-302 > Technical data > Final stage safety valve SV-302B", "HX-5241-SV / C-302"]
+    q = "What is the part number of the spare safety valve for SV-302B?"
+    ev = asked_field(q, [sheet, part], sections)
+    assert ev is not None and ev.passage == 2 and ev.sentence == "part_number: HX-5241-SV"
+    # A passage of prose that mentions the valve is not its entry: only a row's cells count.
+    prose = "Part number: HX-5241-SV is kept in stock.\nSV-302B is lift-tested every year."
+    assert asked_field(q, [prose], ["Stores > Compressor spares"]) is None
+
+
 def test_the_entry_named_first_is_the_one_asked_about():
     rows = ["Service: pop3; Port: 110", "Service: pop3s; Port: 995"]
     q = "What is the port of pop3s, the secure version of pop3?"
