@@ -48,6 +48,9 @@ VARIANTS: dict[str, dict] = {
     "q2": {"quote_min_share": 0.2},
     "q4": {"quote_min_share": 0.4},
     "q5": {"quote_min_share": 0.5},
+    "qa4": {"quote_over_abstention": 0.4},
+    "qa5": {"quote_over_abstention": 0.5},
+    "qa6": {"quote_over_abstention": 0.6},
 }
 
 

@@ -284,9 +284,19 @@ class Retriever:
 
     def mentions(self, phrase: str) -> bool:
         """Some passage of the current version holds `phrase` (keyword index, accents and
-        case aside): a name the documents never mention cannot be answered from them."""
+        case aside): a name the documents never mention cannot be answered from them. A name
+        in capitals also counts where it is run together with a number ("IP" in "IP66", "DN"
+        in "DN150"): the documents name that rating or size, only as one word.
+
+        (The second form was added on the plant dev split: q079, "To which IP rating must the
+        P-102 motor terminal box be sealed?", was refused because no passage holds "IP" alone.
+        On the three dev splits no unanswerable question names such a prefix.)"""
         self.refresh()
-        return self._snap.store.mentions(phrase)
+        store = self._snap.store
+        if store.mentions(phrase):
+            return True
+        word = phrase.strip()
+        return len(word) >= 2 and word.isupper() and store.mentions_with_number(word)
 
     def entry_head(self, passage: Passage) -> Passage | None:
         """The first chunk of `passage`'s entry (same document and section path), scored like

@@ -14,6 +14,7 @@ Test: .venv/bin/pytest tests/appliance/test_retrieval.py
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator
@@ -385,6 +386,25 @@ class Store:
                     raise
                 return True  # not checkable by keyword: never taken as absent
         return row is not None
+
+    def mentions_with_number(self, name: str, limit: int = 200) -> bool:
+        """Some chunk holds `name` run together with a number, as one word: "IP" in "IP66",
+        "DN" in "DN150" (the keyword index reads those as single words, so `mentions` does not
+        find the bare name). Looks at the first `limit` chunks whose words begin with `name`."""
+        if not name or not name.isalnum():
+            return False
+        pattern = re.compile(rf"(?<![^\W\d_]){re.escape(name)}\d", re.I)
+        with self._lock:
+            try:
+                rows = self.conn.execute(
+                    "SELECT body FROM chunks_fts WHERE chunks_fts MATCH ? LIMIT ?",
+                    [f'body : "{name}"*', limit],
+                ).fetchall()
+            except sqlite3.OperationalError as exc:
+                if not _is_fts_query_error(exc):
+                    raise
+                return False
+        return any(pattern.search(r[0] or "") for r in rows)
 
     def chunk_codes(self, ids: Iterable[int]) -> dict[int, set[str]]:
         """The code terms indexed for each chunk (the FTS `codes` column)."""

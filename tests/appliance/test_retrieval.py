@@ -351,6 +351,21 @@ def test_mentions_looks_through_the_whole_index(retriever: Retriever) -> None:
     assert not retriever.mentions('NEAR("x" OR') and not retriever.mentions('""')
 
 
+def test_a_name_in_capitals_counts_where_it_is_run_together_with_a_number(
+    corpus: Path, embedder: OnnxEmbedder, tmp_path: Path
+) -> None:
+    src = tmp_path / "docs"
+    shutil.copytree(corpus, src)
+    (src / "motor.md").write_text("# Motor\n\nThe terminal box is sealed to IP66.")
+    ingest_folder(src, tmp_path / "idx", embedder, progress=False)
+    r = Retriever.open(tmp_path / "idx", embedder)
+    # "IP" stands only inside "IP66": the rating is named, as one word.
+    assert r.mentions("IP") and not r.mentions("IPX")
+    # Only where a number follows the name: "TERM" begins "terminal", which is a word.
+    assert not r.mentions("TERM") and not r.mentions("IPS")
+    r.close()
+
+
 def test_a_new_chunker_rechunks_documents_an_older_one_cut(
     corpus: Path, writable: Path, embedder: OnnxEmbedder, monkeypatch
 ) -> None:
