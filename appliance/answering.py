@@ -42,6 +42,7 @@ from appliance.grounding import (
     contradicts,
     is_repetitive,
     is_small_number,
+    list_item_of,
     new_values,
     occurs,
     restates,
@@ -998,6 +999,9 @@ class AnswerStream:
                 )
                 if over is not None:
                     over = with_next_value(over, [s.text for s in sources], p.question)
+                    over = list_item_of(
+                        over, [s.text for s in sources], p.question, ignore=is_function_word
+                    )
                     # The model refused, but a passage sentence matches the question closely:
                     # the small model refuses answerable questions far more than the others.
                     status, text, evidence, abstained = (
@@ -1059,6 +1063,9 @@ class AnswerStream:
                 best = best or closest(policy.quote_min_share)
                 if best is not None:
                     best = with_next_value(best, [s.text for s in sources], p.question)
+                    best = list_item_of(
+                        best, [s.text for s in sources], p.question, ignore=is_function_word
+                    )
                     status, text, evidence = (
                         "quoted",
                         policy.wording.quote_of(best.sentence, best.passage),

@@ -9,9 +9,11 @@ from pathlib import Path
 import pytest
 
 from appliance.grounding import (
+    Evidence,
     best_sentence,
     check,
     is_repetitive,
+    list_item_of,
     occurs,
     restates,
     sentence_spans,
@@ -288,3 +290,39 @@ def test_a_record_key_the_question_names_as_written_counts_even_when_short():
     # Another letter is not named: "D" does not match the question's "N".
     ev = best_sentence("What does the worker status flag D mean?", [status])
     assert ev is not None and ev.sentence.startswith("D: Worker is disabled")
+
+
+def _whole(text: str) -> Evidence:
+    return Evidence(1, 0, len(text), text)
+
+
+def test_a_quoted_list_is_cut_to_the_item_the_question_asks_about():
+    from appliance.i18n import is_function_word
+
+    kits = (
+        "Spill kits: SK-1 at the CIP skid, SK-2 in the chemical bund, SK-3 in the compressor "
+        "house (oil spill kit)."
+    )
+    q = "Which spill kit is kept in the compressor house?"
+    ev = list_item_of(_whole(kits), [kits], q, ignore=is_function_word)
+    assert ev.sentence == "SK-3 in the compressor house (oil spill kit)."
+    assert kits[ev.start : ev.end] == ev.sentence
+    # The heading before the colon is not part of the first item.
+    q = "Which spill kit stands at the CIP skid?"
+    assert list_item_of(_whole(kits), [kits], q).sentence == "SK-1 at the CIP skid"
+    # A question every item answers as well as another: the whole list.
+    q = "Which spill kits are there?"
+    assert list_item_of(_whole(kits), [kits], q) == _whole(kits)
+
+
+def test_a_table_row_or_a_short_sentence_is_not_cut():
+    row = (
+        "part_number: HX-4490-E; description: Coupling elastomer element; equipment_tag: "
+        "P-101; stock_location: MS-A2-06"
+    )
+    q = "What coupling element does P-101 use?"
+    assert list_item_of(_whole(row), [row], q) == _whole(row)
+    two = "The default is 5 seconds, or 10 on a busy server."
+    assert list_item_of(_whole(two), [two], "What is the default?") == _whole(two)
+    prose = "Check the seal, the bearings and the coupling before the start."
+    assert list_item_of(_whole(prose), [prose], "What is checked on the coupling?") == _whole(prose)
