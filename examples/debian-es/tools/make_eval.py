@@ -7,7 +7,8 @@
 
 Splits: within each stratum (answerable x page), questions sorted by id alternate dev, test,
 starting with whichever split is behind overall, so both splits hold every kind of question. A
-question already in its file keeps its split. A Spanish plant question takes the split of the
+question already in its file keeps its split; one in questions.ADDED_TO_DEV (written after the
+test split had been reported on) goes to dev. A Spanish plant question takes the split of the
 English plant question it translates when that file has splits. Run check_dataset.py afterwards.
 """
 
@@ -22,7 +23,12 @@ CORPUS = HERE.parent
 ROOT = CORPUS.parent.parent
 sys.path.insert(0, str(HERE))
 
-from questions import ENGLISH_OVER_SPANISH, QUESTIONS, SPANISH_OVER_PLANT  # noqa: E402
+from questions import (  # noqa: E402
+    ADDED_TO_DEV,
+    ENGLISH_OVER_SPANISH,
+    QUESTIONS,
+    SPANISH_OVER_PLANT,
+)
 
 PLANT_EVAL = ROOT / "examples" / "plant" / "qa" / "eval.jsonl"
 OUTPUTS = {
@@ -69,6 +75,8 @@ def from_table(rows, old: dict[str, str]) -> list[dict]:
         }
         if old.get(qid):
             rec["split"] = old[qid]
+        elif qid in ADDED_TO_DEV:
+            rec["split"] = "dev"
         out.append(rec)
     return out
 

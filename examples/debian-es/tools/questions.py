@@ -79,7 +79,37 @@ QUESTIONS = [
     ("e064", "¿Qué archivo configura el servidor Nginx?", None, None, ""),
     ("e065", "¿Cuál es el precio de una suscripción de soporte de Debian?", None, None, ""),
     ("e066", "¿Qué puerto usa el protocolo MQTT en Debian?", None, None, ""),
+    # ---- added 2026-12-01, after the test split had been reported on: dev only (ADDED_TO_DEV)
+    ("e067", "¿Qué archivo aporta para /etc/group la misma funcionalidad que /etc/shadow para /etc/passwd?", ["/etc/gshadow"], "ch04", "« /etc/gshadow » (aunque no se usa en realidad)."),
+    ("e068", "Una vez instalado el paquete sudo, ¿en qué archivo se configura?", ["/etc/sudoers"], "ch04", "En « /etc/sudoers »."),
+    ("e069", "¿Qué archivo usa Debian para la configuración de libnss-ldap?", ["/etc/libnss-ldap.conf"], "ch04", "« /etc/libnss-ldap.conf »."),
+    ("e070", "¿En qué archivo guarda Debian la contraseña de root para libpam-ldap?", ["/etc/pam_ldap.secret"], "ch04", "En « /etc/pam_ldap.secret »."),
+    ("e071", "¿Qué línea hay que habilitar en /etc/pam.d/su para limitar el uso de su al grupo root?", ["pam_wheel.so"], "ch04", "La línea « pam_wheel.so »."),
+    ("e072", "¿Desde qué versión usa Debian la jerarquía de grupos unificados cgroups-v2?", ["Debian 11"], "ch04", "Desde Debian 11 Bullseye (2021)."),
+    ("e073", "¿Qué archivo identifica los servidores DNS a los que se pregunta por el nombre de un equipo?", ["/etc/resolv.conf"], "ch05", "« /etc/resolv.conf »."),
+    ("e074", "¿Qué dirección multicast IPv4 usa mDNS para consultar nombres que terminan en .local?", ["224.0.0.251"], "ch05", "224.0.0.251 (FF02::FB en IPv6)."),
+    ("e075", "¿Qué archivo hay que crear para una configuración de cliente DHCP con systemd?", ["/etc/systemd/network/dhcp.network"], "ch05", "« /etc/systemd/network/dhcp.network »."),
+    ("e076", "¿Cuál es el archivo de configuración del histórico paquete ifupdown?", ["/etc/network/interfaces"], "ch05", "« /etc/network/interfaces »."),
+    ("e077", "¿Qué dirección IP aparece en la segunda línea del ejemplo de /etc/hosts?", ["127.0.1.1"], "ch05", "127.0.1.1."),
+    ("e078", "¿A qué orden se pasa el correo electrónico para su entrega?", ["/usr/sbin/sendmail"], "ch06", "Al comando /usr/sbin/sendmail."),
+    ("e079", "¿En qué puerto se recomienda usar SMTPS en lugar de SMTP simple?", ["465"], "ch06", "En el puerto 465 (o STARTTLS en el 587)."),
+    ("e080", "¿Dónde están los archivos de configuración de exim4?", ["/etc/exim4/"], "ch06", "En « /etc/exim4/ »."),
+    ("e081", "¿Qué archivo no debe existir si se quiere ejecutar el servidor OpenSSH?", ["/etc/ssh/sshd_no_debe_ser_ejecutado"], "ch06", "« /etc/ssh/sshd_no_debe_ser_ejecutado »."),
+    ("e082", "¿En qué archivo se cambia de forma permanente la línea GRUB_CMDLINE_LINUX_DEFAULT?", ["/etc/default/grub"], "ch03", "En « /etc/default/grub »."),
+    ("e083", "¿Dónde se configuran las opciones de montaje de los sistemas de archivos?", ["/etc/fstab"], "ch03", "En « /etc/fstab »."),
+    ("e084", "¿Qué archivo enumera los módulos del núcleo que hay que precargar?", ["/etc/modules"], "ch03", "« /etc/modules »."),
+    ("e085", "¿Dónde guarda APT los paquetes descargados hasta que se limpian?", ["/var/cache/apt/archives"], "ch02", "En « /var/cache/apt/archives »."),
+    ("e086", "¿Dónde almacena aptitude el estado de la instalación de forma local?", ["/var/lib/aptitude/pkgstates"], "ch02", "En « /var/lib/aptitude/pkgstates »."),
+    ("e087", "¿Qué archivo, si se daña, hace que Debian pierda la información de la selección de paquetes?", ["/var/lib/dpkg/status"], "ch02", "« /var/lib/dpkg/status »."),
+    ("e088", "¿Qué archivo configura el servidor web lighttpd?", None, None, ""),
+    ("e089", "¿Qué orden de pacman instala un paquete?", None, None, ""),
+    ("e090", "¿En qué puerto escucha Redis por defecto?", None, None, ""),
+    ("e091", "¿Cuántos paquetes tiene el área main para la arquitectura riscv64?", None, None, ""),
 ]
+
+# Questions written after the test split had been reported on go to dev only, so that the test
+# split stays the one every earlier figure was measured on (make_eval.py).
+ADDED_TO_DEV = frozenset(f"e{n:03d}" for n in range(67, 92))
 
 # The word an unanswerable question hinges on; check_dataset.py proves it is absent from docs/.
 TRAPS = {
@@ -93,6 +123,10 @@ TRAPS = {
     "e064": "nginx",
     "e065": "suscripción",
     "e066": "mqtt",
+    "e088": "lighttpd",
+    "e089": "pacman",
+    "e090": "redis",
+    "e091": "riscv64",
 }
 
 # English questions over the Spanish pages (mixed language): same shape as QUESTIONS.
