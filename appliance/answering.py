@@ -73,8 +73,7 @@ from appliance.prompting import (
 # ingested index's, as `make bundle` builds on a new machine. An index updated in place (other
 # chunk ids, another HNSW graph) can rank otherwise near the edge: in one, plant q017 scored
 # 0.471 instead of 0.521 and the rule gave 0.4811. (With the earlier section-level chunks the
-# rule gave 0.48.) Reproduce (and see the
-# numbers, test split included) with
+# rule gave 0.48.) Reproduce (and see the numbers, test split included) with
 # `.venv/bin/pytest -s tests/appliance/test_answering_calibration.py`. A bundle may
 # carry its own calibrated value in its manifest (`retrieval.abstain_threshold`), which then
 # wins over this default; an operator's --abstain-threshold wins over both.
@@ -988,6 +987,13 @@ class AnswerStream:
                 record_bonus=record_bonus,
             )
 
+        def quoted_span(ev: Evidence) -> Evidence:
+            """What a quote shows of the sentence `ev`: widened to the value after it
+            (`with_next_value`), then cut to the list item asked about (`list_item_of`)."""
+            texts = [s.text for s in sources]
+            ev = with_next_value(ev, texts, p.question)
+            return list_item_of(ev, texts, p.question, ignore=is_function_word)
+
         if abstained:
             status = "abstained" if checking else None
             if checking:
@@ -998,10 +1004,7 @@ class AnswerStream:
                     else closest(policy.quote_over_abstention, record_bonus=False)
                 )
                 if over is not None:
-                    over = with_next_value(over, [s.text for s in sources], p.question)
-                    over = list_item_of(
-                        over, [s.text for s in sources], p.question, ignore=is_function_word
-                    )
+                    over = quoted_span(over)
                     # The model refused, but a passage sentence matches the question closely:
                     # the small model refuses answerable questions far more than the others.
                     status, text, evidence, abstained = (
@@ -1062,10 +1065,7 @@ class AnswerStream:
                 unsupported = list(verdict.unsupported)
                 best = best or closest(policy.quote_min_share)
                 if best is not None:
-                    best = with_next_value(best, [s.text for s in sources], p.question)
-                    best = list_item_of(
-                        best, [s.text for s in sources], p.question, ignore=is_function_word
-                    )
+                    best = quoted_span(best)
                     status, text, evidence = (
                         "quoted",
                         policy.wording.quote_of(best.sentence, best.passage),

@@ -334,12 +334,13 @@ def asked_field(
         terms = [ValueSpan(sections[0], 0, len(sections[0]), "quoted")]
         sections = [sections[0]]
         passages = [passages[0]]
+    entries = [
+        _entry_name(section, text) for section, text in zip(sections, passages, strict=False)
+    ]
     named = [
         i
-        for i, section in enumerate(sections, start=1)
-        if i <= len(passages)
-        and (not within or i in within)
-        and any(occurs(t, _entry_name(section, passages[i - 1])) is not None for t in terms)
+        for i, entry in enumerate(entries, start=1)
+        if (not within or i in within) and any(occurs(t, entry) is not None for t in terms)
     ]
     pointer: str | None = None  # the asked label, where its field points elsewhere
     best: tuple[tuple, int, Field] | None = None
@@ -348,9 +349,7 @@ def asked_field(
     for i in named:
         # The entry the question names first is the one asked about ("el puerto de pop3s,
         # la versión segura de pop3" asks for pop3s).
-        names = [
-            t for t in terms if occurs(t, _entry_name(sections[i - 1], passages[i - 1])) is not None
-        ]
+        names = [t for t in terms if occurs(t, entries[i - 1]) is not None]
         named_at = min((t.start for t in names), default=0)
         # Where the passage's text names what the question names first: a row that holds two
         # entries ("pop3; puerto: 110; ... pop3s; puerto: 995") gives the field after it.
