@@ -328,7 +328,8 @@ def calibrate_threshold(
         "questions_file": str(questions_file),
         "chosen_on": split,
         "questions": scope,
-        "calibrated": round(cal.threshold, 4),
+        # As precise as the finest --decimals (6), so that the record floors to the threshold.
+        "calibrated": round(cal.threshold, 6),
         "abstain_threshold": threshold,
         "by_split": {name: effect(part) for name, part in sorted(scores.items())},
     }
