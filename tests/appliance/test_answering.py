@@ -292,6 +292,39 @@ def test_a_question_in_another_language_takes_the_cross_language_threshold():
         AnswerPolicy(abstain_threshold_cross_language=2.0)
 
 
+def test_a_named_entry_under_the_threshold_is_quoted_on_what_is_asked_not_on_its_name():
+    """Under the score threshold, the entry the question names (a code heading a shown
+    passage) is quoted, without the model, when one of its sentences states what the
+    question asks; a match on the entry's name alone is the abstention."""
+    low = DEFAULT_ABSTAIN_THRESHOLD - 0.05
+    overhaul = StubPassage(
+        "Crankshaft end float must be 0.10-0.25 mm. Big-end bearing running clearance must "
+        "not exceed 0.08 mm.",
+        low,
+        "comp#4",
+        section="C-302 reciprocating compressor > Overhaul",
+    )
+    gen = FakeGenerator()
+    q = "What is the limit for the big-end bearing running clearance on C-302?"
+    a = answer(q, generator=gen, retriever=StubRetriever([overhaul]), params=PARAMS)
+    assert not a.abstained and gen.started == 0
+    assert a.grounding == "quoted" and a.cited == [1]
+    assert a.evidence[0].sentence == ("Big-end bearing running clearance must not exceed 0.08 mm.")
+    assert "0.08 mm" in a.text
+    # Only the entry's name and code match: the documents do not say.
+    price = "What is the purchase price of the C-302 reciprocating compressor?"
+    a = answer(price, generator=gen, retriever=StubRetriever([overhaul]), params=PARAMS)
+    assert a.abstained and a.abstain_reason == "low_score" and gen.started == 0
+    # No entry named: the threshold decides alone.
+    unnamed = "What is the limit for the big-end bearing running clearance?"
+    a = answer(unnamed, generator=gen, retriever=StubRetriever([overhaul]), params=PARAMS)
+    assert a.abstained and a.abstain_reason == "low_score"
+    # Off with the quote over a refusal.
+    off = AnswerPolicy(quote_over_abstention=None)
+    a = answer(q, generator=gen, retriever=StubRetriever([overhaul]), params=PARAMS, policy=off)
+    assert a.abstained and a.abstain_reason == "low_score"
+
+
 def test_a_named_code_found_in_no_passage_is_abstained_on_without_the_model():
     gen = FakeGenerator()
     retr = StubRetriever([PUMP, OIL])
