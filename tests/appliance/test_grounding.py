@@ -157,6 +157,22 @@ def test_best_sentence_to_quote_and_no_quote_when_nothing_is_close():
     assert best_sentence("anything", []) is None
 
 
+def test_a_quantity_word_is_matched_by_a_value_in_its_unit():
+    """ "How many litres" is answered by a value in L, "qué temperatura" by one in °C: the
+    sentence that states it matches that word of the question."""
+    glycol = (
+        "Concentration is kept at 30 % propylene glycol, giving freeze protection to about "
+        "-12 °C. The circuit holds about 3,200 L. The glycol circuit is checked every month."
+    )
+    ev = best_sentence("How many litres of glycol does the circuit hold?", [glycol])
+    assert ev is not None and ev.sentence == "The circuit holds about 3,200 L."
+    ev = best_sentence("¿A qué temperatura protege el glicol del circuito?", [glycol])
+    assert ev is not None and "-12 °C" in ev.sentence
+    # The word alone, with no value in its unit, matches nothing more.
+    plain = "The circuit holds glycol. The glycol circuit is checked every month."
+    assert best_sentence("How many litres does it hold?", [plain], min_share=0.5) is None
+
+
 @pytest.mark.parametrize(
     "text,expected",
     [
