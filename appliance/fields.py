@@ -94,13 +94,20 @@ _QUANTITY_RE = re.compile(
 # into the DE bearing?" asks for the "DE quantity" field, not the "DE bearing" one. The words
 # are put into the question right after the cue, where the asked thing stands. The one such
 # list, in the appliance's two languages. Chosen on the plant dev split (q003 was answered with
-# "DE bearing: 6310 C3"); "number" is left out ("how many" is not a "Part number").
+# "DE bearing: 6310 C3"); "number" is left out ("how many" is not a "Part number"). "What
+# happened?", "what is wrong?", "what does it indicate?" ask for an entry's meaning: chosen on
+# plant dev, where q023 ("The compressor house screen shows E-31. What happened?") got the
+# model's "The machine must cool for at least 30 minutes" and now gets the entry's Meaning
+# (base + RAG 35 -> 36/46, fine-tuned + RAG 31 -> 32/46; Apache, Spanish, mixed dev unchanged).
 CUE_LABELS = (
     (re.compile(r"\bhow much\b|\bcu[aá]nt[oa]\b", re.I), "quantity amount cantidad"),
     (re.compile(r"\bhow many\b|\bcu[aá]nt[oa]s\b", re.I), "quantity count cantidad"),
     (re.compile(r"\bhow often\b|\bcada cu[aá]nto\b|\bcon qu[eé] frecuencia\b", re.I),
      "interval frequency intervalo frecuencia"),
     (re.compile(r"\bhow long\b", re.I), "time duration"),
+    (re.compile(r"\bwhat(?:'s| is| has)? (?:happened|wrong|gone wrong)\b|\bindicat(?:es?|ing)\b|"
+                r"\bqu[eé] (?:ha )?(?:pasado|pasa|ocurre|indica)\b", re.I),
+     "meaning significado"),
 )  # fmt: skip
 
 

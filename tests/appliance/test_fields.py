@@ -98,6 +98,24 @@ def test_a_table_row_field_and_not_the_rows_own_name():
     assert ev is not None and ev.sentence == "Default: 60"
 
 
+def test_what_happened_and_what_is_wrong_ask_for_the_meaning():
+    """An operator reads a code off a screen and asks what happened: the entry's Meaning."""
+    entry = (
+        "Meaning: C-301 has tripped at 110 °C discharge temperature.\n"
+        "Operator action: Confirm C-302 has started. Do not reset C-301."
+    )
+    sections = ["Compressed air codes > E-31 — C-301 discharge temperature trip"]
+    for q in (
+        "The compressor house screen shows E-31. What happened?",
+        "E-31 just came up on the HMI. What is wrong?",
+        "What does code E-31 indicate?",
+        "La pantalla muestra E-31. ¿Qué ha pasado?",
+    ):
+        ev = asked_field(q, [entry], sections)
+        assert ev is not None and ev.sentence.startswith("Meaning: C-301 has tripped"), q
+    assert asked_field("What should the operator do about E-31?", [entry], sections) is None
+
+
 def test_spanish_labels():
     ev = asked_field(
         "¿Cuál es el valor predeterminado de MaxDownloadTime?",
