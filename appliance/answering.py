@@ -48,6 +48,7 @@ from appliance.grounding import (
     restates,
     value_spans,
     with_next_value,
+    with_second_ask,
 )
 from appliance.grounding import check as check_grounding
 from appliance.i18n import detect_language, is_function_word
@@ -792,11 +793,16 @@ def named_entry_quote(
         ignore=lambda w: is_function_word(w) or (len(w) >= 4 and w.casefold()[:5] in entry_words),
         record_bonus=False,
     )
-    if ev is None:
-        return None
-    return list_item_of(
-        with_next_value(ev, texts, question), texts, question, ignore=is_function_word
-    )
+    return None if ev is None else quote_span(ev, texts, question)
+
+
+def quote_span(ev: Evidence, texts: Sequence[str], question: str) -> Evidence:
+    """What a quote shows of the sentence `ev`: widened to the value after it
+    (`with_next_value`), cut to the list item asked about (`list_item_of`), then widened to
+    the sentence that answers the question's second ask (`with_second_ask`)."""
+    ev = with_next_value(ev, texts, question)
+    ev = list_item_of(ev, texts, question, ignore=is_function_word)
+    return with_second_ask(ev, texts, question, ignore=is_function_word)
 
 
 def _stems(text: str) -> set[str]:
@@ -1063,11 +1069,7 @@ class AnswerStream:
             )
 
         def quoted_span(ev: Evidence) -> Evidence:
-            """What a quote shows of the sentence `ev`: widened to the value after it
-            (`with_next_value`), then cut to the list item asked about (`list_item_of`)."""
-            texts = [s.text for s in sources]
-            ev = with_next_value(ev, texts, p.question)
-            return list_item_of(ev, texts, p.question, ignore=is_function_word)
+            return quote_span(ev, [s.text for s in sources], p.question)
 
         if abstained:
             status = "abstained" if checking else None

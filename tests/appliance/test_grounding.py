@@ -173,6 +173,26 @@ def test_a_quantity_word_is_matched_by_a_value_in_its_unit():
     assert best_sentence("How many litres does it hold?", [plain], min_share=0.5) is None
 
 
+def test_a_quote_is_widened_to_the_sentence_that_answers_a_second_ask():
+    from appliance.grounding import with_second_ask
+
+    drier = (
+        "The new filter drier core for the NFA-180 is part HX-6610-D, which replaces the "
+        "earlier core type.\n\nReplace the filter drier when the pressure drop across it "
+        "exceeds 0.5 bar.\n\nA sight glass showing a yellow moisture indicator also requires "
+        "a filter drier change."
+    )
+    q = "Which filter drier core is now used on the chiller, and when is it replaced?"
+    first = best_sentence(q, [drier])
+    assert first is not None and "HX-6610-D" in first.sentence
+    both = with_second_ask(first, [drier], q, ignore=lambda w: w.lower() in {"when", "is", "it"})
+    assert "HX-6610-D" in both.sentence and both.sentence.endswith("exceeds 0.5 bar.")
+    assert both.start == first.start and drier[both.start : both.end] == both.sentence
+    # One ask: the quote stays as it was.
+    one = "Which filter drier core is now used on the chiller?"
+    assert with_second_ask(first, [drier], one) == first
+
+
 @pytest.mark.parametrize(
     "text,expected",
     [
