@@ -750,7 +750,7 @@ def named_entry_quote(
     """For a question whose best passage scores under the abstention threshold but that names
     an entry heading a shown passage (a code or identifier in its section path): the sentence
     of the passages that mention it which covers `min_share` of what the question asks beyond
-    the entry's name, quoted (`with_next_value`, `list_item_of`); or None (the abstention).
+    the entry's name, as a quote shows it (`quote_span`); or None (the abstention).
 
     The named code and the words of those passages' section paths are left out of the match:
     they say which entry, not what about it. "What is the purchase price of the HX-4471-B
