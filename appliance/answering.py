@@ -772,11 +772,8 @@ def named_entry_quote(
         return None
     sections = [str(getattr(p, "section", "") or "") for p in passages]
     texts = [p.text for p in passages]
-    names = [t for t in _entry_terms(question) if t.kind != "quoted"]
-    asked = question
-    for t in sorted(names, key=lambda t: -t.start):
-        asked = f"{asked[: t.start]} {asked[t.end :]}"
-    entry_words = {w for i in within for w in _stems(sections[i - 1])}
+    names = " ".join(t.text for t in _entry_terms(question) if t.kind != "quoted")
+    entry = "\n".join([names, *(sections[i - 1] for i in within)])
     listed = listed_only_filter(question, sections)
 
     def quotable(sentence: str) -> bool:
@@ -785,13 +782,14 @@ def named_entry_quote(
         return not wants_number or states_number(sentence, question)
 
     ev = best_sentence(
-        asked,
+        question,
         texts,
         within=within,
         min_share=min_share,
         require=quotable,
-        ignore=lambda w: is_function_word(w) or (len(w) >= 4 and w.casefold()[:5] in entry_words),
+        ignore=is_function_word,
         record_bonus=False,
+        leave_out=entry,
     )
     return None if ev is None else quote_span(ev, texts, question)
 
@@ -803,11 +801,6 @@ def quote_span(ev: Evidence, texts: Sequence[str], question: str) -> Evidence:
     ev = with_next_value(ev, texts, question)
     ev = list_item_of(ev, texts, question, ignore=is_function_word)
     return with_second_ask(ev, texts, question, ignore=is_function_word)
-
-
-def _stems(text: str) -> set[str]:
-    """The words of `text` of 4 letters or more, folded and cut to 5 letters."""
-    return {w.casefold()[:5] for w in re.findall(r"\w+", text) if len(w) >= 4}
 
 
 def from_entry_body(

@@ -528,6 +528,7 @@ def best_sentence(
     require: Callable[[str], bool] | None = None,
     ignore: Callable[[str], bool] | None = None,
     record_bonus: bool = True,
+    leave_out: str = "",
 ) -> Evidence | None:
     """The passage sentence that best matches `query` (a question, or an answer), or None.
 
@@ -541,6 +542,8 @@ def best_sentence(
     keeps only the sentences it accepts. `ignore` leaves out the query's words it accepts (the
     caller's function words: "what", "when", "cuál"), judged whole, before they are cut to
     their prefix. `record_bonus=False` drops the double weight of a record line's key.
+    `leave_out`: the query's words and values that stand in it count for nothing, neither
+    matched nor in the share (an entry's name: what is asked about it must match).
     `headings` (one per passage: its title, section path and entry name) count as words of
     every sentence of their passage: "Default: KeepAliveTimeout 5" under the heading
     "KeepAliveTimeout Directive" matches a question about that directive's default.
@@ -553,6 +556,9 @@ def best_sentence(
     if ignore is not None:
         q = _words(" ".join(w for w in _WORD_RE.findall(query) if not ignore(w)))
     q_values = [v for v in value_spans(query) if v.kind != "number" or v.unit]
+    if leave_out:
+        q -= _words(leave_out)
+        q_values = [v for v in q_values if occurs(v, leave_out) is None]
     total = sum(weights.get(w, math.log(2)) for w in q) or 1.0
     best: tuple[float, Evidence] | None = None
     for i, text in enumerate(texts, start=1):

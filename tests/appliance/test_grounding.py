@@ -173,6 +173,15 @@ def test_a_quantity_word_is_matched_by_a_value_in_its_unit():
     assert best_sentence("How many litres does it hold?", [plain], min_share=0.5) is None
 
 
+def test_best_sentence_leaves_out_the_words_and_values_it_is_told_to():
+    row = "part_number: HX-4471-B; description: Mechanical seal, single cartridge"
+    q = "What is the purchase price of the HX-4471-B mechanical seal?"
+    assert best_sentence(q, [row], min_share=0.5) is not None
+    # Beyond the entry's name and code, the row has nothing of what is asked.
+    entry = "HX-4471-B\nSpare parts > HX-4471-B mechanical seal"
+    assert best_sentence(q, [row], leave_out=entry) is None
+
+
 def test_a_quote_is_widened_to_the_sentence_that_answers_a_second_ask():
     from appliance.grounding import with_second_ask
 
