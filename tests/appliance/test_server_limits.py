@@ -85,6 +85,11 @@ def test_a_request_must_arrive_within_the_read_deadline(serve):
                     break
             except TimeoutError:
                 pass
+            except ConnectionResetError:
+                # Closed while our bytes were still unread: the peer answers with a reset
+                # (RST) instead of an orderly end of stream. Closed all the same.
+                closed_after = time.monotonic() - t0
+                break
             assert time.monotonic() - t0 < 10, "connection kept open past the deadline"
     print(f"\nslow request closed after {closed_after:.1f} s (header deadline 1 s)")
     assert closed_after is not None and closed_after < 4.0
