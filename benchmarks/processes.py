@@ -1,5 +1,6 @@
 """Process helpers the benchmark suites share: start a server on a free loopback port, wait
-until it answers, read its streamed chat answers, read a process's memory figures, and stop a
+until it answers, read its streamed chat answers, read a process's memory figures, start a memory measurement with the model files out of the
+page cache, and stop a
 process group with everything in it (a timed-out suite and the servers it started).
 
 Memory: psutil has the current resident size but not the kernel's peak (VmHWM) nor the
@@ -96,6 +97,31 @@ def status_kib(pid: int | str = "self", fields: tuple[str, ...] = ("VmRSS", "VmH
             except (ValueError, IndexError):
                 continue
     return out
+
+
+def evict_from_page_cache(path: Path) -> list[str]:
+    """Drop the cached pages of `path` (a file, or every file under a folder) from the page
+    cache, as after a reboot: the next process that maps it reads it cold. What a mapped model
+    file keeps resident depends on that state (benchmarks/OPTIMISATION.md: a byte-identical
+    export measured 10.5 or 27.2 MB of its file resident at the peak), so the memory suite starts
+    every configuration from the same, cold one. Pages another process has mapped stay, and so
+    does a file that was written and not yet flushed (it is flushed first). Returns the files
+    it advised; does nothing where the platform has no posix_fadvise."""
+    path = Path(path)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    advise = getattr(os, "posix_fadvise", None)
+    if advise is None:
+        return []
+    done = []
+    for f in files:
+        fd = os.open(f, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            advise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+        done.append(str(f))
+    return done
 
 
 def machine_cpu_s() -> tuple[float, float]:

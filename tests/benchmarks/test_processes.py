@@ -20,6 +20,7 @@ import requests
 from benchmarks.processes import (
     chat_events,
     child_env,
+    evict_from_page_cache,
     free_port,
     group_members,
     status_kib,
@@ -150,3 +151,37 @@ def test_chat_events_yields_each_event_until_done() -> None:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def _resident_pages(path: Path) -> int:
+    """How many of `path`'s pages the page cache holds (mincore over a private mapping)."""
+    import ctypes
+    import mmap
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    size = path.stat().st_size
+    with path.open("rb") as f, mmap.mmap(f.fileno(), size, access=mmap.ACCESS_COPY) as m:
+        pages = (size + mmap.PAGESIZE - 1) // mmap.PAGESIZE
+        vec = (ctypes.c_ubyte * pages)()
+        addr = ctypes.addressof(ctypes.c_char.from_buffer(m))
+        if libc.mincore(ctypes.c_void_p(addr), ctypes.c_size_t(size), vec) != 0:
+            pytest.skip(f"mincore failed (errno {ctypes.get_errno()})")
+        return sum(b & 1 for b in vec)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="posix_fadvise and mincore")
+def test_evict_from_page_cache_leaves_the_model_files_cold(tmp_path) -> None:
+    fs = subprocess.run(["stat", "-f", "-c", "%T", str(tmp_path)], capture_output=True, text=True)
+    if fs.stdout.strip() in ("tmpfs", "ramfs"):
+        pytest.skip("a tmpfs file lives in the page cache: nothing to evict")
+    model = tmp_path / "llm"
+    model.mkdir()
+    data = model / "model.onnx.data"
+    data.write_bytes(os.urandom(4 << 20))
+    (model / "genai_config.json").write_text("{}")
+    data.read_bytes()  # cached (and just written: the helper flushes it first)
+    assert _resident_pages(data) > 0
+    advised = evict_from_page_cache(model)
+    assert advised == sorted(str(p) for p in model.iterdir())
+    assert _resident_pages(data) == 0
+    assert evict_from_page_cache(data) == [str(data)]  # a single file works too
