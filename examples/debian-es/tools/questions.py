@@ -105,11 +105,38 @@ QUESTIONS = [
     ("e089", "¿Qué orden de pacman instala un paquete?", None, None, ""),
     ("e090", "¿En qué puerto escucha Redis por defecto?", None, None, ""),
     ("e091", "¿Cuántos paquetes tiene el área main para la arquitectura riscv64?", None, None, ""),
+    # ---- written 2026-12-01 from sections no earlier question used (dev only)
+    ("e092", "¿Cómo reconfiguro un paquete ya instalado para que debconf me haga el mayor número posible de preguntas?", ["dpkg-reconfigure -plow"], "ch02", "Con «dpkg-reconfigure -plow nombre_del_paquete»."),
+    ("e093", "¿En qué archivo guarda APT el estado local de la instalación con el que las herramientas APT siguen los paquetes instalados automáticamente?", ["/var/lib/apt/extended_states"], "ch02", "En «/var/lib/apt/extended_states»."),
+    ("e094", "Al hacer apt-pinning, ¿qué valor de Pin-Priority recibe por defecto la distribución objetivo (target release) del repositorio?", ["990"], "ch02", "La distribución objetivo tiene por defecto Pin-Priority 990."),
+    ("e095", "¿Qué parámetro de configuración de APT permite limitar el ancho de banda de las descargas?", ["APT::Acquire::http::Dl-Limit"], "ch02", "El parámetro «APT::Acquire::http::Dl-Limit», p. ej. con el valor \"800\"."),
+    ("e096", "En un sistema UEFI, ¿qué archivo de la partición ESP lee primero GRUB2 para encontrar, con search.fs_uuid, la partición que contiene /boot/grub/grub.cfg?", ["/boot/efi/EFI/debian/grub.cfg"], "ch03", "Lee «/boot/efi/EFI/debian/grub.cfg»."),
+    ("e097", "¿Qué orden de journalctl muestra solo el registro de los servicios del sistema y del núcleo desde el último arranque?", ["journalctl -b --system"], "ch03", "«journalctl -b --system»."),
+    ("e098", "¿Con qué orden veo todas las unidades de systemd ordenadas por el tiempo que tardan en inicializarse?", ["systemd-analyze blame"], "ch03", "Con «systemd-analyze blame»."),
+    ("e099", "Si udev no carga los módulos del núcleo porque modules.dep no se generó bien, ¿qué orden hay que ejecutar para regenerarlo?", ["depmod -a"], "ch03", "Hay que ejecutar «depmod -a»."),
+    ("e100", "Aparte de «openssl passwd», ¿qué orden (del paquete whois) sirve para generar contraseñas cifradas con semilla?", ["mkpasswd"], "ch04", "La orden «mkpasswd»."),
+    ("e101", "En el /etc/pam.d/common-password de ejemplo con libpam-cracklib, ¿qué longitud mínima de contraseña fija pam_cracklib?", ["minlen=8"], "ch04", "Fija «minlen=8» (8 caracteres)."),
+    ("e102", "¿Qué paquete puedo instalar para bloquear las IP que acumulan varios fallos de autenticación contra mi servidor SSH?", ["fail2ban"], "ch04", "El paquete fail2ban."),
+    ("e103", "Desde el kernel 5.6, ¿cuántos tipos de espacios de nombres (namespaces) ofrece Linux?", ["8 tipos"], "ch04", "Hay 8 tipos de espacios de nombres."),
+    ("e104", "¿Dónde encuentro la documentación oficial de NetworkManager para Debian?", ["/usr/share/doc/network-manager/README.Debian"], "ch05", "En «/usr/share/doc/network-manager/README.Debian»."),
+    ("e105", "¿Qué orden de iproute2 sustituye al antiguo ifconfig de net-tools?", ["ip addr"], "ch05", "«ip addr» sustituye a ifconfig."),
+    ("e106", "Al buscar la MTU con «ping -M do», ¿cuántos bytes hay que sumar en IPv4 al mayor tamaño de datos que pasa sin fragmentar?", ["28 bytes"], "ch05", "Se suman 28 bytes en IPv4."),
+    ("e107", "Tras configurar netfilter a mano desde el intérprete de órdenes, ¿con qué orden se guarda su estado para restaurarlo después del reinicio?", ["iptables-save"], "ch05", "Con «iptables-save» (y se restaura con iptables-restore)."),
+    ("e108", "Al configurar exim4 con un smarthost, ¿en qué archivo se escriben las contraseñas para autenticarse en el equipo inteligente?", ["/etc/exim4/passwd.client"], "ch06", "En «/etc/exim4/passwd.client»."),
+    ("e109", "En el ejemplo de túnel SMTP/POP3 por SSH, ¿desde qué puerto local se reenvía el puerto POP3 (110) del servidor remoto?", ["4110"], "ch06", "Desde el puerto local 4110."),
+    ("e110", "¿Qué puerto usa el demonio de impresión BSD lpr/lpd?", ["515"], "ch06", "El puerto printer (515)."),
+    ("e111", "¿En qué archivo del sistema se recoge qué puerto utiliza cada servicio de red?", ["/etc/services"], "ch06", "En «/etc/services»."),
+    ("e112", "¿En qué puerto escucha por defecto el proxy caché apt-cacher-ng?", None, None, ""),
+    ("e113", "¿Qué tamaño máximo de disco ocupa por defecto el diario persistente de journald en /var/log/journal (SystemMaxUse)?", None, None, ""),
+    ("e114", "¿Cuántos intentos fallidos de acceso permite fail2ban por defecto (maxretry) antes de bloquear una IP?", None, None, ""),
+    ("e115", "¿En qué directorio se guardan los archivos YAML de configuración de red de netplan?", None, None, ""),
+    ("e116", "¿Cuál es el valor por defecto de message_size_limit en postfix?", None, None, ""),
+    ("e117", "¿Qué archivo configura SSSD para autenticar a los usuarios contra un servidor LDAP?", None, None, ""),
 ]
 
 # Questions written after the test split had been reported on go to dev only, so that the test
 # split stays the one every earlier figure was measured on (make_eval.py).
-ADDED_TO_DEV = frozenset(f"e{n:03d}" for n in range(67, 92))
+ADDED_TO_DEV = frozenset(f"e{n:03d}" for n in range(67, 118))
 
 # The word an unanswerable question hinges on; check_dataset.py proves it is absent from docs/.
 TRAPS = {
@@ -127,6 +154,12 @@ TRAPS = {
     "e089": "pacman",
     "e090": "redis",
     "e091": "riscv64",
+    "e112": "3142",
+    "e113": "systemmaxuse",
+    "e114": "maxretry",
+    "e115": "netplan",
+    "e116": "message_size_limit",
+    "e117": "sssd",
 }
 
 # English questions over the Spanish pages (mixed language): same shape as QUESTIONS.
