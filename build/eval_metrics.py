@@ -36,8 +36,8 @@ Strict rules (issue "honest numbers"):
   conflicts when its kind is one of the expected values' kinds and its value is neither
   expected, nor in the question, nor in the reference answer (which names the context values
   an answer may legitimately repeat, such as the 12 N·m first stage before the 24 N·m final
-  torque). Version numbers (`2.4.53`, `HTTP/1.1`) and identifiers glued to letters (`H2`,
-  `SSLv3`) are not numbers.
+  torque). Version numbers (`2.4.53`, `HTTP/1.1`), identifiers glued to letters (`H2`,
+  `SSLv3`) and manual page sections (`namespaces(7)`) are not numbers.
 - **An abstention asserts nothing else.** A "not in the documents" sentence or paraphrase counts
   only when the answer states no value that is not already in the question: "The documents do
   not mention the price, but the seal costs 450 EUR." is an answer (a hallucinated one), not an
@@ -270,6 +270,14 @@ def values(text: str) -> list[Value]:
                 continue
             if before in "./" or (after[:1] == "." and after[1:2].isdigit()):
                 continue  # 2.4.53, HTTP/1.1: a version or a path, not a value
+            if (
+                before == "("
+                and after[:1] == ")"
+                and len(number) == 1
+                and start >= 2
+                and norm[start - 2].isalpha()
+            ):
+                continue  # namespaces(7), depmod(8): a manual page's section, not a value
             unit = None
             j = i + 1
             k = j + 1 if j < len(raw) and raw[j][0] == "to" else j

@@ -90,6 +90,10 @@ def test_two_numbers_with_the_same_unit_conflict_unless_question_or_reference_na
     assert conflicting_values("KeepAliveTimeout 5, MaxKeepAliveRequests 100", ["5"]) == ["100"]
     # versions, protocols and identifiers are not numbers
     assert conflicting_values("In httpd 2.4.53 over HTTP/1.1 and H2 it is 5 [1].", ["5"]) == []
+    # nor are manual page sections; a number in brackets after a space still is one
+    said = "Desde el kernel 5.6, hay 8 tipos (ver namespaces(7), unshare(1), nsenter(1))."
+    assert conflicting_values(said, ["8 tipos"], question="Desde el kernel 5.6, ¿cuántos?") == []
+    assert conflicting_values("printer (515), ipp (631)", ["515"]) == ["631"]
 
 
 def test_values_of_a_text():
