@@ -42,6 +42,7 @@ from appliance.grounding import (
     contradicts,
     is_repetitive,
     is_small_number,
+    is_unfinished,
     list_item_of,
     new_values,
     occurs,
@@ -1126,8 +1127,11 @@ class AnswerStream:
                     or restates(model_text, p.question, ignore=is_function_word)
                 ):
                     verdict = replace(verdict, status="unsupported")
-            if verdict.supported and is_repetitive(model_text):
-                # A generation loop states nothing checkable: the quote (or abstention) instead.
+            if verdict.supported and (
+                is_repetitive(model_text) or is_unfinished(model_text, p.question)
+            ):
+                # A generation loop, or an answer that stopped after "The answer is:", states
+                # nothing checkable: the quote (or abstention) instead.
                 verdict = replace(verdict, status="unsupported")
             if verdict.supported:
                 status = "supported"

@@ -218,6 +218,12 @@ def test_a_generation_loop_is_not_passed_off_as_a_supported_answer():
     assert "".join(deltas).endswith(a.text)  # the stream ends with what the answer is
 
 
+def test_an_answer_that_stops_after_announcing_itself_is_replaced_by_the_quote():
+    deltas, a = _deltas("The answer is:")
+    assert a.grounding == "quoted" and a.model_text == "The answer is:"
+    assert a.text == 'The manual says: "The P-101 impeller nut is tightened to 120 N·m." [1]'
+
+
 def test_the_entry_named_in_the_question_goes_first_and_holds_the_value():
     pump = StubPassage("Nut torque 120 N·m.", 0.5, "pump#1", section="P-101 impeller")
     comp = StubPassage("Nut torque 95 N·m.", 0.7, "comp#1", section="C-301 impeller")

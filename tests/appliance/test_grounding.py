@@ -13,6 +13,7 @@ from appliance.grounding import (
     best_sentence,
     check,
     is_repetitive,
+    is_unfinished,
     list_item_of,
     occurs,
     restates,
@@ -371,3 +372,26 @@ def test_a_table_row_or_a_short_sentence_is_not_cut():
     assert list_item_of(_whole(two), [two], "What is the default?") == _whole(two)
     prose = "Check the seal, the bearings and the coupling before the start."
     assert list_item_of(_whole(prose), [prose], "What is checked on the coupling?") == _whole(prose)
+
+
+def test_a_quote_that_announces_what_follows_takes_the_next_sentence_too():
+    # "... parámetros:" states a value (800Kib/sec) but announces the setting the question
+    # asks for, which is the next line.
+    text = (
+        "Para limitar el ancho de banda a 800Kib/sec, debe configurar APT con los siguientes "
+        'parámetros:\n\nAPT::Acquire::http::Dl-Limit "800";\n\nOtra sección.'
+    )
+    q = "¿Qué parámetro de APT limita el ancho de banda de las descargas?"
+    ev = best_sentence(q, [text])
+    assert ev is not None and ev.sentence.endswith("parámetros:")
+    wide = with_next_value(ev, [text], q)
+    assert wide.sentence.endswith('APT::Acquire::http::Dl-Limit "800"')
+    assert wide.sentence == text[wide.start : wide.end] and wide.start == ev.start
+
+
+def test_an_answer_that_stops_after_announcing_it_is_unfinished():
+    q = "¿Qué longitud mínima fija pam_cracklib?"
+    assert is_unfinished("La respuesta es:  ", q)
+    assert is_unfinished("The answer is: [1]", "What is the minimum length?")
+    assert not is_unfinished("La respuesta es: minlen=8.", q)
+    assert not is_unfinished("Use these settings: minlen=8 retry=3:", q)  # a value is stated
