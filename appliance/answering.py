@@ -29,9 +29,11 @@ from typing import Any, Protocol
 from appliance.errors import UserFacingError
 from appliance.fields import (
     asked_field,
+    asks_for_file,
     asks_for_number,
     points_elsewhere,
     shared_words,
+    states_file,
     states_number,
 )
 from appliance.generation.base import GenerationParams, Generator
@@ -1005,12 +1007,22 @@ class AnswerStream:
         cited: list[int] = []
         appended: list[int] = []
         listed = listed_only_filter(p.question, [s.section for s in sources])
+        # A question that asks which file is answered by a file's name (`asks_for_file`). Chosen
+        # on the dev splits after the Spanish one grew: e108 ("¿En qué archivo se escriben las
+        # contraseñas ...?") had passed a model answer that names no file as supported, and
+        # the English questions over the Spanish pages m001 and m005 answered "The file `l`"
+        # and 'The file "hosts"'. With it: Spanish dev 54 -> 55/69 (e108 quotes the sentence
+        # naming /etc/exim4/passwd.client), m001 and m005 abstain instead of answering wrong;
+        # plant (both RAG modes) and Apache dev unchanged, no abstention lost.
+        wants_file = policy.grounding and asks_for_file(p.question)
 
         def quotable(sentence: str) -> bool:
             """A sentence that may be quoted as the answer: not a mere listing of the name
-            asked about (`listed_only_filter`), and one that states a number when the
-            question asks for a quantity."""
+            asked about (`listed_only_filter`), one that states a number when the
+            question asks for a quantity, and one that names a file when it asks which file."""
             if listed is not None and not listed(sentence):
+                return False
+            if wants_file and not states_file(sentence, p.question):
                 return False
             return not p.wants_number or states_number(sentence, p.question)
 
@@ -1128,10 +1140,13 @@ class AnswerStream:
                 ):
                     verdict = replace(verdict, status="unsupported")
             if verdict.supported and (
-                is_repetitive(model_text) or is_unfinished(model_text, p.question)
+                is_repetitive(model_text)
+                or is_unfinished(model_text, p.question)
+                or (wants_file and not states_file(model_text, p.question))
             ):
-                # A generation loop, or an answer that stopped after "The answer is:", states
-                # nothing checkable: the quote (or abstention) instead.
+                # A generation loop, an answer that stopped after "The answer is:", or one that
+                # names no file for "which file?", states nothing checkable: the quote (or
+                # abstention) instead.
                 verdict = replace(verdict, status="unsupported")
             if verdict.supported:
                 status = "supported"

@@ -123,6 +123,37 @@ def asks_for_number(question: str) -> bool:
     return _QUANTITY_RE.search(question) is not None
 
 
+# A question that asks which file ("¿Qué archivo guarda ...?", "¿En qué archivo se ...?", "Which
+# file holds ...?"), not about files of some kind ("which file attributes", "qué archivo de
+# registro"-style nouns after "file" in English): its answer names a file.
+_FILE_QUESTION_RE = re.compile(
+    r"\b(?:qu[eé] (?:archivo|fichero)|(?:which|what) file(?!\s+(?:attributes?|names?|"
+    r"systems?|sizes?|types?|permissions?|modes?|owners?|extensions?|formats?|handles?)\b))"
+    r"(?!\w)",
+    re.I,
+)
+# A file's name in an answer: a path ("/etc/mailname", "conf/httpd.conf"), a dotted name
+# ("sources.list", ".htaccess") or a name with an underscore ("sshd_config").
+_FILE_NAME_RE = re.compile(
+    r"(?:\w|^|(?<=[\s«\"'`(]))[\w.-]*(?:/[\w.-]+)+|(?<![\w.])\.?\w+[._]\w+|(?<![\w.])\.\w+"
+)
+
+
+def asks_for_file(question: str) -> bool:
+    """The question asks which file (`_FILE_QUESTION_RE`), so only a file's name answers it."""
+    return _FILE_QUESTION_RE.search(question) is not None
+
+
+def states_file(text: str, question: str) -> bool:
+    """`text` names a file (a path, a dotted or underscored name) the question does not."""
+    folded = question.casefold()
+    return any(
+        m.group(0).strip("./").casefold() not in folded
+        for m in _FILE_NAME_RE.finditer(text)
+        if any(c.isalpha() for c in m.group(0))
+    )
+
+
 def states_number(text: str, question: str) -> bool:
     """`text` states a number the question does not already give."""
     return any(v.kind == "number" for v in new_values(text, question))

@@ -224,6 +224,22 @@ def test_an_answer_that_stops_after_announcing_itself_is_replaced_by_the_quote()
     assert a.text == 'The manual says: "The P-101 impeller nut is tightened to 120 N·m." [1]'
 
 
+def test_a_which_file_answer_that_names_no_file_is_replaced_by_the_quote():
+    smarthost = StubPassage(
+        "Para el equipo inteligente, cree las entradas de contraseñas editando "
+        "«/etc/exim4/passwd.client». Después reinicie exim4.",
+        0.9,
+        "mail#1",
+    )
+    q = "¿En qué archivo se escriben las contraseñas del equipo inteligente de exim4?"
+    deltas, a = _deltas("Se debe reiniciar exim4 [1].", question=q, passages=(smarthost,))
+    assert a.grounding == "quoted" and "/etc/exim4/passwd.client" in a.text
+    # with no sentence that names a file, the answer is the abstention
+    plain = StubPassage("Después reinicie exim4 con systemctl.", 0.9, "mail#2")
+    deltas, a = _deltas("Se debe reiniciar exim4 [1].", question=q, passages=(plain,))
+    assert a.abstained and a.grounding == "abstained"
+
+
 def test_the_entry_named_in_the_question_goes_first_and_holds_the_value():
     pump = StubPassage("Nut torque 120 N·m.", 0.5, "pump#1", section="P-101 impeller")
     comp = StubPassage("Nut torque 95 N·m.", 0.7, "comp#1", section="C-301 impeller")

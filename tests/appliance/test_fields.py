@@ -6,10 +6,12 @@ from __future__ import annotations
 
 from appliance.fields import (
     asked_field,
+    asks_for_file,
     asks_for_number,
     label_matches,
     record_fields,
     shared_words,
+    states_file,
     states_number,
 )
 
@@ -235,6 +237,21 @@ def test_the_entry_named_first_is_the_one_asked_about():
     row = "Plain service: pop3; port: 110; secure service: pop3s; port: 995"
     ev = asked_field(q, [row], ["Ports > pop3"])
     assert ev is not None and ev.sentence == "port: 995"
+
+
+def test_a_which_file_question_is_answered_by_a_file_name():
+    assert asks_for_file("¿En qué archivo se escriben las contraseñas del smarthost?")
+    assert asks_for_file("Which file holds the host name set at boot?")
+    assert not asks_for_file("What file attributes does FileETag use by default?")
+    assert not asks_for_file("¿Qué orden instala un paquete?")
+    q = "¿En qué archivo se escriben las contraseñas del smarthost?"
+    assert states_file("Edite «/etc/exim4/passwd.client».", q)
+    assert states_file("Default: AccessFileName .htaccess", "Which file?")
+    assert states_file("the file sources.list", "Which file?")
+    assert not states_file("Use exim4 y exim4-config con sudo.", q)
+    assert not states_file("The end. Next one.", "Which file?")
+    # a file the question itself names is not the answer
+    assert not states_file("Edit /etc/exim4 now", "¿Qué archivo de /etc/exim4 guarda ...?")
 
 
 def test_asks_for_number():
