@@ -124,8 +124,8 @@ def asks_for_number(question: str) -> bool:
 
 
 # A question that asks which file ("¿Qué archivo guarda ...?", "¿En qué archivo se ...?", "Which
-# file holds ...?"), not about files of some kind ("which file attributes", "qué archivo de
-# registro"-style nouns after "file" in English): its answer names a file.
+# file holds ...?"): its answer names a file. In English a noun after "file" makes it a question
+# about something else ("What file attributes does FileETag use?").
 _FILE_QUESTION_RE = re.compile(
     r"\b(?:qu[eé] (?:archivo|fichero)|(?:which|what) file(?!\s+(?:attributes?|names?|"
     r"systems?|sizes?|types?|permissions?|modes?|owners?|extensions?|formats?|handles?)\b))"

@@ -1,7 +1,7 @@
 """Process helpers the benchmark suites share: start a server on a free loopback port, wait
-until it answers, read its streamed chat answers, read a process's memory figures, start a memory measurement with the model files out of the
-page cache, and stop a
-process group with everything in it (a timed-out suite and the servers it started).
+until it answers, read its streamed chat answers, read a process's memory figures, drop model
+files from the page cache before a memory measurement, and stop a process group with
+everything in it (a timed-out suite and the servers it started).
 
 Memory: psutil has the current resident size but not the kernel's peak (VmHWM) nor the
 anonymous/file split (RssAnon, RssFile) the memory suite reports, so those come from
@@ -116,7 +116,10 @@ def evict_from_page_cache(path: Path) -> list[str]:
     for f in files:
         fd = os.open(f, os.O_RDONLY)
         try:
-            os.fsync(fd)
+            try:
+                os.fsync(fd)  # dirty pages are not dropped
+            except OSError:
+                pass  # a read-only file system has none
             advise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         finally:
             os.close(fd)
