@@ -383,6 +383,14 @@ class PreparedAnswer:
     # The question asks for a quantity (appliance.fields.asks_for_number): an answer that
     # states no number is not given.
     wants_number: bool = False
+    # The question asks which file (appliance.fields.asks_for_file): an answer that names no
+    # file is not given. Chosen on the dev splits after the Spanish one grew: e108 ("¿En qué
+    # archivo se escriben las contraseñas ...?") had passed a model answer that names no file
+    # as supported, and the English questions over the Spanish pages m001 and m005 answered
+    # "The file `l`" and 'The file "hosts"'. With it: Spanish dev 54 -> 55/69 (e108 quotes
+    # the sentence naming /etc/exim4/passwd.client), m001 and m005 abstain instead of
+    # answering wrong; plant (both RAG modes) and Apache dev unchanged, no abstention lost.
+    wants_file: bool = False
 
 
 def _float(x) -> float:
@@ -427,6 +435,7 @@ def prepare(
     abstain_reason = None
     extracted: Evidence | None = None
     wants_number = policy.grounding and asks_for_number(question)
+    wants_file = policy.grounding and asks_for_file(question)
     no_value = False  # the named entry's asked field states no number
     quoted = False  # `extracted` is a sentence quoted under the threshold, not a field
     if use_retrieval:
@@ -500,7 +509,7 @@ def prepare(
                 # A paraphrase of a named entry can score under the threshold: that entry's
                 # sentence that states what the question asks is quoted, without the model.
                 extracted = named_entry_quote(
-                    question, passages, policy.quote_over_abstention, wants_number
+                    question, passages, policy.quote_over_abstention, wants_number, wants_file
                 )
                 quoted = extracted is not None
             if extracted is None:
@@ -560,6 +569,7 @@ def prepare(
             extracted=extracted,
             extracted_quote=quoted,
             wants_number=wants_number,
+            wants_file=wants_file,
         )
 
     history = list(history)
@@ -609,6 +619,7 @@ def prepare(
         dropped_passages=dropped_passages,
         focus=_mentioning(question, passages or []) if policy.focus_entries else [],
         wants_number=wants_number,
+        wants_file=wants_file,
     )
 
 
@@ -747,8 +758,31 @@ def listed_only_filter(question: str, sections: Sequence[str]):
     return lambda sentence: bool(shared_words(question, sentence, leave_out=names))
 
 
+def quotable_filter(
+    question: str, sections: Sequence[str], wants_number: bool, wants_file: bool
+) -> Callable[[str], bool]:
+    """Which sentences may be quoted as the answer to `question` over passages with these
+    section paths: not a mere listing of the name asked about (`listed_only_filter`), one that
+    states a number when the question asks for a quantity, and one that names a file when it
+    asks which file."""
+    listed = listed_only_filter(question, sections)
+
+    def quotable(sentence: str) -> bool:
+        if listed is not None and not listed(sentence):
+            return False
+        if wants_file and not states_file(sentence, question):
+            return False
+        return not wants_number or states_number(sentence, question)
+
+    return quotable
+
+
 def named_entry_quote(
-    question: str, passages: Sequence[PassageLike], min_share: float, wants_number: bool
+    question: str,
+    passages: Sequence[PassageLike],
+    min_share: float,
+    wants_number: bool,
+    wants_file: bool = False,
 ) -> Evidence | None:
     """For a question whose best passage scores under the abstention threshold but that names
     an entry heading a shown passage (a code or identifier in its section path): the sentence
@@ -777,13 +811,7 @@ def named_entry_quote(
     texts = [p.text for p in passages]
     names = " ".join(t.text for t in _entry_terms(question) if t.kind != "quoted")
     entry = "\n".join([names, *(sections[i - 1] for i in within)])
-    listed = listed_only_filter(question, sections)
-
-    def quotable(sentence: str) -> bool:
-        if listed is not None and not listed(sentence):
-            return False
-        return not wants_number or states_number(sentence, question)
-
+    quotable = quotable_filter(question, sections, wants_number, wants_file)
     ev = best_sentence(
         question,
         texts,
@@ -1006,25 +1034,9 @@ class AnswerStream:
         text = model_text
         cited: list[int] = []
         appended: list[int] = []
-        listed = listed_only_filter(p.question, [s.section for s in sources])
-        # A question that asks which file is answered by a file's name (`asks_for_file`). Chosen
-        # on the dev splits after the Spanish one grew: e108 ("¿En qué archivo se escriben las
-        # contraseñas ...?") had passed a model answer that names no file as supported, and
-        # the English questions over the Spanish pages m001 and m005 answered "The file `l`"
-        # and 'The file "hosts"'. With it: Spanish dev 54 -> 55/69 (e108 quotes the sentence
-        # naming /etc/exim4/passwd.client), m001 and m005 abstain instead of answering wrong;
-        # plant (both RAG modes) and Apache dev unchanged, no abstention lost.
-        wants_file = policy.grounding and asks_for_file(p.question)
-
-        def quotable(sentence: str) -> bool:
-            """A sentence that may be quoted as the answer: not a mere listing of the name
-            asked about (`listed_only_filter`), one that states a number when the
-            question asks for a quantity, and one that names a file when it asks which file."""
-            if listed is not None and not listed(sentence):
-                return False
-            if wants_file and not states_file(sentence, p.question):
-                return False
-            return not p.wants_number or states_number(sentence, p.question)
+        quotable = quotable_filter(
+            p.question, [s.section for s in sources], p.wants_number, p.wants_file
+        )
 
         def closest(
             min_share: float,
@@ -1074,9 +1086,6 @@ class AnswerStream:
                 record_bonus=record_bonus,
             )
 
-        def quoted_span(ev: Evidence) -> Evidence:
-            return quote_span(ev, [s.text for s in sources], p.question)
-
         if abstained:
             status = "abstained" if checking else None
             if checking:
@@ -1087,7 +1096,7 @@ class AnswerStream:
                     else closest(policy.quote_over_abstention, record_bonus=False)
                 )
                 if over is not None:
-                    over = quoted_span(over)
+                    over = quote_span(over, [s.text for s in sources], p.question)
                     # The model refused, but a passage sentence matches the question closely:
                     # the small model refuses answerable questions far more than the others.
                     status, text, evidence, abstained = (
@@ -1142,7 +1151,7 @@ class AnswerStream:
             if verdict.supported and (
                 is_repetitive(model_text)
                 or is_unfinished(model_text, p.question)
-                or (wants_file and not states_file(model_text, p.question))
+                or (p.wants_file and not states_file(model_text, p.question))
             ):
                 # A generation loop, an answer that stopped after "The answer is:", or one that
                 # names no file for "which file?", states nothing checkable: the quote (or
@@ -1154,7 +1163,7 @@ class AnswerStream:
                 unsupported = list(verdict.unsupported)
                 best = best or closest(policy.quote_min_share)
                 if best is not None:
-                    best = quoted_span(best)
+                    best = quote_span(best, [s.text for s in sources], p.question)
                     status, text, evidence = (
                         "quoted",
                         policy.wording.quote_of(best.sentence, best.passage),
