@@ -190,6 +190,9 @@ class AnswerPolicy:
     # threshold for every question. A bundle carries its value calibrated on a dev split of
     # such questions (`expert eval calibrate --cross-language`).
     abstain_threshold_cross_language: float | None = None
+    # What both thresholds are compared with (ABSTAIN_SIGNALS); a bundle records the signal its
+    # thresholds were calibrated on (`retrieval.abstain_signal`), absent: "passage".
+    abstain_signal: str = "passage"
     abstain_message: str = ""  # "": the wording's abstention sentence
     system_prompt: str | None = None  # None: the wording's system prompt
     min_passages: int = 1  # passages kept when the budget forces dropping some
@@ -225,6 +228,10 @@ class AnswerPolicy:
                 isinstance(t, int | float) and math.isfinite(t) and -1 <= t <= 1
             ):
                 raise ValueError(f"{name} must be a cosine score in [-1, 1] or None, got {t!r}")
+        if self.abstain_signal not in ABSTAIN_SIGNALS:
+            raise ValueError(
+                f"abstain_signal must be one of {ABSTAIN_SIGNALS}, got {self.abstain_signal!r}"
+            )
         if self.abstain_message and not self.abstain_message.strip():
             raise ValueError("abstain_message must not be blank")
         if self.min_passages < 1:
@@ -276,6 +283,16 @@ class AnswerPolicy:
                 and math.isfinite(value)
             ):
                 kw[name] = float(value)
+        if "abstain_signal" in retrieval:
+            signal = retrieval["abstain_signal"]
+            if signal not in ABSTAIN_SIGNALS:
+                raise UserFacingError(
+                    f"the bundle's manifest gives retrieval.abstain_signal {signal!r}, which this "
+                    f"appliance does not know (it knows {', '.join(ABSTAIN_SIGNALS)}); serve the "
+                    "bundle with the appliance version that built it, or rebuild the bundle"
+                )
+            if "abstain_threshold" in kw:  # the default threshold goes with the passage score
+                kw["abstain_signal"] = signal
         kw.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**kw)
 
@@ -406,6 +423,53 @@ def best_dense_score(passages: Sequence[PassageLike]) -> float | None:
     return max(scores) if scores else None
 
 
+# What the abstention threshold is compared with (`AnswerPolicy.abstain_signal`):
+# - "passage": the best dense score of the retrieved passages (every bundle calibrated before
+#   the signal was recorded in its manifest, and the default threshold);
+# - "passage+sentence": the mean of that and the best dense score of one of their sentences,
+#   each sentence embedded on its own. A passage is long and a fact question matches one of its
+#   sentences, so the passage's vector dilutes the match. Chosen on the dev splits only, by the
+#   separation of answerable from unanswerable questions (AUC of the score; 2026-12-01, the
+#   bundles of `make eval`, top 5; `python -m benchmarks.abstention_signals`, record in
+#   benchmarks/results/abstention/): passage / sentence alone / their mean: Spanish (e5) 0.889 /
+#   0.941 / 0.940, Apache (MiniLM) 0.714 / 0.900 / 0.883, plant (MiniLM) 0.842 / 0.843 / 0.882;
+#   the mean is the best on average (0.902 against 0.895 and 0.815) and worse than the passage
+#   score on none. At the score rule's 95% of answerable dev questions it refuses 11/15, 2/7 and
+#   9/14 unanswerable dev questions, against 10/15, 2/7 and 9/14.
+ABSTAIN_SIGNALS = ("passage", "passage+sentence")
+_MIN_SENTENCE_CHARS = 9  # shorter pieces ("4.", "Nota:") are not statements
+
+
+def best_sentence_score(
+    question: str, passages: Sequence[PassageLike], embedder: Any
+) -> float | None:
+    """The best dense score of a sentence of `passages` against `question` (each sentence
+    embedded on its own with the index's embedder), or None when there is none."""
+    from appliance.grounding import sentence_spans
+
+    sentences = [
+        piece
+        for p in passages
+        for s, e in sentence_spans(p.text, fields=False)
+        if len(piece := p.text[s:e].strip()) >= _MIN_SENTENCE_CHARS
+    ]
+    if not sentences or embedder is None:
+        return None
+    q = embedder.embed([question], kind="query")[0]
+    return float((embedder.embed(sentences, kind="passage") @ q).max())
+
+
+def abstention_score(
+    question: str, passages: Sequence[PassageLike], retriever: Any, signal: str = "passage"
+) -> float | None:
+    """The score `AnswerPolicy.abstain_threshold` is compared with (see ABSTAIN_SIGNALS)."""
+    best = best_dense_score(passages)
+    if signal == "passage" or best is None:
+        return best
+    sentence = best_sentence_score(question, passages, getattr(retriever, "embedder", None))
+    return best if sentence is None else (best + sentence) / 2
+
+
 def prepare(
     question: str,
     history: Sequence[dict] = (),
@@ -444,7 +508,8 @@ def prepare(
         t0 = time.perf_counter()
         passages = list(retriever.search(question, k=k, filters=filters))
         retrieval_s = time.perf_counter() - t0
-        best = best_dense_score(passages)
+        signal = policy.abstain_signal if policy.abstain_threshold is not None else "passage"
+        best = abstention_score(question, passages, retriever, signal)
         unknown = unknown_terms(question, passages) if policy.require_named_terms else []
         if policy.require_named_terms and not unknown:
             unknown = unmentioned_names(question, retriever)
@@ -1386,3 +1451,56 @@ def calibrate_abstain_threshold(
         if m.answerable_recall + 1e-12 >= min_answerable_recall:
             best = m
     return best
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One labelled question, answered both ways: what the reader does with it when the score
+    lets it through, and when the score refuses it."""
+
+    score: float  # the best passage's dense score
+    right_answered: bool  # right when the score lets it through (the fact, or the abstention)
+    right_refused: bool  # right when the score refuses it (an unanswerable question)
+
+
+@dataclass(frozen=True)
+class OutcomeCalibration:
+    threshold: float
+    right: int  # questions with a right outcome at the threshold
+    total: int
+    tied: tuple[float, float]  # the lowest and highest thresholds with as many right outcomes
+
+
+def calibrate_by_outcomes(outcomes: Sequence[Outcome]) -> OutcomeCalibration:
+    """The threshold on the best passage's dense score with the most right outcomes.
+
+    `calibrate_abstain_threshold` looks at the scores alone, so it refuses a fixed share of the
+    answerable questions however well the reader would have answered them, and counts no
+    unanswerable question the reader catches by itself (an unknown name, the model's own
+    NOT_IN_DOCUMENTS, the grounding check). Here each question counts by what the whole
+    answer path makes of it on either side of the threshold. Candidates are midpoints between
+    consecutive distinct scores, and one under them all. Several usually tie; the middle one of
+    those (the lower middle of an even count) wins: the highest would refuse answerable
+    questions the reader gets wrong for no gain, and unseen ones it gets right with them (on the
+    Apache dev split the highest answered 29/33 for the same 38/40 right outcomes), the lowest
+    would pass every unanswerable question it can; the middle one keeps as far from both as the
+    labelled questions allow.
+    """
+    if not outcomes:
+        raise ValueError("calibration needs at least one labelled question")
+    values = sorted({o.score for o in outcomes})
+    candidates = [values[0] - 1e-6] + [
+        (a + b) / 2 for a, b in zip(values, values[1:], strict=False)
+    ]
+    right = [
+        sum(o.right_answered if o.score >= t else o.right_refused for o in outcomes)
+        for t in candidates
+    ]
+    most = max(right)
+    tied = [t for t, r in zip(candidates, right, strict=True) if r == most]
+    return OutcomeCalibration(
+        threshold=tied[(len(tied) - 1) // 2],
+        right=most,
+        total=len(outcomes),
+        tied=(tied[0], tied[-1]),
+    )

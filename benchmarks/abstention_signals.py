@@ -8,6 +8,12 @@ the best score and three relative signals rank answerable above unanswerable que
 over the 50 nearest chunks of each question): the best score; best minus the mean of the 50;
 best minus the 10th; and the best's z-score among the 50. The test splits are never read.
 
+Then the signals the service can use (`appliance.answering.ABSTAIN_SIGNALS`, the same code), over
+the top 5 passages of the hybrid search it answers from: the best passage's dense score (what
+every bundle used before), the best dense score of one of their sentences embedded on its own,
+and the mean of the two (`passage+sentence`), with how many unanswerable dev questions each
+refuses at the score rule's threshold (the highest that answers 95% of the answerable ones).
+
 Run: `python -m benchmarks.abstention_signals` (the bundles of `make eval`).
 """
 
@@ -51,7 +57,16 @@ def signals(scores) -> dict[str, float]:
     }
 
 
+def refused_at_score_rule(answerable, unanswerable) -> str:
+    """Unanswerable questions under the score rule's threshold, "k/n"."""
+    from appliance.answering import calibrate_abstain_threshold
+
+    cal = calibrate_abstain_threshold(answerable, unanswerable)
+    return f"{sum(s < cal.threshold for s in unanswerable)}/{len(unanswerable)}"
+
+
 def measure(bundles: Path) -> list[dict]:
+    from appliance.answering import abstention_score, best_sentence_score
     from appliance.bundle import load_bundle
     from appliance.common.questions import load_questions
     from build.bundle_evaluation import open_retriever
@@ -65,10 +80,19 @@ def measure(bundles: Path) -> list[dict]:
             for q in dev:
                 nearest = retriever.search(q.question, k=NEIGHBOURS, mode="dense")
                 got = signals([p.dense_score for p in nearest])
+                top = retriever.search(q.question, k=5, filters=q.filters)
+                got["top-5 passage"] = abstention_score(q.question, top, retriever, "passage")
+                got["top-5 sentence"] = best_sentence_score(q.question, top, retriever.embedder)
+                got["top-5 passage+sentence"] = abstention_score(
+                    q.question, top, retriever, "passage+sentence"
+                )
                 for key, value in got.items():
                     split.setdefault(key, ([], []))[0 if q.answerable else 1].append(value)
-        rows.append({"set": name, "questions": len(dev),
-                     **{k: round(auc(*v), 3) for k, v in split.items()}})  # fmt: skip
+        row = {"set": name, "questions": len(dev)}
+        row.update({k: round(auc(*v), 3) for k, v in split.items()})
+        row.update({f"refused: {k}": refused_at_score_rule(*v) for k, v in split.items()
+                    if k.startswith("top-5")})  # fmt: skip
+        rows.append(row)
     return rows
 
 
@@ -78,7 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     rows = measure(args.bundles)
     keys = [k for k in rows[0] if k not in ("set", "questions")]
-    print("| dev set | questions | " + " | ".join(f"AUC: {k}" for k in keys) + " |")
+    print(
+        "| dev set | questions | " + " | ".join(k if ":" in k else f"AUC: {k}" for k in keys) + " |"
+    )
     print("|---|---:|" + "---:|" * len(keys))
     for r in rows:
         print(f"| {r['set']} | {r['questions']} | " + " | ".join(str(r[k]) for k in keys) + " |")

@@ -267,6 +267,9 @@ def calibrate_threshold(
     k: int = DEFAULT_K,
     decimals: int = 2,
     cross_language: bool = False,
+    by_answers: bool = False,
+    threads: int | None = None,
+    signal: str = "passage",
 ) -> dict:
     """The abstention threshold for a bundle, chosen on one split only (dev by default).
 
@@ -282,10 +285,29 @@ def calibrate_threshold(
     0.3-0.8; multilingual-e5-small's lie in a narrow band (Spanish dev: answerable 0.868-0.931,
     unanswerable 0.848-0.906, neighbours 0.0002 apart), where rounding the chosen 0.8693 down to
     0.86 or 0.869 lets through a question the rule refuses, so its bundles take four. The other
-    split is only reported."""
-    from appliance.answering import best_dense_score, calibrate_abstain_threshold
+    split is only reported.
+
+    `by_answers`: the split's questions are answered by the bundle itself (its model, its index,
+    its answer policy), once with the score refusing nothing and once with it refusing
+    everything, and the threshold is the one with the most right outcomes
+    (`appliance.answering.calibrate_by_outcomes`): a question under it counts as its refusal,
+    one over it as its answer. The record then also gives the right outcomes at the chosen
+    threshold beside those at the score rule's.
+
+    `signal`: what the threshold is compared with (`appliance.answering.ABSTAIN_SIGNALS`); the
+    record names it, and `expert eval calibrate --out` writes it beside the threshold."""
+    from appliance.answering import (
+        ABSTAIN_SIGNALS,
+        abstention_score,
+        calibrate_abstain_threshold,
+        calibrate_by_outcomes,
+    )
     from appliance.bundle import load_bundle
 
+    if signal not in ABSTAIN_SIGNALS:
+        raise UserFacingError(
+            f"--signal must be one of {', '.join(ABSTAIN_SIGNALS)}, got {signal!r}"
+        )
     bundle = load_bundle(bundle_path)
     questions = load_questions(questions_file)
     scope = "all"
@@ -303,17 +325,48 @@ def calibrate_threshold(
     if split not in SPLITS or not any(q.split == split for q in questions):
         raise UserFacingError(f"{questions_file}: no questions in split {split!r}")
     scores: dict[str, dict[str, list[float]]] = {}
+    by_question: dict[str, float] = {}
     with open_retriever(bundle) as retriever:
         for q in questions:
-            best = best_dense_score(retriever.search(q.question, k=k, filters=q.filters))
+            passages = retriever.search(q.question, k=k, filters=q.filters)
+            best = abstention_score(q.question, passages, retriever, signal)
             part = scores.setdefault(q.split or "none", {"answerable": [], "unanswerable": []})
-            part["answerable" if q.answerable else "unanswerable"].append(
-                -1.0 if best is None else float(best)
-            )
+            by_question[q.id] = -1.0 if best is None else float(best)
+            part["answerable" if q.answerable else "unanswerable"].append(by_question[q.id])
     tuned = scores[split]
     cal = calibrate_abstain_threshold(tuned["answerable"], tuned["unanswerable"])
     scale = 10**decimals
     threshold = math.floor(cal.threshold * scale) / scale
+    answers: dict[str, Any] | None = None
+    if by_answers:
+        tuned_questions = [q for q in questions if q.split == split]
+        outcomes = answer_outcomes(
+            bundle,
+            tuned_questions,
+            [by_question[q.id] for q in tuned_questions],
+            k=k,
+            threads=threads,
+        )
+        chosen = calibrate_by_outcomes(outcomes)
+        score_rule = threshold
+        cal_threshold = chosen.threshold
+        threshold = math.floor(cal_threshold * scale) / scale
+
+        def right_at(t: float) -> str:
+            right = sum(o.right_answered if o.score >= t else o.right_refused for o in outcomes)
+            return f"{right}/{len(outcomes)}"
+
+        answers = {
+            "rule": "most right outcomes of the bundle's own answers (the middle one on ties)",
+            "right": right_at(threshold),
+            "tied_from": round(chosen.tied[0], 6),
+            "tied_to": round(chosen.tied[1], 6),
+            "right_at_score_rule": right_at(score_rule),
+            "score_rule_threshold": score_rule,
+            "right_refusing_nothing": right_at(-1.0),
+        }
+    else:
+        cal_threshold = cal.threshold
 
     def effect(part: Mapping[str, list[float]]) -> dict:
         return {
@@ -328,8 +381,56 @@ def calibrate_threshold(
         "questions_file": str(questions_file),
         "chosen_on": split,
         "questions": scope,
+        "signal": signal,
         # As precise as the finest --decimals (6), so that the record floors to the threshold.
-        "calibrated": round(cal.threshold, 6),
+        "calibrated": round(cal_threshold, 6),
         "abstain_threshold": threshold,
         "by_split": {name: effect(part) for name, part in sorted(scores.items())},
+        **({"by_answers": answers} if answers is not None else {}),
     }
+
+
+def answer_outcomes(
+    bundle: Any,
+    questions: Sequence[Any],
+    scores: Sequence[float],
+    *,
+    k: int = DEFAULT_K,
+    threads: int | None = None,
+) -> list[Any]:
+    """Each question answered by the bundle (base model + RAG, the service's policy) with the
+    score threshold refusing nothing, then refusing everything: `appliance.answering.Outcome`s
+    (with `scores`, the questions' abstention scores) for `calibrate_by_outcomes`. Scored by
+    the evaluation's strict rules (build/eval_metrics)."""
+    from dataclasses import replace
+
+    from appliance.answering import Outcome
+
+    (mode,) = standard_modes(bundle.llm_dir, None, base_bundle=bundle.id, only=["base+rag"])
+    policy = bundle_policy(bundle.manifest)
+    # 1.0 is over every cosine score of two different texts: every question is refused.
+    ways = {
+        side: replace(policy, abstain_threshold=t, abstain_threshold_cross_language=t)
+        for side, t in (("answered", None), ("refused", 1.0))
+    }
+    settings = EvalSettings(k=k, threads=threads)
+    with open_retriever(bundle) as retriever:
+        records = {
+            side: run_modes(
+                questions,
+                [mode],
+                open_generator=lambda m: open_genai(m, threads),
+                retriever=retriever,
+                settings=settings,
+                policy=p,
+            )
+            for side, p in ways.items()
+        }
+    return [
+        Outcome(
+            score=score,
+            right_answered=a.score.get("verdict") == "correct",
+            right_refused=r.score.get("verdict") == "correct",
+        )
+        for score, a, r in zip(scores, records["answered"], records["refused"], strict=True)
+    ]

@@ -77,18 +77,21 @@ def answer_policy(config: ServeConfig, manifest: dict | None) -> AnswerPolicy:
     An operator's threshold holds for every question; otherwise a question in another language
     than the documents' takes the bundle's cross-language value, when it has one. The wording
     (system prompt, abstention sentence) is the bundle's; the operator's abstain_message wins
-    over the bundle's sentence."""
+    over the bundle's sentence. A threshold is compared with the score the bundle's was
+    calibrated on (`abstain_signal`); the default threshold with the passage score."""
     policy = AnswerPolicy.from_manifest(manifest)
     threshold = config.abstain_threshold
     cross = policy.abstain_threshold_cross_language if threshold is None else None
+    signal = policy.abstain_signal
     if threshold is None:
         threshold = policy.abstain_threshold
     if threshold is None:
-        threshold = DEFAULT_ABSTAIN_THRESHOLD
+        threshold, signal = DEFAULT_ABSTAIN_THRESHOLD, "passage"
     return replace(
         policy,
         abstain_threshold=threshold,
         abstain_threshold_cross_language=cross,
+        abstain_signal=signal,
         abstain_message=config.abstain_message,
     )
 

@@ -3,7 +3,7 @@
 Run: `expert eval modes --plant examples/plant --work var/work --bundle BUNDLE --out var/eval`
      `expert eval modes --bundle BASE_BUNDLE --bundle FINETUNED_BUNDLE --questions FILE --out DIR`
      `expert eval retrieval --bundle BUNDLE --questions FILE [--out FILE.json]`
-     `expert eval calibrate --bundle BUNDLE --questions FILE [--out BUNDLE-EXTRA.json]`
+     `expert eval calibrate --bundle BUNDLE --questions FILE [--by-answers] [--out BUNDLE-EXTRA.json]`
      `expert eval quality-gate --hf DIR --onnx DIR --docs DIR --questions FILE --out FILE.json`
      `expert eval results plant=var/eval/plant/report.json ... --out results/eval`
      `expert eval rescore REPORT.json --out DIR`
@@ -197,6 +197,21 @@ def _add_calibrate(actions: argparse._SubParsersAction) -> None:
         "--out writes retrieval.abstain_threshold_cross_language (the service's threshold for "
         "such questions) instead of retrieval.abstain_threshold",
     )
+    p.add_argument(
+        "--by-answers",
+        action="store_true",
+        help="choose by what the bundle answers (its model runs on every dev question twice: "
+        "minutes on a CPU): the threshold with the most right answers and abstentions, instead "
+        "of the score rule (the highest that still answers 95%% of the answerable questions)",
+    )
+    p.add_argument("--threads", type=int, default=None, help="onnxruntime threads (--by-answers)")
+    p.add_argument(
+        "--signal",
+        default="passage",
+        help="what the threshold is compared with: passage (the best passage's dense score) or "
+        "passage+sentence (its mean with the best sentence's; appliance/answering.py, "
+        "ABSTAIN_SIGNALS); --out records it",
+    )
 
 
 def _add_quality_gate(actions: argparse._SubParsersAction) -> None:
@@ -341,23 +356,35 @@ def run_calibrate(args: argparse.Namespace) -> int:
 
     if not 1 <= args.decimals <= 6:
         raise UserFacingError(f"--decimals must be between 1 and 6, got {args.decimals}")
+    key = "abstain_threshold_cross_language" if args.cross_language else "abstain_threshold"
+    # --out: a bundle-extra file; other keys (e.g. "prompting", the other threshold) are kept.
+    extra: dict = {}
+    if args.out is not None and args.out.is_file():
+        extra = json.loads(args.out.read_text(encoding="utf-8"))
+    retrieval = extra.get("retrieval") or {}
+    other = "abstain_threshold" if args.cross_language else "abstain_threshold_cross_language"
+    recorded = retrieval.get("abstain_signal", "passage")
+    if other in retrieval and recorded != args.signal:
+        raise UserFacingError(
+            f"{args.out}: its {other} was calibrated on the signal {recorded!r}, not "
+            f"{args.signal!r}; a bundle's two thresholds share one signal: pass --signal "
+            f"{recorded}, or calibrate both again"
+        )
     result = calibrate_threshold(
         _one_bundle(args, "calibrate"),
         args.questions,
         k=args.k,
         decimals=args.decimals,
         cross_language=args.cross_language,
+        by_answers=args.by_answers,
+        threads=args.threads,
+        signal=args.signal,
     )
     if args.out is not None:
-        # A bundle-extra file: other keys (e.g. "prompting", the other threshold) are kept.
-        extra = {}
-        if args.out.is_file():
-            extra = json.loads(args.out.read_text(encoding="utf-8"))
-        key = "abstain_threshold_cross_language" if args.cross_language else "abstain_threshold"
-        extra.setdefault("retrieval", {})[key] = result["abstain_threshold"]
-        extra["retrieval"][f"{key}_calibration"] = {
-            k: v for k, v in result.items() if k != "bundle"
-        }
+        retrieval = extra.setdefault("retrieval", {})
+        retrieval["abstain_signal"] = args.signal
+        retrieval[key] = result["abstain_threshold"]
+        retrieval[f"{key}_calibration"] = {k: v for k, v in result.items() if k != "bundle"}
         args.out.write_text(json.dumps(extra, indent=2) + "\n", encoding="utf-8")
     print(json.dumps(result, indent=2))
     return 0

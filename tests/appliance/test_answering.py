@@ -11,14 +11,18 @@ from appliance.answering import (
     AnswerPolicy,
     AnswerStream,
     ContextOverflowError,
+    Outcome,
     Source,
+    abstention_score,
     answer,
     answer_stream,
     attribute_citations,
     calibrate_abstain_threshold,
+    calibrate_by_outcomes,
     cited_numbers,
     prepare,
 )
+from appliance.errors import UserFacingError
 from appliance.generation.base import GenerationParams
 from appliance.generation.fake import FakeGenerator
 from appliance.prompting import NOT_IN_DOCUMENTS
@@ -165,6 +169,81 @@ def test_calibration_picks_the_highest_threshold_keeping_answerable_recall():
     assert calibrate_abstain_threshold(answerable, unanswerable, 1.0).threshold < 0.42
     with pytest.raises(ValueError):
         calibrate_abstain_threshold([], [0.1])
+
+
+def test_calibration_by_outcomes_takes_the_middle_of_the_best_thresholds():
+    # score, right when answered, right when refused (an unanswerable question refused)
+    outcomes = [
+        Outcome(0.30, False, True),  # unanswerable, the reader would answer it
+        Outcome(0.40, True, True),  # unanswerable, the reader refuses it by itself
+        Outcome(0.50, False, False),  # answerable, the reader gets it wrong
+        Outcome(0.60, True, False),  # answerable, right
+        Outcome(0.70, True, False),
+    ]
+    cal = calibrate_by_outcomes(outcomes)
+    # 0.35, 0.45 and 0.55 all give 4/5 right; the middle one wins (not 0.55, which refuses an
+    # answerable question for nothing, nor 0.35, which lets every unanswerable one through).
+    assert cal.right == 4 and cal.total == 5
+    assert cal.threshold == pytest.approx(0.45)
+    assert cal.tied == pytest.approx((0.35, 0.55))
+    # An even count of ties: the lower middle one.
+    two = calibrate_by_outcomes([Outcome(0.2, False, True), Outcome(0.8, True, False)])
+    assert two.right == 2 and two.threshold == pytest.approx(0.5)
+    assert calibrate_by_outcomes([Outcome(0.5, True, False)]).threshold < 0.5
+    with pytest.raises(ValueError):
+        calibrate_by_outcomes([])
+
+
+class _WordEmbedder:
+    """Unit vectors by word: a text is the normalised sum of its known words' axes."""
+
+    AXES = ("impeller", "torque", "oil", "wrench")
+
+    def embed(self, texts, kind="passage"):
+        import numpy as np
+
+        out = np.zeros((len(texts), len(self.AXES)), dtype=np.float32)
+        for i, text in enumerate(texts):
+            for j, word in enumerate(self.AXES):
+                out[i, j] = text.lower().count(word)
+            out[i] /= max(float(np.linalg.norm(out[i])), 1e-9)
+        return out
+
+
+def test_abstention_score_is_the_mean_of_the_passage_and_its_best_sentence():
+    class Index:
+        embedder = _WordEmbedder()
+
+    passage = StubPassage("The impeller nut is tight. The torque is 120 N·m with a wrench.", 0.6)
+    question = "What torque?"
+    assert abstention_score(question, [passage], Index(), "passage") == pytest.approx(0.6)
+    # The second sentence holds "torque" and "wrench": cosine 1/sqrt(2) with "torque".
+    mixed = abstention_score(question, [passage], Index(), "passage+sentence")
+    assert mixed == pytest.approx((0.6 + 2**-0.5) / 2)
+    # No embedder (a retriever without one): the passage score alone.
+    assert abstention_score(question, [passage], object(), "passage+sentence") == 0.6
+    assert abstention_score(question, [], Index(), "passage+sentence") is None
+
+
+def test_the_bundle_names_the_score_its_threshold_was_calibrated_on():
+    from appliance.server.config import ServeConfig
+    from appliance.server.runtime import answer_policy
+
+    assert AnswerPolicy.from_manifest({"retrieval": {}}).abstain_signal == "passage"
+    manifest = {"retrieval": {"abstain_threshold": 0.87, "abstain_signal": "passage+sentence"}}
+    assert AnswerPolicy.from_manifest(manifest).abstain_signal == "passage+sentence"
+    assert answer_policy(ServeConfig(), manifest).abstain_signal == "passage+sentence"
+    # The default threshold was calibrated on the passage score, whatever the bundle says.
+    lone = {"retrieval": {"abstain_signal": "passage+sentence"}}
+    policy = answer_policy(ServeConfig(), lone)
+    assert (policy.abstain_threshold, policy.abstain_signal) == (
+        DEFAULT_ABSTAIN_THRESHOLD,
+        "passage",
+    )
+    with pytest.raises(UserFacingError, match="abstain_signal 'chunk'.*rebuild the bundle"):
+        AnswerPolicy.from_manifest({"retrieval": {"abstain_signal": "chunk"}})
+    with pytest.raises(ValueError, match="abstain_signal must be one of"):
+        AnswerPolicy(abstain_signal="chunk")
 
 
 # --- the grounding check on every answer --------------------------------------------------

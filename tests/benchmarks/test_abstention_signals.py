@@ -2,7 +2,7 @@
 
 import pytest
 
-from benchmarks.abstention_signals import auc, signals
+from benchmarks.abstention_signals import auc, refused_at_score_rule, signals
 
 
 def test_auc_counts_ranks_and_ties():
@@ -19,3 +19,9 @@ def test_signals_of_a_question():
     assert s["best - mean"] == pytest.approx(0.36) and s["z-score"] == pytest.approx(3.0)
     with pytest.raises(ValueError, match="10 neighbour"):
         signals([0.9, 0.8])
+
+
+def test_refused_at_the_score_rule():
+    # 20 answerable: the rule gives up the lowest one (95%); unanswerable under it are refused.
+    answerable = [0.5] + [0.8] * 19
+    assert refused_at_score_rule(answerable, [0.4, 0.6, 0.7, 0.9]) == "3/4"

@@ -360,3 +360,55 @@ def test_calibrate_threshold_on_dev_only(
     capsys.readouterr()
     assert expert([*argv, str(plant_dir / "qa" / "eval.jsonl")]) == 2
     assert "no question is in another language" in capsys.readouterr().err
+
+
+def test_calibrate_by_answers_on_the_sentence_signal(
+    tiny_bundle: Path, plant_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+):
+    """--by-answers: the bundle's own model answers the dev questions both ways and the record
+    says how many came out right at the chosen threshold and at the score rule's; --signal is
+    recorded beside the threshold, and a file whose threshold was calibrated on another signal
+    is refused rather than mixed."""
+    from appliance.cli import main as expert
+
+    rows = [
+        json.loads(line)
+        for line in (plant_dir / "qa" / "eval.jsonl").read_text(encoding="utf-8").splitlines()
+    ]
+    dev = [r for r in rows if r["split"] == "dev"]
+    few = [r for r in dev if r["answerable"]][:4] + [r for r in dev if not r["answerable"]][:2]
+    few += [r for r in rows if r["split"] == "test"][:2]
+    questions = tmp_path / "few.jsonl"
+    questions.write_text("".join(json.dumps(r) + "\n" for r in few), encoding="utf-8")
+    extra = tmp_path / "extra.json"
+    argv = ["eval", "calibrate", "--bundle", str(tiny_bundle), "--questions", str(questions)]
+    argv += ["--decimals", "4", "--out", str(extra), "--signal", "passage+sentence"]
+    assert expert([*argv, "--by-answers", "--threads", "1"]) == 0
+    data = json.loads(extra.read_text(encoding="utf-8"))["retrieval"]
+    assert data["abstain_signal"] == "passage+sentence"
+    cal = data["abstain_threshold_calibration"]
+    assert cal["signal"] == "passage+sentence" and cal["chosen_on"] == "dev"
+    answers = cal["by_answers"]
+    right, total = map(int, answers["right"].split("/"))
+    assert total == 6 and right >= int(answers["right_at_score_rule"].split("/")[0])
+    assert right >= int(answers["right_refusing_nothing"].split("/")[0])
+    assert answers["tied_from"] <= cal["calibrated"] <= answers["tied_to"]
+    assert data["abstain_threshold"] == math.floor(cal["calibrated"] * 10**4) / 10**4
+    capsys.readouterr()
+    # The cross-language threshold must be compared with the same score as the bundle's own.
+    passage = [a if a != "passage+sentence" else "passage" for a in argv]
+    cross = [*passage, "--cross-language"]
+    cross[cross.index(str(questions))] = str(plant_dir / "qa" / "eval-es.jsonl")
+    assert expert(cross) == 2
+    err = capsys.readouterr().err
+    assert "abstain_threshold was calibrated on the signal 'passage+sentence'" in err
+    assert json.loads(extra.read_text(encoding="utf-8"))["retrieval"] == data  # nothing lost
+    # Calibrated again on another signal, the bundle's own threshold is replaced whole.
+    assert expert(passage) == 0
+    again = json.loads(extra.read_text(encoding="utf-8"))["retrieval"]
+    assert (
+        again["abstain_signal"] == "passage"
+        and "by_answers" not in (again["abstain_threshold_calibration"])
+    )
+    assert expert([*argv[:-2], "--signal", "chunk"]) == 2
+    assert "--signal must be one of passage, passage+sentence" in capsys.readouterr().err
