@@ -13,6 +13,8 @@ the top 5 passages of the hybrid search it answers from: the best passage's dens
 every bundle used before), the best dense score of one of their sentences embedded on its own,
 and the mean of the two (`passage+sentence`), with how many unanswerable dev questions each
 refuses at the score rule's threshold (the highest that answers 95% of the answerable ones).
+What the sentence score costs: the median time of the top-5 search and of the sentence score
+after it (every sentence of the 5 passages embedded), and their ratio, in the same run.
 
 Run: `python -m benchmarks.abstention_signals` (the bundles of `make eval`).
 """
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -76,13 +79,17 @@ def measure(bundles: Path) -> list[dict]:
         bundle = load_bundle(bundles / bundle_name)
         dev = [q for q in load_questions(REPO / questions) if q.split == "dev"]
         split: dict[str, tuple[list, list]] = {}
+        timings: list[tuple[float, float]] = []  # the search, then the sentence score after it
         with open_retriever(bundle) as retriever:
             for q in dev:
                 nearest = retriever.search(q.question, k=NEIGHBOURS, mode="dense")
                 got = signals([p.dense_score for p in nearest])
+                t0 = time.perf_counter()
                 top = retriever.search(q.question, k=5, filters=q.filters)
+                t1 = time.perf_counter()
                 got["top-5 passage"] = abstention_score(q.question, top, retriever, "passage")
                 got["top-5 sentence"] = best_sentence_score(q.question, top, retriever.embedder)
+                timings.append((t1 - t0, time.perf_counter() - t1))
                 got["top-5 passage+sentence"] = abstention_score(
                     q.question, top, retriever, "passage+sentence"
                 )
@@ -92,6 +99,10 @@ def measure(bundles: Path) -> list[dict]:
         row.update({k: round(auc(*v), 3) for k, v in split.items()})
         row.update({f"refused: {k}": refused_at_score_rule(*v) for k, v in split.items()
                     if k.startswith("top-5")})  # fmt: skip
+        search, sentence = (float(np.median(t)) for t in zip(*timings, strict=True))
+        row["search ms"] = round(1000 * search, 1)
+        row["sentence score ms"] = round(1000 * sentence, 1)
+        row["sentence / search"] = round(sentence / search, 2)
         rows.append(row)
     return rows
 
@@ -103,7 +114,9 @@ def main(argv: list[str] | None = None) -> int:
     rows = measure(args.bundles)
     keys = [k for k in rows[0] if k not in ("set", "questions")]
     print(
-        "| dev set | questions | " + " | ".join(k if ":" in k else f"AUC: {k}" for k in keys) + " |"
+        "| dev set | questions | "
+        + " | ".join(k if ":" in k or " ms" in k or "/" in k else f"AUC: {k}" for k in keys)
+        + " |"
     )
     print("|---|---:|" + "---:|" * len(keys))
     for r in rows:
