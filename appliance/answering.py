@@ -8,10 +8,11 @@ the service can refuse a request (context overflow -> HTTP 400) before any strea
     stream = AnswerStream(prepared, generator)     # iterate text deltas, then stream.result
     answer(...)                                    # both steps, returns the whole Answer
 
-Abstention: when the best passage's dense (cosine) score is under `abstain_threshold`, the
-documents are taken not to cover the question; the generator is not called and the answer
-is the plain NOT_IN_DOCUMENTS sentence, flagged `abstained=True`. An answer in which the
-model itself says that sentence is flagged too. DEFAULT_ABSTAIN_THRESHOLD says how the
+Abstention: when the abstention score (`abstention_score`: the best passage's dense cosine
+score, or its mean with the best sentence's, as the bundle's `abstain_signal` says) is under
+`abstain_threshold`, the documents are taken not to cover the question; the generator is not
+called and the answer is the plain NOT_IN_DOCUMENTS sentence, flagged `abstained=True`. An
+answer in which the model itself says that sentence is flagged too. DEFAULT_ABSTAIN_THRESHOLD says how the
 threshold was chosen.
 
 Test: .venv/bin/pytest tests/appliance/test_answering.py
@@ -1458,7 +1459,7 @@ class Outcome:
     """One labelled question, answered both ways: what the reader does with it when the score
     lets it through, and when the score refuses it."""
 
-    score: float  # the best passage's dense score
+    score: float  # its abstention score (`abstention_score`)
     right_answered: bool  # right when the score lets it through (the fact, or the abstention)
     right_refused: bool  # right when the score refuses it (an unanswerable question)
 
@@ -1472,7 +1473,7 @@ class OutcomeCalibration:
 
 
 def calibrate_by_outcomes(outcomes: Sequence[Outcome]) -> OutcomeCalibration:
-    """The threshold on the best passage's dense score with the most right outcomes.
+    """The threshold on the abstention score with the most right outcomes.
 
     `calibrate_abstain_threshold` looks at the scores alone, so it refuses a fixed share of the
     answerable questions however well the reader would have answered them, and counts no
