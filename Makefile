@@ -80,7 +80,7 @@ $(WORK)/embedder/embedder.json: | $(STAMP)
 
 # Ingest runs again when the documents or the chunker change; it re-chunks only the documents
 # whose bytes, settings or chunk format (appliance.documents.chunking.CHUNK_FORMAT) changed.
-INGEST_CODE := $(wildcard appliance/documents/*.py) appliance/retrieval/writer.py
+INGEST_CODE := $(wildcard appliance/documents/*.py) appliance/retrieval/writer.py appliance/retrieval/vectors.py
 
 $(WORK)/index/.ingested: $(WORK)/embedder/embedder.json $(INGEST_CODE) $(shell find $(PLANT)/docs -type f 2>/dev/null)
 	$(EXPERT) ingest $(PLANT)/docs --index $(WORK)/index --embedder $(WORK)/embedder
