@@ -433,8 +433,8 @@ def best_dense_score(passages: Sequence[PassageLike]) -> float | None:
 #   separation of answerable from unanswerable questions (AUC of the score; 2026-12-01, the
 #   bundles of `make eval`, top 5; `python -m benchmarks.abstention_signals`, record in
 #   benchmarks/results/abstention/): passage / sentence alone / their mean: Spanish (e5) 0.889 /
-#   0.941 / 0.940, Apache (MiniLM) 0.714 / 0.900 / 0.883, plant (MiniLM) 0.842 / 0.843 / 0.882;
-#   the mean is the best on average (0.902 against 0.895 and 0.815) and worse than the passage
+#   0.941 / 0.940, Apache (MiniLM) 0.714 / 0.900 / 0.883, plant (MiniLM) 0.840 / 0.843 / 0.880;
+#   the mean is the best on average (0.901 against 0.895 and 0.814) and worse than the passage
 #   score on none. At the score rule's 95% of answerable dev questions it refuses 11/15, 2/7 and
 #   9/14 unanswerable dev questions, against 10/15, 2/7 and 9/14.
 ABSTAIN_SIGNALS = ("passage", "passage+sentence")
