@@ -397,3 +397,20 @@ def test_the_same_vectors_build_the_same_graph(tmp_path: Path) -> None:
         index.save(tmp_path / f"graph{n}.hnsw")
         digests.append((tmp_path / f"graph{n}.hnsw").read_bytes())
     assert digests[0] == digests[1]
+
+
+def test_the_sentence_score_on_a_real_index(retriever: Retriever) -> None:
+    """The abstention score the service uses, on a real index and embedder: the best sentence,
+    embedded alone, matches a fact question better than its whole passage does, and the
+    `passage+sentence` score is the mean of the two."""
+    from appliance.answering import abstention_score, best_dense_score, best_sentence_score
+
+    question = "What is the hot-melt glue temperature setpoint on line B?"
+    passages = retriever.search(question, k=5)
+    passage = best_dense_score(passages)
+    sentence = best_sentence_score(question, passages, retriever.embedder)
+    assert passage is not None and sentence is not None
+    assert sentence > passage
+    mixed = abstention_score(question, passages, retriever, "passage+sentence")
+    assert mixed == pytest.approx((passage + sentence) / 2)
+    assert abstention_score(question, passages, retriever, "passage") == passage
