@@ -208,10 +208,10 @@ $(WORK)/debian-es-index/.ingested: $(WORK)/embedder-e5/embedder.json $(INGEST_CO
 
 # Its abstention threshold is calibrated like the Apache bundle's: on the Spanish dev split only,
 # against its own index (`calibrated_bundle` above). Rounded down to four decimals, not two: e5's
-# scores lie in a narrow band (Spanish dev, passage score: 0.83-0.94 for both kinds of question),
-# where two decimals would move the threshold across several questions. The chosen values and their effect
-# on both splits are in the bundle's manifest (retrieval.abstain_threshold_calibration) and the
-# README ("Languages"). English questions over these pages take a second threshold, calibrated
+# scores lie in a narrow band (Spanish dev, passage score: 0.83-0.94 for both kinds of
+# question), where two decimals would move the threshold across several questions. The chosen
+# values and their effect on both splits are in the bundle's manifest
+# (retrieval.abstain_threshold_calibration) and the README ("Languages"). English questions over these pages take a second threshold, calibrated
 # the same way on the dev split of qa/mixed-en.jsonl (--cross-language).
 $(SPANISH_BUNDLE)/manifest.json: $(WORK)/$(LLM)-int4/export.json $(CALIBRATE_CODE) $(WORK)/debian-es-index/.ingested $(WORK)/$(GATE) $(SPANISH)/bundle-extra.json $(SPANISH)/qa/eval.jsonl $(SPANISH)/qa/mixed-en.jsonl
 	$(call calibrated_bundle,$(SPANISH_NAME),$(WORK)/embedder-e5,$(WORK)/debian-es-index,$(SPANISH)/bundle-extra.json,$(SPANISH)/qa/eval.jsonl,4,$(SPANISH)/qa/mixed-en.jsonl)

@@ -12,8 +12,8 @@ Abstention: when the abstention score (`abstention_score`: the best passage's de
 score, or its mean with the best sentence's, as the bundle's `abstain_signal` says) is under
 `abstain_threshold`, the documents are taken not to cover the question; the generator is not
 called and the answer is the plain NOT_IN_DOCUMENTS sentence, flagged `abstained=True`. An
-answer in which the model itself says that sentence is flagged too. DEFAULT_ABSTAIN_THRESHOLD says how the
-threshold was chosen.
+answer in which the model itself says that sentence is flagged too. DEFAULT_ABSTAIN_THRESHOLD
+says how the threshold was chosen.
 
 Test: .venv/bin/pytest tests/appliance/test_answering.py
 """
@@ -442,12 +442,15 @@ _MIN_SENTENCE_CHARS = 9  # shorter pieces ("4.", "Nota:") are not statements
 
 
 def best_sentence_score(
-    question: str, passages: Sequence[PassageLike], embedder: Any
+    question: str, passages: Sequence[PassageLike], retriever: Any
 ) -> float | None:
     """The best dense score of a sentence of `passages` against `question` (each sentence
-    embedded on its own with the index's embedder), or None when there is none."""
+    embedded on its own with the index's embedder), or None when there is none or the
+    retriever has no embedder. The question's vector is the retriever's own
+    (`Retriever.embed_query`, kept from its search) where it has one."""
     from appliance.grounding import sentence_spans
 
+    embedder = getattr(retriever, "embedder", None)
     sentences = [
         piece
         for p in passages
@@ -456,7 +459,8 @@ def best_sentence_score(
     ]
     if not sentences or embedder is None:
         return None
-    q = embedder.embed([question], kind="query")[0]
+    embed_query = getattr(retriever, "embed_query", None)
+    q = embed_query(question) if embed_query else embedder.embed([question], kind="query")[0]
     return float((embedder.embed(sentences, kind="passage") @ q).max())
 
 
@@ -467,7 +471,7 @@ def abstention_score(
     best = best_dense_score(passages)
     if signal == "passage" or best is None:
         return best
-    sentence = best_sentence_score(question, passages, getattr(retriever, "embedder", None))
+    sentence = best_sentence_score(question, passages, retriever)
     return best if sentence is None else (best + sentence) / 2
 
 
@@ -1409,6 +1413,13 @@ def answer(
     return stream.result
 
 
+def _threshold_candidates(scores: Sequence[float]) -> list[float]:
+    """Thresholds worth trying on these scores: one under them all, then the midpoints between
+    consecutive distinct ones."""
+    values = sorted(set(scores))
+    return [values[0] - 1e-6] + [(a + b) / 2 for a, b in zip(values, values[1:], strict=False)]
+
+
 @dataclass(frozen=True)
 class Calibration:
     threshold: float
@@ -1434,10 +1445,7 @@ def calibrate_abstain_threshold(
         raise ValueError("calibration needs scores of both answerable and unanswerable questions")
     if not 0 < min_answerable_recall <= 1:
         raise ValueError(f"min_answerable_recall must be in (0, 1], got {min_answerable_recall}")
-    values = sorted(set(answerable) | set(unanswerable))
-    candidates = [values[0] - 1e-6] + [
-        (a + b) / 2 for a, b in zip(values, values[1:], strict=False)
-    ]
+    candidates = _threshold_candidates([*answerable, *unanswerable])
 
     def measure(t: float) -> Calibration:
         return Calibration(
@@ -1462,6 +1470,11 @@ class Outcome:
     score: float  # its abstention score (`abstention_score`)
     right_answered: bool  # right when the score lets it through (the fact, or the abstention)
     right_refused: bool  # right when the score refuses it (an unanswerable question)
+
+
+def right_outcomes(outcomes: Sequence[Outcome], threshold: float) -> int:
+    """How many questions come out right at `threshold`: its answer over it, its refusal under."""
+    return sum(o.right_answered if o.score >= threshold else o.right_refused for o in outcomes)
 
 
 @dataclass(frozen=True)
@@ -1489,14 +1502,8 @@ def calibrate_by_outcomes(outcomes: Sequence[Outcome]) -> OutcomeCalibration:
     """
     if not outcomes:
         raise ValueError("calibration needs at least one labelled question")
-    values = sorted({o.score for o in outcomes})
-    candidates = [values[0] - 1e-6] + [
-        (a + b) / 2 for a, b in zip(values, values[1:], strict=False)
-    ]
-    right = [
-        sum(o.right_answered if o.score >= t else o.right_refused for o in outcomes)
-        for t in candidates
-    ]
+    candidates = _threshold_candidates([o.score for o in outcomes])
+    right = [right_outcomes(outcomes, t) for t in candidates]
     most = max(right)
     tied = [t for t, r in zip(candidates, right, strict=True) if r == most]
     return OutcomeCalibration(

@@ -35,6 +35,7 @@ from build.evaluation import (
     MODE_NAMES,
     EvalSettings,
     ModeSpec,
+    evaluate_question,
     run_modes,
     standard_modes,
 )
@@ -278,8 +279,8 @@ def calibrate_threshold(
     is the bundle's `abstain_threshold_cross_language`, which the service applies to such
     questions (English questions over the Spanish corpus: examples/debian-es/qa/mixed-en.jsonl).
 
-    For each question of the split: the best dense score of the top-k passages the bundle's
-    index returns; then `appliance.answering.calibrate_abstain_threshold` (the highest
+    For each question of the split: its abstention score over the top-k passages the bundle's
+    index returns (`signal`); then `appliance.answering.calibrate_abstain_threshold` (the highest
     threshold that still answers >= 95% of the answerable questions), rounded down to `decimals`
     decimals so that the 95% still holds. Two suit MiniLM, whose best scores spread over
     0.3-0.8; multilingual-e5-small's lie in a narrow band (Spanish dev: answerable 0.868-0.931,
@@ -301,6 +302,7 @@ def calibrate_threshold(
         abstention_score,
         calibrate_abstain_threshold,
         calibrate_by_outcomes,
+        right_outcomes,
     )
     from appliance.bundle import load_bundle
 
@@ -326,6 +328,7 @@ def calibrate_threshold(
         raise UserFacingError(f"{questions_file}: no questions in split {split!r}")
     scores: dict[str, dict[str, list[float]]] = {}
     by_question: dict[str, float] = {}
+    outcomes: list[Any] = []
     with open_retriever(bundle) as retriever:
         for q in questions:
             passages = retriever.search(q.question, k=k, filters=q.filters)
@@ -333,28 +336,29 @@ def calibrate_threshold(
             part = scores.setdefault(q.split or "none", {"answerable": [], "unanswerable": []})
             by_question[q.id] = -1.0 if best is None else float(best)
             part["answerable" if q.answerable else "unanswerable"].append(by_question[q.id])
+        if by_answers:
+            tuned_questions = [q for q in questions if q.split == split]
+            outcomes = answer_outcomes(
+                bundle,
+                retriever,
+                tuned_questions,
+                [by_question[q.id] for q in tuned_questions],
+                k=k,
+                threads=threads,
+            )
     tuned = scores[split]
     cal = calibrate_abstain_threshold(tuned["answerable"], tuned["unanswerable"])
     scale = 10**decimals
     threshold = math.floor(cal.threshold * scale) / scale
     answers: dict[str, Any] | None = None
     if by_answers:
-        tuned_questions = [q for q in questions if q.split == split]
-        outcomes = answer_outcomes(
-            bundle,
-            tuned_questions,
-            [by_question[q.id] for q in tuned_questions],
-            k=k,
-            threads=threads,
-        )
         chosen = calibrate_by_outcomes(outcomes)
         score_rule = threshold
         cal_threshold = chosen.threshold
         threshold = math.floor(cal_threshold * scale) / scale
 
         def right_at(t: float) -> str:
-            right = sum(o.right_answered if o.score >= t else o.right_refused for o in outcomes)
-            return f"{right}/{len(outcomes)}"
+            return f"{right_outcomes(outcomes, t)}/{len(outcomes)}"
 
         answers = {
             "rule": "most right outcomes of the bundle's own answers (the middle one on ties)",
@@ -392,45 +396,43 @@ def calibrate_threshold(
 
 def answer_outcomes(
     bundle: Any,
+    retriever: Any,
     questions: Sequence[Any],
     scores: Sequence[float],
     *,
     k: int = DEFAULT_K,
     threads: int | None = None,
 ) -> list[Any]:
-    """Each question answered by the bundle (base model + RAG, the service's policy) with the
-    score threshold refusing nothing, then refusing everything: `appliance.answering.Outcome`s
-    (with `scores`, the questions' abstention scores) for `calibrate_by_outcomes`. Scored by
-    the evaluation's strict rules (build/eval_metrics)."""
+    """Each question answered by the bundle (base model + RAG, the service's policy, over
+    `retriever`, the bundle's index) with the score threshold refusing nothing, then refusing
+    everything: `appliance.answering.Outcome`s (with `scores`, the questions' abstention
+    scores) for `calibrate_by_outcomes`. Scored by the evaluation's strict rules
+    (build/eval_metrics). The model is opened once for both."""
     from dataclasses import replace
+
+    from tqdm import tqdm
 
     from appliance.answering import Outcome
 
     (mode,) = standard_modes(bundle.llm_dir, None, base_bundle=bundle.id, only=["base+rag"])
     policy = bundle_policy(bundle.manifest)
     # 1.0 is over every cosine score of two different texts: every question is refused.
-    ways = {
-        side: replace(policy, abstain_threshold=t, abstain_threshold_cross_language=t)
-        for side, t in (("answered", None), ("refused", 1.0))
-    }
+    answered, refused = (
+        replace(policy, abstain_threshold=t, abstain_threshold_cross_language=t)
+        for t in (None, 1.0)
+    )
     settings = EvalSettings(k=k, threads=threads)
-    with open_retriever(bundle) as retriever:
-        records = {
-            side: run_modes(
-                questions,
-                [mode],
-                open_generator=lambda m: open_genai(m, threads),
-                retriever=retriever,
-                settings=settings,
-                policy=p,
-            )
-            for side, p in ways.items()
-        }
-    return [
-        Outcome(
-            score=score,
-            right_answered=a.score.get("verdict") == "correct",
-            right_refused=r.score.get("verdict") == "correct",
+    generator = open_genai(mode, threads)
+
+    def right(q: Any, p: Any) -> bool:
+        record = evaluate_question(
+            q, mode, generator=generator, retriever=retriever, settings=settings, policy=p
         )
-        for score, a, r in zip(scores, records["answered"], records["refused"], strict=True)
-    ]
+        bar.update(1)
+        return record.score.get("verdict") == "correct"
+
+    with tqdm(total=2 * len(questions), desc="calibrate", unit="answer") as bar:
+        return [
+            Outcome(score=score, right_answered=right(q, answered), right_refused=right(q, refused))
+            for q, score in zip(questions, scores, strict=True)
+        ]

@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 MODES = ("hybrid", "dense", "keyword")
 MAX_K = 100
+QUERY_VECTORS_KEPT = 16  # one per concurrent answer is enough (a handful of slots)
 RRF_K = 60
 CODE_BONUS = 1.0 / (RRF_K + 1)
 ENTRY_BONUS = CODE_BONUS
@@ -122,6 +123,10 @@ class Retriever:
         self._snap = snapshot
         self._reload_lock = threading.Lock()
         self._bad_stamp = None
+        # The vectors of the last few queries: the answer path embeds the question again for
+        # its abstention score (appliance.answering.best_sentence_score) right after searching.
+        self._query_vectors: dict[str, np.ndarray] = {}
+        self._query_lock = threading.Lock()
         self.candidates = 50  # per method, before fusion
         # The embedder's own trust in the keyword side (embedder.json `keyword_weight`).
         config = getattr(embedder, "config", None)
@@ -189,8 +194,21 @@ class Retriever:
             raise UserFacingError('filters must be an object such as {"line": "A"}')
         self.refresh()
         snap = self._snap  # the whole query uses this one version
-        qvec = self.embedder.embed([query], kind="query")[0]
-        return self._search(snap, query, qvec, k, filters or None, mode)
+        return self._search(snap, query, self.embed_query(query), k, filters or None, mode)
+
+    def embed_query(self, query: str) -> np.ndarray:
+        """The embedder's vector of `query` as a question; the last few are kept, so a caller
+        that searched for a question gets its vector again without another embedding."""
+        with self._query_lock:
+            hit = self._query_vectors.get(query)
+        if hit is not None:
+            return hit
+        vec = self.embedder.embed([query], kind="query")[0]
+        with self._query_lock:
+            if len(self._query_vectors) >= QUERY_VECTORS_KEPT:
+                self._query_vectors.pop(next(iter(self._query_vectors)))
+            self._query_vectors[query] = vec
+        return vec
 
     def _search(
         self, snap: _Snapshot, query: str, qvec: np.ndarray, k: int, filters, mode: str

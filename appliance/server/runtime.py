@@ -78,20 +78,19 @@ def answer_policy(config: ServeConfig, manifest: dict | None) -> AnswerPolicy:
     than the documents' takes the bundle's cross-language value, when it has one. The wording
     (system prompt, abstention sentence) is the bundle's; the operator's abstain_message wins
     over the bundle's sentence. A threshold is compared with the score the bundle's was
-    calibrated on (`abstain_signal`); the default threshold with the passage score."""
+    calibrated on (`abstain_signal`; `AnswerPolicy.from_manifest` pairs the default threshold
+    with the passage score)."""
     policy = AnswerPolicy.from_manifest(manifest)
     threshold = config.abstain_threshold
     cross = policy.abstain_threshold_cross_language if threshold is None else None
-    signal = policy.abstain_signal
     if threshold is None:
         threshold = policy.abstain_threshold
     if threshold is None:
-        threshold, signal = DEFAULT_ABSTAIN_THRESHOLD, "passage"
+        threshold = DEFAULT_ABSTAIN_THRESHOLD
     return replace(
         policy,
         abstain_threshold=threshold,
         abstain_threshold_cross_language=cross,
-        abstain_signal=signal,
         abstain_message=config.abstain_message,
     )
 

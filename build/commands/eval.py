@@ -3,7 +3,8 @@
 Run: `expert eval modes --plant examples/plant --work var/work --bundle BUNDLE --out var/eval`
      `expert eval modes --bundle BASE_BUNDLE --bundle FINETUNED_BUNDLE --questions FILE --out DIR`
      `expert eval retrieval --bundle BUNDLE --questions FILE [--out FILE.json]`
-     `expert eval calibrate --bundle BUNDLE --questions FILE [--by-answers] [--out BUNDLE-EXTRA.json]`
+     `expert eval calibrate --bundle BUNDLE --questions FILE [--by-answers]
+                            [--out BUNDLE-EXTRA.json]`
      `expert eval quality-gate --hf DIR --onnx DIR --docs DIR --questions FILE --out FILE.json`
      `expert eval results plant=var/eval/plant/report.json ... --out results/eval`
      `expert eval rescore REPORT.json --out DIR`

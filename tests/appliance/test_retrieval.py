@@ -408,9 +408,35 @@ def test_the_sentence_score_on_a_real_index(retriever: Retriever) -> None:
     question = "What is the hot-melt glue temperature setpoint on line B?"
     passages = retriever.search(question, k=5)
     passage = best_dense_score(passages)
-    sentence = best_sentence_score(question, passages, retriever.embedder)
+    sentence = best_sentence_score(question, passages, retriever)
     assert passage is not None and sentence is not None
     assert sentence > passage
     mixed = abstention_score(question, passages, retriever, "passage+sentence")
     assert mixed == pytest.approx((passage + sentence) / 2)
     assert abstention_score(question, passages, retriever, "passage") == passage
+
+
+def test_the_answer_path_embeds_the_question_once(index: Path, embedder: OnnxEmbedder) -> None:
+    """The abstention score takes the question's vector the search made, not a second one."""
+    from appliance.answering import abstention_score
+
+    kinds: list[str] = []
+
+    class Counting:
+        def __getattr__(self, name):
+            return getattr(embedder, name)
+
+        def embed(self, texts, batch_size=32, kind="passage"):
+            kinds.append(kind)
+            return embedder.embed(texts, batch_size=batch_size, kind=kind)
+
+    r = Retriever.open(index, Counting())
+    try:
+        question = "What is the hot-melt glue temperature setpoint on line B?"
+        passages = r.search(question, k=5)
+        assert abstention_score(question, passages, r, "passage+sentence") is not None
+        assert kinds == ["query", "passage"]
+        r.search(question, k=5)  # asked again: the kept vector
+        assert kinds == ["query", "passage"]
+    finally:
+        r.close()
