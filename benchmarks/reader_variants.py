@@ -64,6 +64,7 @@ def wilson(k: int, n: int) -> tuple[float, float]:
 INDEX_CODE = (
     "appliance/documents/loaders.py",
     "appliance/documents/chunking.py",
+    "appliance/documents/abbreviations.py",
     "appliance/documents/model.py",
     "appliance/documents/limits.py",
     "appliance/retrieval/ingest.py",

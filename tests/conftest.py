@@ -119,6 +119,7 @@ def embedder_onnx() -> Path:
 PLANT_INDEX_CODE = (
     "appliance/documents/loaders.py",
     "appliance/documents/chunking.py",
+    "appliance/documents/abbreviations.py",
     "appliance/retrieval/ingest.py",
     "appliance/retrieval/writer.py",
     "appliance/retrieval/store.py",

@@ -16,6 +16,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from appliance.documents.abbreviations import definitions, glossary
 from appliance.documents.model import Block, Document, sha256_text
 
 SECTION_JOIN = " > "
@@ -25,7 +26,9 @@ SECTION_JOIN = " > "
 # cut, instead of keeping them as "unchanged". 2: entry-level chunks of reference material.
 # 3: HTML tables of contents and navigation dropped, a note box laid out as a table read as text
 # (appliance.documents.loaders; the Debian Reference pages; Apache and plant blocks unchanged).
-CHUNK_FORMAT = 3
+# 4: a glossary line for each abbreviation the document defines whose other form the chunk
+# lacks (appliance.documents.abbreviations), in what is embedded and keyword-indexed.
+CHUNK_FORMAT = 4
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,8 @@ class Chunk:
     kind: str
     char_start: int  # span in Document.full_text()
     char_end: int
+    # "NM: NetworkManager": abbreviations the document defines, the chunk has one form of
+    glossary: tuple[str, ...] = ()
 
     @property
     def section_path(self) -> str:
@@ -65,9 +70,9 @@ class Chunk:
         return SECTION_JOIN.join(x for x in (title, *self.section) if x)
 
     def embed_text(self, title: str) -> str:
-        """What is embedded and keyword-indexed: the header line, then the text."""
-        head = self.header(title)
-        return f"{head}\n{self.text}" if head else self.text
+        """What is embedded and keyword-indexed: the header line, the glossary lines, then the
+        text."""
+        return "\n".join(x for x in (self.header(title), *self.glossary, self.text) if x)
 
     def content_hash(self, title: str) -> str:
         return sha256_text(self.embed_text(title))
@@ -104,12 +109,18 @@ def chunk_document(
     """
     cfg = config or ChunkingConfig()
     full, starts = doc.full_text()
+    defined = definitions(full)
     chunks: list[Chunk] = []
 
     def emit(s: int, e: int, block: Block) -> None:
         text = full[s:e].strip()
         if text:
-            chunks.append(Chunk(len(chunks), text, block.section, block.page, block.kind, s, e))
+            chunks.append(
+                Chunk(
+                    len(chunks), text, block.section, block.page, block.kind, s, e,
+                    tuple(glossary(text, defined)),
+                )
+            )  # fmt: skip
 
     # Group consecutive text blocks that share a section and page.
     groups: list[list[int]] = []

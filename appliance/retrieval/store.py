@@ -313,6 +313,16 @@ class Store:
         for r in rows:
             yield ChunkRow(*r[:10]), r[10]
 
+    def embed_texts(self, doc_id: str) -> dict[int, str]:
+        """Chunk id -> what was embedded and keyword-indexed for it (header, glossary, text)."""
+        with self._lock:
+            rows = self.conn.execute(
+                "SELECT chunks.id, chunks_fts.body FROM chunks "
+                "JOIN chunks_fts ON chunks_fts.rowid = chunks.id WHERE chunks.doc_id=?",
+                (doc_id,),
+            ).fetchall()
+        return {int(i): body for i, body in rows}
+
     def filter_clause(self, filters: dict | None) -> tuple[str, list]:
         """SQL condition on `chunks.doc_id` for metadata filters (AND across keys, OR within).
 

@@ -382,12 +382,14 @@ class IndexWriter:
         return out
 
     def _carry_over(self, old: Store, doc: DocumentRow, reembed: bool) -> None:
-        """Copy a document from another store; re-embed when the embedder differs."""
+        """Copy a document from another store; re-embed when the embedder differs. What was
+        embedded (header, glossary lines, text) is copied as it was indexed."""
         rows = list(old.iter_chunks(doc.doc_id))
+        indexed = old.embed_texts(doc.doc_id)
         chunks = []
         for r, _ in rows:
             head = SECTION_JOIN.join(x for x in (doc.title, r.section) if x)
-            embed_text = f"{head}\n{r.text}" if head else r.text
+            embed_text = indexed.get(r.id) or (f"{head}\n{r.text}" if head else r.text)
             chunks.append(
                 NewChunk(
                     ord=r.ord, section=r.section, page=r.page, kind=r.kind,

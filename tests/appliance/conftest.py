@@ -42,6 +42,7 @@ def small_index(embedder_onnx: Path, plant_dir: Path) -> Path:
         "appliance/retrieval/store.py",
         "appliance/retrieval/versions.py",
         "appliance/documents/chunking.py",
+        "appliance/documents/abbreviations.py",
     )
     return cached_dir("service-small-index", sources, make) / "index"
 
