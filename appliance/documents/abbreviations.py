@@ -25,17 +25,13 @@ import re
 _SHORT = r"[A-Za-z][A-Za-z0-9\-]{1,9}"
 _BRACKETED = re.compile(r"\(([^()\n]{1,80})\)")
 _WORD = re.compile(r"[^\s()\[\]{}«»\"“”]+")
-# Where a long form cannot reach back across: the end of a sentence or a clause, or a blank line.
+# Where a long form cannot reach back across: . ; : ! ? before a space, or a blank line.
 _STOP = re.compile(r"[.;:!?](?:\s|$)|\n\s*\n")
 MAX_GLOSSARY_LINES = 4  # per chunk; a glossary line is a few tokens, the chunk's budget is 160
 
 
 def _is_short_form(s: str) -> bool:
-    return (
-        re.fullmatch(_SHORT, s) is not None
-        and sum(c.isupper() for c in s) >= 2
-        and any(c.isalpha() for c in s)
-    )
+    return re.fullmatch(_SHORT, s) is not None and sum(c.isupper() for c in s) >= 2
 
 
 # Small words a long form may hold without a letter in the short form ("Sistema de Nombres de
@@ -93,8 +89,12 @@ def _long_form(short: str, words: list[str], *, all_starts: bool = False) -> str
             return None
         long = text[text.rfind(" ", 0, t + 2) + 1 :]
     long = long.strip(" ,-")
-    n_words = len(long.split())
-    if not long or n_words > len(letters) + 3 or long.split()[0].lower() in _SMALL:
+    words_of_long = long.split()
+    if (
+        not words_of_long
+        or len(words_of_long) > len(letters) + 3
+        or words_of_long[0].lower() in _SMALL
+    ):
         return None
     if re.search(rf"(?<!\w){re.escape(short)}(?!\w)", long) or long.lower() == short.lower():
         return None

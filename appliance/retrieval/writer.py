@@ -30,7 +30,7 @@ from appliance.documents import (
     load_bytes,
     tokenizer_offsets,
 )
-from appliance.documents.chunking import CHUNK_FORMAT, SECTION_JOIN
+from appliance.documents.chunking import CHUNK_FORMAT
 from appliance.documents.limits import (
     ParseLimits,
     check_chunks,
@@ -385,18 +385,15 @@ class IndexWriter:
         """Copy a document from another store; re-embed when the embedder differs. What was
         embedded (header, glossary lines, text) is copied as it was indexed."""
         rows = list(old.iter_chunks(doc.doc_id))
-        indexed = old.embed_texts(doc.doc_id)
-        chunks = []
-        for r, _ in rows:
-            head = SECTION_JOIN.join(x for x in (doc.title, r.section) if x)
-            embed_text = indexed.get(r.id) or (f"{head}\n{r.text}" if head else r.text)
-            chunks.append(
-                NewChunk(
-                    ord=r.ord, section=r.section, page=r.page, kind=r.kind,
-                    char_start=r.char_start, char_end=r.char_end, text=r.text,
-                    embed_text=embed_text, content_hash=sha256_text(embed_text),
-                )
-            )  # fmt: skip
+        indexed = old.embed_texts(doc.doc_id)  # every chunk has its keyword-index row
+        chunks = [
+            NewChunk(
+                ord=r.ord, section=r.section, page=r.page, kind=r.kind,
+                char_start=r.char_start, char_end=r.char_end, text=r.text,
+                embed_text=indexed[r.id], content_hash=r.content_hash,
+            )
+            for r, _ in rows
+        ]  # fmt: skip
         if reembed:
             vecs = self._embed(chunks)
             fingerprint = self.fingerprint(doc.content_hash, doc.path, doc.metadata)
