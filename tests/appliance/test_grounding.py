@@ -389,6 +389,38 @@ def test_a_quote_that_announces_what_follows_takes_the_next_sentence_too():
     assert wide.sentence == text[wide.start : wide.end] and wide.start == ev.start
 
 
+def test_commas_inside_brackets_or_quotes_part_no_list_item():
+    # Two cross-references hold the only commas: the sentence is no list, and it is quoted
+    # whole (cut at them, a quote began with "“Cómo apagar el sistema”) de ...").
+    sent = (
+        "Se necesita proteger el proceso que ejecuta «shutdown -h now» (consulte Sección\xa01.1.8, "
+        "“Cómo apagar el sistema”) de la finalización de ssh utilizando la orden at(1) "
+        "(consulte Sección\xa09.4.13, “Planificación una vez de las tareas”) como se muestra."
+    )
+    q = "¿Cómo se apaga un sistema remoto por SSH?"
+    assert list_item_of(_whole(sent), [sent], q) == _whole(sent)
+    # Commas outside the brackets still part the items.
+    kits = "Spill kits: SK-1 (at the CIP skid, east), SK-2 in the chemical bund, SK-3 in the house."
+    ev = list_item_of(_whole(kits), [kits], "Which spill kit is at the CIP skid?")
+    assert ev.sentence == "SK-1 (at the CIP skid, east)"
+
+
+def test_a_cross_reference_states_no_value():
+    ref = (
+        "El área main proporciona el sistema Debian (consulte Sección\xa02.1.5, “Debian es 100% "
+        "software libre”)."
+    )
+    assert value_spans(ref) == []
+    assert _kinds("See Section 4.2 and Table 3 before raising it to 25 bar.") == [
+        ("25", "number", "bar")
+    ]
+    assert _kinds('Véase el capítulo 9, "Consejos del sistema", y use el puerto 587.') == [
+        ("587", "number", "")
+    ]
+    # What a reference is not: a section of a record, a number after the word alone.
+    assert _kinds("La sección tiene 12 filas.") == [("12", "number", "filas")]
+
+
 def test_an_answer_that_stops_after_announcing_it_is_unfinished():
     q = "¿Qué longitud mínima fija pam_cracklib?"
     assert is_unfinished("La respuesta es:  ", q)
