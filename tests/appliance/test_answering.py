@@ -416,7 +416,7 @@ def test_a_named_entry_under_the_threshold_is_quoted_on_what_is_asked_not_on_its
     price = "What is the purchase price of the C-302 reciprocating compressor?"
     a = answer(price, generator=gen, retriever=StubRetriever([overhaul]), params=PARAMS)
     assert a.abstained and a.abstain_reason == "low_score" and gen.started == 0
-    # No entry named: the threshold decides alone.
+    # No entry named, and no sentence matches nearly every word: the threshold decides.
     unnamed = "What is the limit for the big-end bearing running clearance?"
     a = answer(unnamed, generator=gen, retriever=StubRetriever([overhaul]), params=PARAMS)
     assert a.abstained and a.abstain_reason == "low_score"
@@ -424,6 +424,40 @@ def test_a_named_entry_under_the_threshold_is_quoted_on_what_is_asked_not_on_its
     off = AnswerPolicy(quote_over_abstention=None)
     a = answer(q, generator=gen, retriever=StubRetriever([overhaul]), params=PARAMS, policy=off)
     assert a.abstained and a.abstain_reason == "low_score"
+
+
+def test_a_question_worded_as_a_shown_sentence_is_quoted_under_the_threshold():
+    """Under the score threshold, a sentence of the shown passages that covers nearly every
+    content word of the question (DEFAULT_LOW_SCORE_QUOTE) is quoted, without the model."""
+    low = DEFAULT_ABSTAIN_THRESHOLD - 0.05
+    group = StubPassage(
+        "El usuario de escritorio se añade al grupo «netdev» para que configure la red. "
+        "El grupo «sudo» administra el sistema.",
+        low,
+        "net#2",
+    )
+    gen = FakeGenerator()
+    q = "¿A qué grupo se añade el usuario de escritorio para que configure la red?"
+    a = answer(q, generator=gen, retriever=StubRetriever([group]), params=PARAMS)
+    assert not a.abstained and gen.started == 0 and a.grounding == "quoted"
+    assert "«netdev»" in a.text and a.cited == [1]
+    # Fewer of its words in any sentence: the abstention.
+    q2 = "¿Qué grupo administra las impresoras del escritorio?"
+    a = answer(q2, generator=gen, retriever=StubRetriever([group]), params=PARAMS)
+    assert a.abstained and a.abstain_reason == "low_score"
+    # Off: the abstention too.
+    off = AnswerPolicy(low_score_quote=None)
+    a = answer(q, generator=gen, retriever=StubRetriever([group]), params=PARAMS, policy=off)
+    assert a.abstained and a.abstain_reason == "low_score"
+    # A question that names an entry (a code, an identifier) is left to the named entry's
+    # quote, which matches on what is asked beyond the name: here, the abstention.
+    q3 = "¿A qué grupo se añade el usuario de escritorio para que configure la red en NixOS?"
+    loose = AnswerPolicy(low_score_quote=0.5, require_named_terms=False)
+    a = answer(q3, generator=gen, retriever=StubRetriever([group]), params=PARAMS, policy=loose)
+    assert a.abstained and a.abstain_reason == "low_score" and gen.started == 0
+    q4 = "¿A qué grupo se añade el usuario de escritorio para que configure la red en Debian?"
+    a = answer(q4, generator=gen, retriever=StubRetriever([group]), params=PARAMS, policy=loose)
+    assert not a.abstained and a.grounding == "quoted"
 
 
 def test_a_named_code_found_in_no_passage_is_abstained_on_without_the_model():
