@@ -42,6 +42,7 @@ from appliance.fields import (
 from appliance.generation.base import GenerationParams, Generator
 from appliance.grounding import (
     Evidence,
+    alternative_of,
     bears_value,
     best_sentence,
     contradicts,
@@ -957,11 +958,14 @@ def close_sentence_quote(
 
 def quote_span(ev: Evidence, texts: Sequence[str], question: str) -> Evidence:
     """What a quote shows of the sentence `ev`: widened to the value after it
-    (`with_next_value`), cut to the list item asked about (`list_item_of`), then widened to
-    the sentence that answers the question's second ask (`with_second_ask`)."""
+    (`with_next_value`), cut to the list item asked about (`list_item_of`) or else to the
+    alternative the question names (`alternative_of`), then widened to the sentence that
+    answers the question's second ask (`with_second_ask`)."""
     ev = with_next_value(ev, texts, question)
-    ev = list_item_of(ev, texts, question, ignore=is_function_word)
-    return with_second_ask(ev, texts, question, ignore=is_function_word)
+    cut = list_item_of(ev, texts, question, ignore=is_function_word)
+    if cut == ev:
+        cut = alternative_of(ev, texts, question)
+    return with_second_ask(cut, texts, question, ignore=is_function_word)
 
 
 def from_entry_body(

@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass
 __all__ = [
     "CITATION_MARKER_RE",
     "Evidence",
+    "alternative_of",
     "ValueSpan",
     "Verdict",
     "best_sentence",
@@ -722,6 +723,71 @@ def list_item_of(
         return evidence
     s, e = items[scores.index(best)]
     # The item's own closing bracket or full stop, if the sentence has one right after it.
+    while e < len(sent) and sent[e] in ").":
+        e += 1
+    return Evidence(evidence.passage, evidence.start + s, evidence.start + e, sent[s:e])
+
+
+# Where a sentence parts the alternatives it gives: a comma or semicolon before a space, or a
+# coordinator between spaces ("... en el puerto 587 o SMTPS ... en el puerto 465", "plus 28
+# bytes for the IPv4 and plus 48 bytes for the IPv6").
+_ALTERNATIVE_CUT_RE = re.compile(r"[,;](?=\s)|\s(?:and|or|y|o|u|e)\s", re.I)
+
+
+def _names_in(question: str) -> list[ValueSpan]:
+    """The names a question gives that a sentence's alternatives can be told apart by: its
+    codes and identifiers (IPv4, E-47, KeepAliveTimeout) and its words in capitals (SMTPS)."""
+    names = [v for v in value_spans(question) if v.kind in ("code", "identifier")]
+    taken = {v.text for v in names}
+    for m in re.finditer(r"(?<![\w-])[^\W\d_]{2,}(?![\w-])", question):
+        word = m.group(0)
+        if word.isupper() and word not in taken:
+            names.append(ValueSpan(word, m.start(), m.end(), "identifier"))
+            taken.add(word)
+    return names
+
+
+def alternative_of(evidence: Evidence, passages: Sequence, question: str) -> Evidence:
+    """`evidence` cut to the one alternative the question names, when its sentence gives a value
+    for each of two or more alternatives ("use SMTP con STARTTLS en el puerto 587 o SMTPS SSL
+    (SMTPS) en el puerto 465, en lugar de SMTP simple en el puerto 25") and exactly one of its
+    value-bearing pieces holds a name of the question (a code, an identifier, a word in
+    capitals) that no other piece holds ("¿En qué puerto se recomienda usar SMTPS ...?": "SMTPS
+    SSL (SMTPS) en el puerto 465"). Otherwise `evidence` as it is. Pieces are parted at commas
+    and coordinators outside brackets and quotes; a name is matched as a whole token (SMTP is
+    not found in SMTPS).
+
+    The whole sentence states the neighbouring alternative's value beside the asked one, which
+    a reader may take and which strict scoring counts as a conflicting value. Chosen on the dev
+    splits (base + RAG; plant in both RAG modes): Spanish e079 and e106 ("... ¿cuántos bytes
+    hay que sumar en IPv4 ...?": "... plus 28 bytes for the IPv4") gave both alternatives."""
+    sent = evidence.sentence
+    nested = _nested(sent)
+    cuts = [m for m in _ALTERNATIVE_CUT_RE.finditer(sent) if not nested[m.start()]]
+    if not cuts:
+        return evidence
+    bounds = [0, *(m.end() for m in cuts)]
+    ends = [*(m.start() for m in cuts), len(sent)]
+    pieces: list[tuple[int, int]] = []
+    for s, e in zip(bounds, ends, strict=True):
+        while s < e and sent[s].isspace():
+            s += 1
+        while e > s and sent[e - 1] in " \t\n.;,":
+            e -= 1
+        if e > s and any(v.kind == "number" for v in new_values(sent[s:e], question)):
+            pieces.append((s, e))
+    if len(pieces) < 2:
+        return evidence
+    names = _names_in(question)
+    holders = [{v.text for v in names if occurs(v, sent[s:e]) is not None} for s, e in pieces]
+    own = [
+        i
+        for i, held in enumerate(holders)
+        if any(all(n not in other for j, other in enumerate(holders) if j != i) for n in held)
+    ]
+    if len(own) != 1:
+        return evidence
+    s, e = pieces[own[0]]
     while e < len(sent) and sent[e] in ").":
         e += 1
     return Evidence(evidence.passage, evidence.start + s, evidence.start + e, sent[s:e])
