@@ -32,9 +32,9 @@ from dataclasses import asdict, dataclass
 __all__ = [
     "CITATION_MARKER_RE",
     "Evidence",
-    "alternative_of",
     "ValueSpan",
     "Verdict",
+    "alternative_of",
     "best_sentence",
     "check",
     "is_small_number",
@@ -73,7 +73,7 @@ _ENUM_RE = re.compile(r"(?m)^\s*\d{1,2}[.)](?=\s)")
 # values of the sentence. (The Debian Reference has 91 such references in its Spanish pages;
 # without this rule "El área main proporciona el sistema Debian (consulte Sección 2.1.5,
 # “Debian es 100% software libre”)." stated two numbers and a quoted string.)
-REFERENCE_RE = re.compile(
+_REFERENCE_RE = re.compile(
     r"\b(?:secci[oó]n|section|cap[ií]tulo|chapter|ap[eé]ndice|appendix|tabla|table|figura|"
     r"figure)\s+\d+(?:\.\d+)*(?:,?\s*(?:“[^”\n]{1,120}”|\"[^\"\n]{1,120}\"|«[^»\n]{1,120}»))?",
     re.I,
@@ -166,10 +166,10 @@ def _is_code(tok: str) -> bool:
 def value_spans(text: str) -> list[ValueSpan]:
     """The value-like tokens of `text`, in order, non-overlapping.
 
-    Citation markers, list enumerators and cross-references (`REFERENCE_RE`) are skipped; a
+    Citation markers, list enumerators and cross-references (`_REFERENCE_RE`) are skipped; a
     number inside a code or identifier belongs to that token, not to a number span of its own.
     """
-    work = _blank(_blank(_blank(text, _MARKER_RE), _ENUM_RE), REFERENCE_RE)
+    work = _blank(_blank(_blank(text, _MARKER_RE), _ENUM_RE), _REFERENCE_RE)
     spans: list[ValueSpan] = []
     taken = [False] * len(text)
 
