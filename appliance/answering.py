@@ -527,6 +527,8 @@ def prepare(
     extracted: Evidence | None = None
     wants_number = policy.grounding and asks_for_number(question)
     wants_file = policy.grounding and asks_for_file(question)
+    # The question names an entry by a code or identifier (not only a quoted string).
+    names_entry = any(t.kind != "quoted" for t in _entry_terms(question))
     no_value = False  # the named entry's asked field states no number
     quoted = False  # `extracted` is a sentence quoted under the threshold, not a field
     if use_retrieval:
@@ -587,14 +589,14 @@ def prepare(
             # The named entry's own field states no number ("Default: Unset; uses operating
             # system defaults") for a question that asks for one: the documents do not give it.
             extracted = None
-            no_value = any(t.kind != "quoted" for t in _entry_terms(question))
+            no_value = names_entry
         if not passages:
             abstain_reason = "no_passages"
         elif (
             policy.abstain_threshold is not None
             and (best is None or best < policy.abstain_threshold)
             # Only an entry the question names overrides the threshold, not a guessed one.
-            and (extracted is None or not any(t.kind != "quoted" for t in _entry_terms(question)))
+            and (extracted is None or not names_entry)
         ):
             extracted = None
             if named and policy.grounding and policy.quote_over_abstention is not None:
@@ -606,11 +608,10 @@ def prepare(
                 quoted = extracted is not None
             if (
                 extracted is None
+                and not names_entry
                 and not unknown
-                and not no_value
                 and policy.grounding
                 and policy.low_score_quote is not None
-                and not any(t.kind != "quoted" for t in _entry_terms(question))
             ):
                 # No entry named (a named one is `named_entry_quote`'s, which leaves its name
                 # out of the match), but worded almost as a sentence of the shown passages.
@@ -913,22 +914,12 @@ def named_entry_quote(
     within = _mentioning(question, passages)
     if not within:
         return None
-    sections = [str(getattr(p, "section", "") or "") for p in passages]
-    texts = [p.text for p in passages]
+    sections = [_section(p) for p in passages]
     names = " ".join(t.text for t in _entry_terms(question) if t.kind != "quoted")
     entry = "\n".join([names, *(sections[i - 1] for i in within)])
-    quotable = quotable_filter(question, sections, wants_number, wants_file)
-    ev = best_sentence(
-        question,
-        texts,
-        within=within,
-        min_share=min_share,
-        require=quotable,
-        ignore=is_function_word,
-        record_bonus=False,
-        leave_out=entry,
+    return _quote_of_question(
+        question, passages, min_share, wants_number, wants_file, within=within, leave_out=entry
     )
-    return None if ev is None else quote_span(ev, texts, question)
 
 
 def close_sentence_quote(
@@ -943,16 +934,39 @@ def close_sentence_quote(
     quoted as its answer, as a quote shows it; or None (the abstention). The match is the one a
     quote over a model's refusal makes (no extra weight for a record line's key: the sentence's
     own words must match). DEFAULT_LOW_SCORE_QUOTE says how the share was chosen."""
-    sections = [str(getattr(p, "section", "") or "") for p in passages]
+    sections = [_section(p) for p in passages]
+    return _quote_of_question(
+        question, passages, min_share, wants_number, wants_file, headings=sections
+    )
+
+
+def _section(p: PassageLike) -> str:
+    return str(getattr(p, "section", "") or "")
+
+
+def _quote_of_question(
+    question: str,
+    passages: Sequence[PassageLike],
+    min_share: float,
+    wants_number: bool,
+    wants_file: bool,
+    **match: Any,
+) -> Evidence | None:
+    """The quote that stands in for a refusal, without the model: the sentence of `passages`
+    that may be quoted as the answer (`quotable_filter`) and covers `min_share` of the
+    question's content words (function words out, no extra weight for a record line's key:
+    the sentence's own words must match), as a quote shows it (`quote_span`); or None. `match`
+    goes to `best_sentence` (`within`, `leave_out`, `headings`)."""
+    sections = [_section(p) for p in passages]
     texts = [p.text for p in passages]
     ev = best_sentence(
         question,
         texts,
         min_share=min_share,
-        headings=sections,
         require=quotable_filter(question, sections, wants_number, wants_file),
         ignore=is_function_word,
         record_bonus=False,
+        **match,
     )
     return None if ev is None else quote_span(ev, texts, question)
 
@@ -965,7 +979,9 @@ def quote_span(ev: Evidence, texts: Sequence[str], question: str) -> Evidence:
     ev = with_next_value(ev, texts, question)
     cut = list_item_of(ev, texts, question, ignore=is_function_word)
     if cut == ev:
-        cut = alternative_of(ev, texts, question)
+        names = [t.text for t in _entry_terms(question) if t.kind != "quoted"]
+        names += [n for n in question_names(question) if n.isupper()]  # SMTPS, not "Debian"
+        cut = alternative_of(ev, texts, question, names)
     return with_second_ask(cut, texts, question, ignore=is_function_word)
 
 

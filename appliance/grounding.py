@@ -642,8 +642,9 @@ def with_next_value(evidence: Evidence, passages: Sequence, question: str) -> Ev
 # Where a list sentence parts its items: a comma or semicolon before a space ("SK-1 at the CIP
 # skid, SK-2 in the chemical bund, SK-3 in the compressor house"); "1,000" has no space.
 _ITEM_CUT_RE = re.compile(r"[,;](?=\s)")
+_COORDINATORS = "and|or|y|o|e|u"
 # A coordinator that opens the last item ("..., and SK-3 in ...", "..., y el 995").
-_ITEM_AND_RE = re.compile(r"^(?:and|or|y|o|e|u)\s+", re.I)
+_ITEM_AND_RE = re.compile(rf"^(?:{_COORDINATORS})\s+", re.I)
 _OPENERS, _CLOSERS = "([{“«", ")]}”»"
 
 
@@ -700,13 +701,10 @@ def list_item_of(
     ends = [*cuts, len(sent)]
     items: list[tuple[int, int]] = []
     for s, e in zip(bounds, ends, strict=True):
-        while s < e and sent[s].isspace():
-            s += 1
+        s, e = _trimmed(sent, s, e)
         m = _ITEM_AND_RE.match(sent[s:e])
         if m:
             s += m.end()
-        while e > s and sent[e - 1] in " \t\n.;,":
-            e -= 1
         item = sent[s:e]
         if e <= s or not bears_value(item, question) or _RECORD_LINE_RE.match(item):
             # Not a list of values: a table row's labelled fields (a row is one entry; its
@@ -721,8 +719,23 @@ def list_item_of(
     best = max(scores)
     if best <= 0 or scores.count(best) > 1:
         return evidence
-    s, e = items[scores.index(best)]
-    # The item's own closing bracket or full stop, if the sentence has one right after it.
+    return _piece(evidence, *items[scores.index(best)])
+
+
+def _trimmed(sent: str, s: int, e: int) -> tuple[int, int]:
+    """The span `s:e` of `sent` without the white space before it and the white space and
+    punctuation (. ; ,) after it."""
+    while s < e and sent[s].isspace():
+        s += 1
+    while e > s and sent[e - 1] in " \t\n.;,":
+        e -= 1
+    return s, e
+
+
+def _piece(evidence: Evidence, s: int, e: int) -> Evidence:
+    """`evidence` cut to the piece `s:e` of its sentence, with the piece's own closing bracket
+    or full stop if the sentence has one right after it."""
+    sent = evidence.sentence
     while e < len(sent) and sent[e] in ").":
         e += 1
     return Evidence(evidence.passage, evidence.start + s, evidence.start + e, sent[s:e])
@@ -731,28 +744,17 @@ def list_item_of(
 # Where a sentence parts the alternatives it gives: a comma or semicolon before a space, or a
 # coordinator between spaces ("... en el puerto 587 o SMTPS ... en el puerto 465", "plus 28
 # bytes for the IPv4 and plus 48 bytes for the IPv6").
-_ALTERNATIVE_CUT_RE = re.compile(r"[,;](?=\s)|\s(?:and|or|y|o|u|e)\s", re.I)
+_ALTERNATIVE_CUT_RE = re.compile(rf"[,;](?=\s)|\s(?:{_COORDINATORS})\s", re.I)
 
 
-def _names_in(question: str) -> list[ValueSpan]:
-    """The names a question gives that a sentence's alternatives can be told apart by: its
-    codes and identifiers (IPv4, E-47, KeepAliveTimeout) and its words in capitals (SMTPS)."""
-    names = [v for v in value_spans(question) if v.kind in ("code", "identifier")]
-    taken = {v.text for v in names}
-    for m in re.finditer(r"(?<![\w-])[^\W\d_]{2,}(?![\w-])", question):
-        word = m.group(0)
-        if word.isupper() and word not in taken:
-            names.append(ValueSpan(word, m.start(), m.end(), "identifier"))
-            taken.add(word)
-    return names
-
-
-def alternative_of(evidence: Evidence, passages: Sequence, question: str) -> Evidence:
+def alternative_of(
+    evidence: Evidence, passages: Sequence, question: str, names: Sequence[str]
+) -> Evidence:
     """`evidence` cut to the one alternative the question names, when its sentence gives a value
     for each of two or more alternatives ("use SMTP con STARTTLS en el puerto 587 o SMTPS SSL
     (SMTPS) en el puerto 465, en lugar de SMTP simple en el puerto 25") and exactly one of its
-    value-bearing pieces holds a name of the question (a code, an identifier, a word in
-    capitals) that no other piece holds ("¿En qué puerto se recomienda usar SMTPS ...?": "SMTPS
+    value-bearing pieces holds one of `names`, the question's names (a code, an identifier, a
+    word in capitals: the caller's, appliance.answering), that no other piece holds ("¿En qué puerto se recomienda usar SMTPS ...?": "SMTPS
     SSL (SMTPS) en el puerto 465"). Otherwise `evidence` as it is. Pieces are parted at commas
     and coordinators outside brackets and quotes; a name is matched as a whole token (SMTP is
     not found in SMTPS).
@@ -770,16 +772,14 @@ def alternative_of(evidence: Evidence, passages: Sequence, question: str) -> Evi
     ends = [*(m.start() for m in cuts), len(sent)]
     pieces: list[tuple[int, int]] = []
     for s, e in zip(bounds, ends, strict=True):
-        while s < e and sent[s].isspace():
-            s += 1
-        while e > s and sent[e - 1] in " \t\n.;,":
-            e -= 1
+        s, e = _trimmed(sent, s, e)
         if e > s and any(v.kind == "number" for v in new_values(sent[s:e], question)):
             pieces.append((s, e))
     if len(pieces) < 2:
         return evidence
-    names = _names_in(question)
-    holders = [{v.text for v in names if occurs(v, sent[s:e]) is not None} for s, e in pieces]
+    # Whole tokens: SMTP is not found in SMTPS.
+    tokens = [ValueSpan(n, 0, len(n), "identifier") for n in names]
+    holders = [{v.text for v in tokens if occurs(v, sent[s:e]) is not None} for s, e in pieces]
     own = [
         i
         for i, held in enumerate(holders)
@@ -787,10 +787,7 @@ def alternative_of(evidence: Evidence, passages: Sequence, question: str) -> Evi
     ]
     if len(own) != 1:
         return evidence
-    s, e = pieces[own[0]]
-    while e < len(sent) and sent[e] in ").":
-        e += 1
-    return Evidence(evidence.passage, evidence.start + s, evidence.start + e, sent[s:e])
+    return _piece(evidence, *pieces[own[0]])
 
 
 # A question that asks a second thing after "and" and a question word: "Which filter drier

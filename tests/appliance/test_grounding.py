@@ -413,22 +413,24 @@ def test_a_quote_is_cut_to_the_alternative_the_question_names():
         "(SMTPS) en el puerto 465, en lugar de SMTP simple en el puerto 25."
     )
     q = "¿En qué puerto se recomienda usar SMTPS en lugar de SMTP simple?"
-    ev = alternative_of(_whole(ports), [ports], q)
+    ev = alternative_of(_whole(ports), [ports], q, ["SMTPS", "SMTP"])
     assert (
         ev.sentence == "SMTPS SSL (SMTPS) en el puerto 465"
         and ports[ev.start : ev.end] == ev.sentence
     )
     mtu = "MTU is the packet size plus 28 bytes for the IPv4 and plus 48 bytes for the IPv6."
     q = "How many bytes are added for IPv6?"
-    assert alternative_of(_whole(mtu), [mtu], q).sentence == "plus 48 bytes for the IPv6."
+    assert alternative_of(_whole(mtu), [mtu], q, ["IPv6"]).sentence == "plus 48 bytes for the IPv6."
     # No name of the question tells the alternatives apart, or two pieces hold it: as it is.
     two = "The default is 5 seconds, or 10 on a busy server."
-    assert alternative_of(_whole(two), [two], "What is the default?") == _whole(two)
+    assert alternative_of(_whole(two), [two], "What is the default?", []) == _whole(two)
     both = "IPv4 takes 28 bytes and IPv4 with options takes 60 bytes."
-    assert alternative_of(_whole(both), [both], "How many bytes for IPv4?") == _whole(both)
+    assert alternative_of(_whole(both), [both], "How many bytes for IPv4?", ["IPv4"]) == _whole(
+        both
+    )
     # One value only: nothing to choose between.
     one = "Use SMTPS on port 465, as the provider asks."
-    assert alternative_of(_whole(one), [one], "Which port for SMTPS?") == _whole(one)
+    assert alternative_of(_whole(one), [one], "Which port for SMTPS?", ["SMTPS"]) == _whole(one)
 
 
 def test_a_cross_reference_states_no_value():
