@@ -34,6 +34,7 @@ from appliance.fields import (
     asked_field,
     asks_for_file,
     asks_for_number,
+    excluded_names,
     points_elsewhere,
     shared_words,
     states_file,
@@ -956,9 +957,11 @@ def _quote_of_question(
     that may be quoted as the answer (`quotable_filter`) and covers `min_share` of the
     question's content words (function words out, no extra weight for a record line's key:
     the sentence's own words must match), as a quote shows it (`quote_span`); or None. `match`
-    goes to `best_sentence` (`within`, `leave_out`, `headings`)."""
+    goes to `best_sentence` (`within`, `leave_out`, `headings`); what the question sets aside
+    (`excluded_names`) is left out of the match too."""
     sections = [_section(p) for p in passages]
     texts = [p.text for p in passages]
+    leave_out = "\n".join(x for x in (match.pop("leave_out", ""), excluded_names(question)) if x)
     ev = best_sentence(
         question,
         texts,
@@ -966,6 +969,7 @@ def _quote_of_question(
         require=quotable_filter(question, sections, wants_number, wants_file),
         ignore=is_function_word,
         record_bonus=False,
+        leave_out=leave_out,
         **match,
     )
     return None if ev is None else quote_span(ev, texts, question)
@@ -1235,6 +1239,7 @@ class AnswerStream:
                 require=quotable if holding is None else lambda x: quotable(x) and holding(x),
                 ignore=is_function_word,
                 record_bonus=record_bonus,
+                leave_out=excluded_names(p.question),  # what it sets aside matches nothing
             )
 
         if abstained:

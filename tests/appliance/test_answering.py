@@ -426,6 +426,28 @@ def test_a_named_entry_under_the_threshold_is_quoted_on_what_is_asked_not_on_its
     assert a.abstained and a.abstain_reason == "low_score"
 
 
+def test_a_quote_does_not_match_through_the_name_the_question_sets_aside():
+    openssl = StubPassage(
+        "paquete: openssl; orden: openssl passwd; función: resúmenes de las contraseñas",
+        0.9,
+        "pw#1",
+        section="4.4. Creando una contraseña cifrada > openssl",
+    )
+    whois = StubPassage(
+        "paquete: whois; orden: mkpasswd; función: interfaz con la biblioteca crypt",
+        0.88,
+        "pw#2",
+        section="4.4. Creando una contraseña cifrada > whois",
+    )
+    q = "Aparte de «openssl passwd», ¿qué orden (del paquete whois) genera contraseñas?"
+    deltas, a = _deltas("No puedes ser más cifratos.", question=q, passages=(openssl, whois))
+    assert a.grounding == "quoted" and "mkpasswd" in a.text and a.cited == [2]
+    # Without the setting-aside phrase the name counts, and the openssl row matches best.
+    q2 = "¿Qué orden «openssl passwd» (del paquete whois) genera contraseñas?"
+    deltas, a = _deltas("No puedes ser más cifratos.", question=q2, passages=(openssl, whois))
+    assert a.grounding == "quoted" and "openssl passwd" in a.text and a.cited == [1]
+
+
 def test_a_question_worded_as_a_shown_sentence_is_quoted_under_the_threshold():
     """Under the score threshold, a sentence of the shown passages that covers nearly every
     content word of the question (DEFAULT_LOW_SCORE_QUOTE) is quoted, without the model."""
