@@ -167,14 +167,13 @@ $(WORK)/apache-index/.ingested: $(WORK)/embedder/embedder.json $(INGEST_CODE) $(
 # The threshold is chosen by what the bundle answers (--by-answers: its model answers every dev
 # question with the score refusing nothing and refusing everything; the threshold with the most
 # right answers and abstentions) on the mean of the best passage's and the best sentence's
-# scores plus the share of the question's words one shown sentence holds (--signal
-# passage+sentence+words). appliance/answering.py (ABSTAIN_SIGNALS,
+# scores (--signal passage+sentence). appliance/answering.py (ABSTAIN_SIGNALS,
 # calibrate_by_outcomes) says how both were chosen on the dev splits. The reader's code is
 # among the prerequisites, since the answers it gives decide the threshold.
 # $(call calibrated_bundle,NAME,EMBEDDER_DIR,INDEX_DIR,EXTRA_JSON or empty,QUESTIONS,DECIMALS,
 #         CROSS_LANGUAGE_QUESTIONS or empty: those calibrate the second threshold, --cross-language)
 CALIBRATE_CODE := build/bundle_evaluation.py $(wildcard appliance/*.py)
-CALIBRATE := $(EXPERT) eval calibrate --by-answers --signal passage+sentence+words
+CALIBRATE := $(EXPERT) eval calibrate --by-answers --signal passage+sentence
 define calibrated_bundle
 	rm -rf $(BUNDLES)/bundle-$(1)-$(VERSION) $(BUNDLES)/$(1)-uncalibrated
 	$(EXPERT) bundle --name $(1) --version $(VERSION) --out $(BUNDLES)/$(1)-uncalibrated \

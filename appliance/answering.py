@@ -9,8 +9,7 @@ the service can refuse a request (context overflow -> HTTP 400) before any strea
     answer(...)                                    # both steps, returns the whole Answer
 
 Abstention: when the abstention score (`abstention_score`: the best passage's dense cosine
-score, or its mean with the best sentence's, plus the share of the question's words a shown
-sentence holds, as the bundle's `abstain_signal` says) is under
+score, or its mean with the best sentence's, as the bundle's `abstain_signal` says) is under
 `abstain_threshold`, the documents are taken not to cover the question; the generator is not
 called and the answer is the plain NOT_IN_DOCUMENTS sentence, flagged `abstained=True` (unless
 the question names an entry a shown passage heads, or a shown sentence matches nearly all of its
@@ -47,7 +46,6 @@ from appliance.grounding import (
     alternative_of,
     bears_value,
     best_sentence,
-    best_share,
     contradicts,
     is_repetitive,
     is_small_number,
@@ -462,25 +460,7 @@ def best_dense_score(passages: Sequence[PassageLike]) -> float | None:
 #   the mean is the best on average (0.901 against 0.895 and 0.814) and worse than the passage
 #   score on none. At the score rule's 95% of answerable dev questions it refuses 11/15, 2/7 and
 #   9/14 unanswerable dev questions, against 10/15, 2/7 and 9/14.
-# - "passage+sentence+words": that mean plus ABSTAIN_WORDS_WEIGHT times the largest share of
-#   the question's content words (function words out, appliance.i18n) that one sentence of the
-#   ABSTAIN_WORDS_PASSAGES best passages holds, its heading counted (`question_word_share`, at
-#   most 1), for a question in the documents' language; a question in another language takes
-#   the passage+sentence score alone (the words of two languages do not match: on the English
-#   over Spanish and Spanish over plant dev splits the share lowered the AUC). A dense score
-#   says the passage is about the same subject; an unanswerable question usually asks for
-#   something the passage does not name ("the purchase price of the seal"). Chosen on the dev
-#   splits only (2026-12-02, `python -m benchmarks.abstention_signals`, record in
-#   benchmarks/results/abstention/dev-signals-2026-12-02.md): AUC of passage+sentence -> with
-#   the words at 0.075: Spanish (e5) 0.939 -> 0.965, Apache (MiniLM) 0.879 -> 0.896, plant
-#   (MiniLM) 0.88 -> 0.89, plant indexed with e5 0.86 -> 0.851 (the one set it does not help).
-#   The weight is the best mean AUC over those four sets of 0.025-0.3 (0.9005 at 0.075; 0.8995
-#   at 0.05, 0.8998 at 0.1; 0.8818 at 0.3). With each bundle's own dev answers (the
-#   by-answers calibration `make eval` runs) the right outcomes at the calibrated threshold do
-#   not move at any weight of 0.025-0.15: Spanish 73/84, Apache 38/40, plant over e5 45/60.
-ABSTAIN_SIGNALS = ("passage", "passage+sentence", "passage+sentence+words")
-ABSTAIN_WORDS_WEIGHT = 0.075
-ABSTAIN_WORDS_PASSAGES = 2
+ABSTAIN_SIGNALS = ("passage", "passage+sentence")
 _MIN_SENTENCE_CHARS = 9  # shorter pieces ("4.", "Nota:") are not statements
 
 
@@ -507,39 +487,15 @@ def best_sentence_score(
     return float((embedder.embed(sentences, kind="passage") @ q).max())
 
 
-def question_word_share(question: str, passages: Sequence[PassageLike]) -> float:
-    """The largest share of the question's content words (function words out) that one
-    sentence of `passages` holds, its passage's section path counted as its words; at most 1."""
-    return min(
-        1.0,
-        best_share(
-            question,
-            [p.text for p in passages],
-            headings=[_section(p) for p in passages],
-            ignore=is_function_word,
-        ),
-    )
-
-
 def abstention_score(
-    question: str,
-    passages: Sequence[PassageLike],
-    retriever: Any,
-    signal: str = "passage",
-    same_language: bool = True,
+    question: str, passages: Sequence[PassageLike], retriever: Any, signal: str = "passage"
 ) -> float | None:
-    """The score `AnswerPolicy.abstain_threshold` is compared with (see ABSTAIN_SIGNALS).
-    `same_language`: the question is in the documents' language (`AnswerPolicy.is_cross_language`
-    says); only then do its words count (passage+sentence+words)."""
+    """The score `AnswerPolicy.abstain_threshold` is compared with (see ABSTAIN_SIGNALS)."""
     best = best_dense_score(passages)
     if signal == "passage" or best is None:
         return best
     sentence = best_sentence_score(question, passages, retriever)
-    mean = best if sentence is None else (best + sentence) / 2
-    if signal == "passage+sentence" or not same_language:
-        return mean
-    share = question_word_share(question, passages[:ABSTAIN_WORDS_PASSAGES])
-    return mean + ABSTAIN_WORDS_WEIGHT * share
+    return best if sentence is None else (best + sentence) / 2
 
 
 def prepare(
@@ -561,7 +517,6 @@ def prepare(
     policy = policy or AnswerPolicy()
     if not question or not question.strip():
         raise UserFacingError("the question is empty; ask something")
-    same_language = not policy.is_cross_language(question)
     policy = policy.for_question(question)
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
@@ -584,7 +539,7 @@ def prepare(
         passages = list(retriever.search(question, k=k, filters=filters))
         retrieval_s = time.perf_counter() - t0
         signal = policy.abstain_signal if policy.abstain_threshold is not None else "passage"
-        best = abstention_score(question, passages, retriever, signal, same_language)
+        best = abstention_score(question, passages, retriever, signal)
         unknown = unknown_terms(question, passages) if policy.require_named_terms else []
         if policy.require_named_terms and not unknown:
             unknown = unmentioned_names(question, retriever)

@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 import re
 import unicodedata
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 
 __all__ = [
@@ -36,7 +36,6 @@ __all__ = [
     "Verdict",
     "alternative_of",
     "best_sentence",
-    "best_share",
     "check",
     "is_small_number",
     "occurs",
@@ -561,57 +560,9 @@ def best_sentence(
     every sentence of their passage: "Default: KeepAliveTimeout 5" under the heading
     "KeepAliveTimeout Directive" matches a question about that directive's default.
     """
-    best: tuple[float, Evidence] | None = None
-    for i, share, ev in _shares(
-        query,
-        passages,
-        within=within,
-        headings=headings,
-        valued=valued,
-        require=require,
-        ignore=ignore,
-        record_bonus=record_bonus,
-        leave_out=leave_out,
-    ):
-        if share < min_share:
-            continue
-        key = share - rank_bonus * (i - 1)
-        if best is None or key > best[0]:
-            best = (key, ev)
-    return best[1] if best else None
-
-
-def best_share(
-    query: str,
-    passages: Sequence,
-    *,
-    headings: Sequence[str] | None = None,
-    ignore: Callable[[str], bool] | None = None,
-) -> float:
-    """The largest share of `query`'s weight that one sentence of `passages` covers, its
-    passage's heading counted, as `best_sentence` measures it without the record-line bonus
-    (0.0 when no sentence shares a word). Over 1 only where the query's values count double."""
-    shares = _shares(query, passages, headings=headings, ignore=ignore, record_bonus=False)
-    return max((share for _, share, _ in shares), default=0.0)
-
-
-def _shares(
-    query: str,
-    passages: Sequence,
-    *,
-    within: Sequence[int] | None = None,
-    headings: Sequence[str] | None = None,
-    valued: bool = False,
-    require: Callable[[str], bool] | None = None,
-    ignore: Callable[[str], bool] | None = None,
-    record_bonus: bool = True,
-    leave_out: str = "",
-) -> Iterator[tuple[int, float, Evidence]]:
-    """(passage number, share of the query's weight, sentence) for each sentence of `passages`
-    that shares something with `query`; `best_sentence` says what the arguments do."""
     texts = _texts(passages)
     if not texts:
-        return
+        return None
     weights = _weights(texts)
     q = _words(query)
     if ignore is not None:
@@ -621,6 +572,7 @@ def _shares(
         q -= _words(leave_out)
         q_values = [v for v in q_values if occurs(v, leave_out) is None]
     total = sum(weights.get(w, math.log(2)) for w in q) or 1.0
+    best: tuple[float, Evidence] | None = None
     for i, text in enumerate(texts, start=1):
         if within and i not in within:
             continue
@@ -643,7 +595,13 @@ def _shares(
                 score += 2 * math.log(2)  # "Default: TimeOut 60" answers "the default ...?"
             if score <= 0:
                 continue
-            yield i, score / total, Evidence(i, s, e, sent)
+            share = score / total
+            if share < min_share:
+                continue
+            key = share - rank_bonus * (i - 1)
+            if best is None or key > best[0]:
+                best = (key, Evidence(i, s, e, sent))
+    return best[1] if best else None
 
 
 def with_next_value(evidence: Evidence, passages: Sequence, question: str) -> Evidence:

@@ -11,10 +11,7 @@ best minus the 10th; and the best's z-score among the 50. The test splits are ne
 Then the signals the service can use (`appliance.answering.ABSTAIN_SIGNALS`, the same code), over
 the top 5 passages of the hybrid search it answers from: the best passage's dense score (what
 every bundle used before), the best dense score of one of their sentences embedded on its own,
-the mean of the two (`passage+sentence`), and that mean plus a weight times the share of the
-question's words one sentence of the two best passages holds (`passage+sentence+words`, for a
-question in the documents' language; the weight swept over WORD_WEIGHTS, there with the share
-added for every question, cross-language ones too), with how many unanswerable dev questions each
+and the mean of the two (`passage+sentence`), with how many unanswerable dev questions each
 refuses at the score rule's threshold (the highest that answers 95% of the answerable ones).
 What the sentence score costs: the median time of the top-5 search and of the passage+sentence
 score after it (every sentence of the 5 passages embedded; the question's vector is the
@@ -38,16 +35,8 @@ SETS = (
     ("apache", "bundle-apache-0.1.0", "examples/apache/qa/eval.jsonl"),
     ("spanish", "bundle-debian-es-0.1.0", "examples/debian-es/qa/eval.jsonl"),
     ("mixed-en", "bundle-debian-es-0.1.0", "examples/debian-es/qa/mixed-en.jsonl"),
-    # The example plant indexed with multilingual-e5-small (`make plant-e5-bundle`), in English
-    # and in Spanish; left out when that bundle was not built.
-    ("plant (e5)", "bundle-plant-e5-0.1.0", "examples/plant/qa/eval.jsonl"),
-    ("plant-es (e5)", "bundle-plant-e5-0.1.0", "examples/plant/qa/eval-es.jsonl"),
 )
 NEIGHBOURS = 50
-# The weights of the question's word share tried for passage+sentence+words
-# (appliance.answering.ABSTAIN_WORDS_WEIGHT is the one with the best mean AUC over the sets in
-# the documents' language).
-WORD_WEIGHTS = (0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3)
 
 
 def auc(positive, negative) -> float:
@@ -81,25 +70,16 @@ def refused_at_score_rule(answerable, unanswerable) -> str:
 
 
 def measure(bundles: Path) -> list[dict]:
-    from appliance.answering import (
-        ABSTAIN_WORDS_PASSAGES,
-        abstention_score,
-        best_sentence_score,
-        question_word_share,
-    )
+    from appliance.answering import abstention_score, best_sentence_score
     from appliance.bundle import load_bundle
     from appliance.common.questions import load_questions
-    from build.bundle_evaluation import bundle_policy, open_retriever
+    from build.bundle_evaluation import open_retriever
 
     rows = []
     for name, bundle_name, questions in SETS:
-        if name.endswith("(e5)") and not (bundles / bundle_name).is_dir():
-            print(f"{name}: no {bundles / bundle_name} (make plant-e5-bundle); left out")
-            continue
         bundle = load_bundle(bundles / bundle_name)
         dev = [q for q in load_questions(REPO / questions) if q.split == "dev"]
         split: dict[str, tuple[list, list]] = {}
-        sweep: dict[float, tuple[list, list]] = {}
         timings: list[tuple[float, float]] = []  # the search, then the sentence score after it
         with open_retriever(bundle) as retriever:
             for q in dev:
@@ -114,17 +94,6 @@ def measure(bundles: Path) -> list[dict]:
                 got = signals([p.dense_score for p in nearest])
                 got["top-5 passage+sentence"] = mixed
                 got["top-5 passage"] = abstention_score(q.question, top, retriever, "passage")
-                same = not bundle_policy(bundle.manifest).is_cross_language(q.question)
-                got["top-5 passage+sentence+words"] = abstention_score(
-                    q.question, top, retriever, "passage+sentence+words", same
-                )
-                # The weight of the words' share, swept (the signal's own weight is one of these),
-                # for every question: what the share would do to cross-language questions too.
-                share = question_word_share(q.question, top[:ABSTAIN_WORDS_PASSAGES])
-                for w in WORD_WEIGHTS:
-                    sweep.setdefault(w, ([], []))[0 if q.answerable else 1].append(
-                        mixed + w * share
-                    )
                 got["top-5 sentence"] = best_sentence_score(q.question, top, retriever)
                 for key, value in got.items():
                     split.setdefault(key, ([], []))[0 if q.answerable else 1].append(value)
@@ -132,7 +101,6 @@ def measure(bundles: Path) -> list[dict]:
         row.update({k: round(auc(*v), 3) for k, v in split.items()})
         row.update({f"refused: {k}": refused_at_score_rule(*v) for k, v in split.items()
                     if k.startswith("top-5")})  # fmt: skip
-        row.update({f"words x{w}, every question": round(auc(*v), 3) for w, v in sweep.items()})
         search, sentence = (float(np.median(t)) for t in zip(*timings, strict=True))
         row["search ms"] = round(1000 * search, 1)
         row["sentence score ms"] = round(1000 * sentence, 1)

@@ -313,9 +313,9 @@ def calibrate_threshold(
     bundle = load_bundle(bundle_path)
     questions = load_questions(questions_file)
     scope = "all"
-    policy = bundle_policy(bundle.manifest)
     if cross_language:
         # The service's own test (AnswerPolicy.for_question) of which questions take the value.
+        policy = bundle_policy(bundle.manifest)
         questions = [q for q in questions if policy.is_cross_language(q.question)]
         scope = f"in another language than the documents' ({policy.wording.language!r}) only"
         if not questions:
@@ -332,8 +332,7 @@ def calibrate_threshold(
     with open_retriever(bundle) as retriever:
         for q in questions:
             passages = retriever.search(q.question, k=k, filters=q.filters)
-            same = not policy.is_cross_language(q.question)
-            best = abstention_score(q.question, passages, retriever, signal, same)
+            best = abstention_score(q.question, passages, retriever, signal)
             part = scores.setdefault(q.split or "none", {"answerable": [], "unanswerable": []})
             by_question[q.id] = -1.0 if best is None else float(best)
             part["answerable" if q.answerable else "unanswerable"].append(by_question[q.id])

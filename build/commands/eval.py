@@ -209,9 +209,8 @@ def _add_calibrate(actions: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--signal",
         default="passage",
-        help="what the threshold is compared with: passage (the best passage's dense score), "
-        "passage+sentence (its mean with the best sentence's) or passage+sentence+words (that "
-        "mean plus the share of the question's words a sentence holds; appliance/answering.py, "
+        help="what the threshold is compared with: passage (the best passage's dense score) or "
+        "passage+sentence (its mean with the best sentence's; appliance/answering.py, "
         "ABSTAIN_SIGNALS); --out records it",
     )
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import pytest
 
 from appliance.answering import (
-    ABSTAIN_WORDS_WEIGHT,
     DEFAULT_ABSTAIN_THRESHOLD,
     AnswerPolicy,
     AnswerStream,
@@ -22,7 +21,6 @@ from appliance.answering import (
     calibrate_by_outcomes,
     cited_numbers,
     prepare,
-    question_word_share,
 )
 from appliance.errors import UserFacingError
 from appliance.generation.base import GenerationParams
@@ -225,35 +223,6 @@ def test_abstention_score_is_the_mean_of_the_passage_and_its_best_sentence():
     # No embedder (a retriever without one): the passage score alone.
     assert abstention_score(question, [passage], object(), "passage+sentence") == 0.6
     assert abstention_score(question, [], Index(), "passage+sentence") is None
-
-
-def test_the_words_signal_adds_the_share_of_the_question_a_shown_sentence_holds():
-    class Index:
-        embedder = _WordEmbedder()
-
-    passage = StubPassage(
-        "The impeller nut is tight. The torque is 120 N·m with a wrench.",
-        0.6,
-        section="Pump P-101 > Impeller",
-    )
-    # "impeller", "torque" and "wrench" stand in one sentence with its heading; "calibrated"
-    # nowhere: 3 of the question's 4 content words, weighted by how rare each is.
-    question = "Which calibrated wrench sets the impeller torque?"
-    share = question_word_share(question, [passage])
-    assert 0.5 < share < 1
-    words = abstention_score(question, [passage], Index(), "passage+sentence+words")
-    mean = abstention_score(question, [passage], Index(), "passage+sentence")
-    assert words == pytest.approx(mean + ABSTAIN_WORDS_WEIGHT * share)
-    # A question that asks for what the passage does not name scores lower by its words.
-    other = "Which supplier sells the impeller?"
-    assert question_word_share(other, [passage]) < share
-    # In another language than the documents': the words of two languages do not match, so the
-    # dense scores alone.
-    cross = abstention_score(question, [passage], Index(), "passage+sentence+words", False)
-    assert cross == pytest.approx(mean)
-    # Every word held: the share stops at 1 (a value of the question counts double).
-    assert question_word_share("impeller torque 120 N·m?", [passage]) == 1.0
-    assert question_word_share("impeller?", []) == 0.0
 
 
 def test_the_bundle_names_the_score_its_threshold_was_calibrated_on():

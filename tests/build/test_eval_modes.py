@@ -384,12 +384,12 @@ def test_calibrate_by_answers_on_the_sentence_signal(
     questions.write_text("".join(json.dumps(r) + "\n" for r in few), encoding="utf-8")
     extra = tmp_path / "extra.json"
     argv = ["eval", "calibrate", "--bundle", str(tiny_bundle), "--questions", str(questions)]
-    argv += ["--decimals", "4", "--out", str(extra), "--signal", "passage+sentence+words"]
+    argv += ["--decimals", "4", "--out", str(extra), "--signal", "passage+sentence"]
     assert expert([*argv, "--by-answers", "--threads", "1"]) == 0
     data = json.loads(extra.read_text(encoding="utf-8"))["retrieval"]
-    assert data["abstain_signal"] == "passage+sentence+words"
+    assert data["abstain_signal"] == "passage+sentence"
     cal = data["abstain_threshold_calibration"]
-    assert cal["signal"] == "passage+sentence+words" and cal["chosen_on"] == "dev"
+    assert cal["signal"] == "passage+sentence" and cal["chosen_on"] == "dev"
     answers = cal["by_answers"]
     right, total = map(int, answers["right"].split("/"))
     assert total == 6 and right >= int(answers["right_at_score_rule"].split("/")[0])
@@ -398,12 +398,12 @@ def test_calibrate_by_answers_on_the_sentence_signal(
     assert data["abstain_threshold"] == math.floor(cal["calibrated"] * 10**4) / 10**4
     capsys.readouterr()
     # The cross-language threshold must be compared with the same score as the bundle's own.
-    passage = [a if a != "passage+sentence+words" else "passage" for a in argv]
+    passage = [a if a != "passage+sentence" else "passage" for a in argv]
     cross = [*passage, "--cross-language"]
     cross[cross.index(str(questions))] = str(plant_dir / "qa" / "eval-es.jsonl")
     assert expert(cross) == 2
     err = capsys.readouterr().err
-    assert "abstain_threshold was calibrated on the signal 'passage+sentence+words'" in err
+    assert "abstain_threshold was calibrated on the signal 'passage+sentence'" in err
     assert json.loads(extra.read_text(encoding="utf-8"))["retrieval"] == data  # nothing lost
     # Calibrated again on another signal, the bundle's own threshold is replaced whole.
     assert expert(passage) == 0
