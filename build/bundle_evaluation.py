@@ -21,7 +21,7 @@ import platform
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
@@ -137,8 +137,11 @@ def evaluate_modes(
     settings: EvalSettings | None = None,
     finetune_options: Mapping[str, Any] | None = None,
     train_data: Path | None = None,
+    open_generator: Callable[[ModeSpec], Any] | None = None,
 ) -> dict[str, Path]:
-    """Build what is missing, run the modes, write report.{html,json,md}; return their paths."""
+    """Build what is missing, run the modes, write report.{html,json,md}; return their paths.
+    `open_generator` opens each mode's model (default: the bundle's int4 ONNX model,
+    `open_genai`); `benchmarks/reader_replay.py` passes one that replays recorded answers."""
     from appliance.bundle import load_bundle
     from build import eval_report
 
@@ -214,7 +217,7 @@ def evaluate_modes(
         records = run_modes(
             questions,
             modes,
-            open_generator=lambda m: open_genai(m, settings.threads),
+            open_generator=open_generator or (lambda m: open_genai(m, settings.threads)),
             retriever=retriever,
             settings=settings,
             policy=policy,

@@ -197,6 +197,32 @@ def test_expert_eval_on_the_tiny_model(tiny_bundle: Path, mini_plant: Path, tmp_
             assert r["text"] == first[(q["id"], m)]
 
 
+def test_a_report_replayed_through_the_reader_that_made_it_is_the_same(
+    tiny_bundle: Path, mini_plant: Path, tmp_path: Path, capsys
+) -> None:
+    """`benchmarks/reader_replay.py`: `evaluate_modes` with a generator that gives each
+    question the model text a report recorded reproduces that report's answers, text for text,
+    when the reader is the one that made it (base and base + RAG share one opened model)."""
+    from appliance.cli import main
+    from benchmarks.reader_replay import main as replay
+
+    questions = str(mini_plant / "qa" / "eval.jsonl")
+    out = tmp_path / "eval"
+    argv = ["eval", "--bundle", str(tiny_bundle), "--questions", questions, "--out", str(out)]
+    assert main([*argv, "--max-new-tokens", "8", "--modes", "base,base+rag"]) == 0
+    capsys.readouterr()
+    again = tmp_path / "replay"
+    argv = [str(out / "report.json"), "--out", str(again), "--bundle", str(tiny_bundle)]
+    assert replay([*argv, "--questions", questions, "--modes", "base,base+rag"]) == 0
+    printed = capsys.readouterr().out
+    rows = printed.strip().splitlines()
+    assert len(rows) == 4 and all(r.endswith("changed: none") for r in rows)  # 2 modes x 2 splits
+    before, after = (json.loads((d / "report.json").read_text("utf-8")) for d in (out, again))
+    assert [
+        (q["id"], m, r["text"]) for q in after["questions"] for m, r in q["results"].items()
+    ] == [(q["id"], m, r["text"]) for q in before["questions"] for m, r in q["results"].items()]
+
+
 def test_expert_eval_retrieval_and_bad_flags(
     tiny_bundle: Path, mini_plant: Path, tmp_path: Path, capsys
 ) -> None:
