@@ -34,7 +34,6 @@ from appliance.fields import (
     asked_field,
     asks_for_file,
     asks_for_number,
-    excluded_names,
     points_elsewhere,
     shared_words,
     states_file,
@@ -734,6 +733,33 @@ def prepare(
 def _entry_terms(question: str) -> list:
     """The names a question asks about: its codes, identifiers and quoted strings."""
     return [v for v in value_spans(question) if v.kind in ("code", "identifier", "quoted")]
+
+
+# What a question sets aside ("Aparte de «openssl passwd», ¿qué orden ...?", "Other than
+# P-101, which pump ...?"): the name right after one of these phrases is not what it asks for,
+# so a sentence that matches the question through that name is not its answer. Only a name
+# (`excluded_names`): a plain word after the phrase ("SMTPS en lugar de SMTP simple") stays.
+_EXCLUSION_RE = re.compile(
+    r"\b(?:aparte de|adem[aá]s de|excepto|salvo|en lugar de|en vez de|distint[oa]s? de|"
+    r"apart from|aside from|besides|other than|except(?: for)?|instead of)\s+"
+    r"(?:(?:el|la|los|las|the|a|an)\s+)?",
+    re.I,
+)
+
+
+def excluded_names(question: str) -> str:
+    """The names of the question (`_entry_terms`: codes, identifiers, quoted strings) that
+    follow one of its setting-aside phrases (`_EXCLUSION_RE`), one per line; "" when there is
+    none.
+
+    Chosen on the Spanish dev split: e100 ("Aparte de «openssl passwd», ¿qué orden (del paquete
+    whois) sirve para generar contraseñas cifradas con semilla?") quoted the openssl row, which
+    matched it through the name it sets aside, over the whois row that answers it."""
+    ends = {m.end() for m in _EXCLUSION_RE.finditer(question)}
+    if not ends:
+        return ""
+    # Right after the phrase, or after the opening quotation mark of a quoted name.
+    return "\n".join(t.text for t in _entry_terms(question) if {t.start, t.start - 1} & ends)
 
 
 def _heading_and_text(p: PassageLike) -> str:

@@ -154,35 +154,6 @@ def states_file(text: str, question: str) -> bool:
     )
 
 
-# What a question sets aside ("Aparte de «openssl passwd», ¿qué orden ...?", "Other than
-# P-101, which pump ...?"): the name right after one of these phrases is not what it asks for,
-# so a sentence that matches the question through that name is not its answer. Only a name
-# (`excluded_names`): a plain word after the phrase ("SMTPS en lugar de SMTP simple") stays.
-_EXCLUSION_RE = re.compile(
-    r"\b(?:aparte de|adem[aá]s de|excepto|salvo|en lugar de|en vez de|distint[oa]s? de|"
-    r"apart from|aside from|besides|other than|except(?: for)?|instead of)\s+"
-    r"(?:(?:el|la|los|las|the|a|an)\s+)?",
-    re.I,
-)
-
-
-def excluded_names(question: str) -> str:
-    """The names (codes, identifiers, quoted strings: `value_spans`) that follow one of the
-    question's setting-aside phrases (`_EXCLUSION_RE`), one per line; "" when there is none.
-
-    Chosen on the Spanish dev split: e100 ("Aparte de «openssl passwd», ¿qué orden (del paquete
-    whois) sirve para generar contraseñas cifradas con semilla?") quoted the openssl row, which
-    matched it through the name it sets aside, over the whois row that answers it."""
-    ends = {m.end() for m in _EXCLUSION_RE.finditer(question)}
-    if not ends:
-        return ""
-    return "\n".join(
-        v.text
-        for v in value_spans(question)
-        if v.kind in ("code", "identifier", "quoted") and ({v.start, v.start - 1} & ends)
-    )
-
-
 def states_number(text: str, question: str) -> bool:
     """`text` states a number the question does not already give."""
     return any(v.kind == "number" for v in new_values(text, question))

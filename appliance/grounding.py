@@ -754,8 +754,9 @@ def alternative_of(
     for each of two or more alternatives ("use SMTP con STARTTLS en el puerto 587 o SMTPS SSL
     (SMTPS) en el puerto 465, en lugar de SMTP simple en el puerto 25") and exactly one of its
     value-bearing pieces holds one of `names`, the question's names (a code, an identifier, a
-    word in capitals: the caller's, appliance.answering), that no other piece holds ("¿En qué puerto se recomienda usar SMTPS ...?": "SMTPS
-    SSL (SMTPS) en el puerto 465"). Otherwise `evidence` as it is. Pieces are parted at commas
+    word in capitals: the caller's, appliance.answering), that no other piece holds ("¿En qué
+    puerto se recomienda usar SMTPS ...?": "SMTPS SSL (SMTPS) en el puerto 465"). Otherwise
+    `evidence` as it is. Pieces are parted at commas
     and coordinators outside brackets and quotes; a name is matched as a whole token (SMTP is
     not found in SMTPS).
 

@@ -42,18 +42,23 @@ SETS = (
         "var/eval/plant-es-e5/report.json",
     ),
 )
-_MIN_SENTENCE_CHARS = 9  # as appliance.answering: shorter pieces are not statements
 
 
 def measure(bundles: Path) -> list[dict]:
-    from appliance.answering import AnswerPolicy, prepare, quotable_filter, quote_span
+    from appliance.answering import (
+        _MIN_SENTENCE_CHARS,  # shorter pieces are not statements
+        AnswerPolicy,
+        prepare,
+        quotable_filter,
+        quote_span,
+    )
     from appliance.bundle import load_bundle
     from appliance.common.questions import load_questions
     from appliance.generation.base import GenerationParams
     from appliance.generation.fake import FakeGenerator
     from appliance.grounding import Evidence, sentence_spans
     from build.bundle_evaluation import bundle_policy, open_retriever
-    from build.eval_metrics import conflicting_values, match_facts
+    from build.eval_metrics import score_answer
 
     rows = []
     for name, bundle_name, questions, report in SETS:
@@ -102,9 +107,18 @@ def measure(bundles: Path) -> list[dict]:
                     scores = vectors @ retriever.embed_query(q.question)
                     best = int(np.argmax(scores))
                     quote = quote_span(Evidence(*spans[best]), texts, q.question).sentence
-                    holds = q.answerable and not match_facts(q.expected_facts, quote)[1]
-                    holds = holds and not conflicting_values(
-                        quote, q.expected_facts, question=q.question, reference=q.reference_answer
+                    holds = (
+                        q.answerable
+                        and score_answer(
+                            text=quote,
+                            answerable=True,
+                            expected_facts=q.expected_facts,
+                            reference_answer=q.reference_answer,
+                            abstained=False,
+                            use_retrieval=False,
+                            question=q.question,
+                        ).verdict
+                        == "correct"
                     )
                     row.update(score=round(float(scores[best]), 4), right=holds, quote=quote)
                 rows.append(row)

@@ -74,13 +74,11 @@ def recorded_texts(report: Mapping) -> dict[tuple[str, str], str]:
     }
 
 
-def right(q: Mapping, r: Mapping) -> bool:
-    """A right outcome under the strict rules: every fact and no conflicting value, not
-    abstained (answerable); the abstention (unanswerable)."""
-    score = r.get("score") or {}
-    if q["answerable"]:
-        return bool(score.get("all_facts")) and not score.get("conflicting") and not r["abstained"]
-    return bool(r["abstained"])
+def right(r: Mapping) -> bool:
+    """A right outcome: the verdict the evaluation's strict scoring gave the answer
+    (build.eval_metrics.score_answer: the facts with no conflicting value, or the abstention
+    on an unanswerable question)."""
+    return (r.get("score") or {}).get("verdict") == "correct"
 
 
 def compare(before: Mapping, after: Mapping) -> list[dict]:
@@ -98,7 +96,7 @@ def compare(before: Mapping, after: Mapping) -> list[dict]:
                 {"mode": mode, "split": q.get("split") or "none", "n": 0, "before": 0, "after": 0,
                  "changed": []},
             )  # fmt: skip
-            was, now = right(q, prior), right(q, r)
+            was, now = right(prior), right(r)
             row["n"] += 1
             row["before"] += was
             row["after"] += now

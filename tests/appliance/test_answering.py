@@ -20,6 +20,7 @@ from appliance.answering import (
     calibrate_abstain_threshold,
     calibrate_by_outcomes,
     cited_numbers,
+    excluded_names,
     prepare,
 )
 from appliance.errors import UserFacingError
@@ -424,6 +425,17 @@ def test_a_named_entry_under_the_threshold_is_quoted_on_what_is_asked_not_on_its
     off = AnswerPolicy(quote_over_abstention=None)
     a = answer(q, generator=gen, retriever=StubRetriever([overhaul]), params=PARAMS, policy=off)
     assert a.abstained and a.abstain_reason == "low_score"
+
+
+def test_the_names_a_question_sets_aside():
+    q = "Aparte de «openssl passwd», ¿qué orden (del paquete whois) sirve?"
+    assert excluded_names(q) == "openssl passwd"
+    assert excluded_names("Other than P-101, which pump has a mechanical seal?") == "P-101"
+    assert excluded_names("Besides the C-301 and C-302, which compressor?") == "C-301"
+    # Only a name right after the phrase: a plain word is not one.
+    assert excluded_names("¿En qué puerto se usa SMTPS en lugar de SMTP simple?") == ""
+    assert excluded_names("What is the P-101 torque, except when new?") == ""
+    assert excluded_names("What is the torque?") == ""
 
 
 def test_a_quote_does_not_match_through_the_name_the_question_sets_aside():

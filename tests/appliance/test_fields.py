@@ -8,7 +8,6 @@ from appliance.fields import (
     asked_field,
     asks_for_file,
     asks_for_number,
-    excluded_names,
     label_matches,
     record_fields,
     shared_words,
@@ -253,17 +252,6 @@ def test_a_which_file_question_is_answered_by_a_file_name():
     assert not states_file("The end. Next one.", "Which file?")
     # a file the question itself names is not the answer
     assert not states_file("Edit /etc/exim4 now", "¿Qué archivo de /etc/exim4 guarda ...?")
-
-
-def test_the_names_a_question_sets_aside():
-    q = "Aparte de «openssl passwd», ¿qué orden (del paquete whois) sirve?"
-    assert excluded_names(q) == "openssl passwd"
-    assert excluded_names("Other than P-101, which pump has a mechanical seal?") == "P-101"
-    assert excluded_names("Besides the C-301 and C-302, which compressor?") == "C-301"
-    # Only a name right after the phrase: a plain word is not one.
-    assert excluded_names("¿En qué puerto se usa SMTPS en lugar de SMTP simple?") == ""
-    assert excluded_names("What is the P-101 torque, except when new?") == ""
-    assert excluded_names("What is the torque?") == ""
 
 
 def test_asks_for_number():
