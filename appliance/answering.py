@@ -53,6 +53,7 @@ from appliance.grounding import (
     new_values,
     occurs,
     restates,
+    sentence_spans,
     value_spans,
     with_next_value,
     with_second_ask,
@@ -762,6 +763,54 @@ def excluded_names(question: str) -> str:
     return "\n".join(t.text for t in _entry_terms(question) if {t.start, t.start - 1} & ends)
 
 
+def stated_values(text: str, question: str) -> list:
+    """The numbers and codes of `text` (a model's answer) that the question does not give."""
+    return [
+        v for v in value_spans(text) if v.kind in ("number", "code") and occurs(v, question) is None
+    ]
+
+
+def holding(values: Sequence) -> Callable[[str], bool]:
+    """Whether a sentence holds every one of `values`."""
+    return lambda sentence: all(occurs(v, sentence) is not None for v in values)
+
+
+def across_languages(
+    question: str,
+    texts: Sequence[str],
+    holds: Callable[[str], bool],
+    quotable: Callable[[str], bool],
+) -> Evidence | None:
+    """The first quotable sentence of `texts` in the other language than `question`'s that
+    holds (`holds`) and names every language-neutral name of the question (its codes,
+    identifiers and names in capitals: SMTP, ISP), at least one; or None.
+
+    For the quote that replaces a model's answer whose values the passages hold (AnswerStream).
+    Chosen on the Spanish dev split: e047 ("¿En qué puerto escucha el servidor SMTP del ISP
+    para el envío de mensajes?"), where the model looped around "587", quoted the Spanish
+    sentence about port 993 instead of the untranslated "It sends the message to the ISP's
+    smarthost SMTP server listening to the message submission port (587)." Spanish dev 74 ->
+    75/84 right outcomes; every other dev answer of the five sets, base + RAG and fine-tuned +
+    RAG, unchanged (`benchmarks.reader_replay` on `make eval`'s reports of 0b96aa9)."""
+    names = [t.text for t in _entry_terms(question)] + [
+        n for n in question_names(question) if n.isupper()
+    ]
+    if not names:
+        return None
+    asked = detect_language(question)
+    for i, t in enumerate(texts, 1):
+        for s, e in sentence_spans(t, fields=False):
+            sent = t[s:e]
+            if (
+                detect_language(sent, default=asked) != asked
+                and holds(sent)
+                and quotable(sent)
+                and all(occurs(n, sent) is not None for n in names)
+            ):
+                return Evidence(i, s, e, sent)
+    return None
+
+
 def _heading_and_text(p: PassageLike) -> str:
     head = " > ".join(str(x) for x in (getattr(p, "title", ""), getattr(p, "section", "")) if x)
     return f"{head}\n{p.text}"
@@ -1308,14 +1357,9 @@ class AnswerStream:
                     ("GLB-2 — compressor house" beside "GLB-1 — ... except the compressor
                     house"). Chosen on plant dev with the dense-top passage (see prepare):
                     15 -> 16/23; alone it moved nothing on the three dev splits."""
-                    mine = [v for v in value_spans(model_text) if v.kind in ("number", "code")]
-                    mine = [v for v in mine if occurs(v, p.question) is None]
+                    mine = stated_values(model_text, p.question)
                     return bool(mine) and (
-                        closest(
-                            policy.quote_min_share,
-                            holding=lambda x: all(occurs(v, x) is not None for v in mine),
-                        )
-                        is not None
+                        closest(policy.quote_min_share, holding=holding(mine)) is not None
                     )
 
                 if best is not None and (
@@ -1344,6 +1388,15 @@ class AnswerStream:
             else:
                 unsupported = list(verdict.unsupported)
                 best = best or closest(policy.quote_min_share)
+                said = stated_values(model_text, p.question)
+                if said and not verdict.unsupported and not (best and holding(said)(best.sentence)):
+                    # Every value the model stated is in the passages (a loop around the right
+                    # value, say), but the closest sentence holds another: word overlap cannot
+                    # match the question to a sentence in the other language (the English
+                    # left untranslated in a Spanish manual). One that holds the values and
+                    # names the question's codes and capitalised names is the quote.
+                    texts = [s.text for s in sources]
+                    best = across_languages(p.question, texts, holding(said), quotable) or best
                 if best is not None:
                     best = quote_span(best, [s.text for s in sources], p.question)
                     status, text, evidence = (

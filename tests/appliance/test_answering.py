@@ -460,6 +460,31 @@ def test_a_quote_does_not_match_through_the_name_the_question_sets_aside():
     assert a.grounding == "quoted" and "openssl passwd" in a.text and a.cited == [1]
 
 
+def test_a_looping_answer_is_quoted_from_the_sentence_in_the_other_language_that_holds_its_value():
+    """A translated manual keeps some sentences in English. Word overlap cannot match a Spanish
+    question to them, so the closest Spanish sentence is a neighbour's (993). When the model
+    loops around a value the passages hold (587), the sentence in the other language that holds
+    it and names the question's codes and capitalised names (SMTP, ISP) is the quote."""
+    mail = StubPassage(
+        "It sends the message to the ISP's smarthost SMTP server listening to the message "
+        "submission port (587).\n"
+        "Recibe el mensaje almacenado en el servidor del ISP desde el puerto TLS/IMAP4 (993).",
+        0.9,
+        "mail#1",
+        section="6.2. El sistema de correo > 6.2.1. Fundamentos de correo",
+    )
+    q = "¿En qué puerto escucha el servidor SMTP del ISP para el envío de mensajes?"
+    loop = "El servidor recibe a través del puerto 587.\n\n" * 4
+    deltas, a = _deltas(loop, question=q, passages=(mail,))
+    assert a.grounding == "quoted" and "(587)" in a.text and "993" not in a.text
+    # A value the passages do not hold guides nothing: the closest sentence is quoted.
+    deltas, a = _deltas(loop.replace("587", "2525"), question=q, passages=(mail,))
+    assert a.grounding == "quoted" and "(993)" in a.text
+    # Nor does a sentence that lacks one of the question's names (here "POP3").
+    deltas, a = _deltas(loop, question=q.replace("ISP", "ISP POP3"), passages=(mail,))
+    assert "(587)" not in a.text
+
+
 def test_a_question_worded_as_a_shown_sentence_is_quoted_under_the_threshold():
     """Under the score threshold, a sentence of the shown passages that covers nearly every
     content word of the question (DEFAULT_LOW_SCORE_QUOTE) is quoted, without the model."""
