@@ -394,11 +394,22 @@ def asked_field(
         spans = [(t.start, occurs(t, passages[i - 1])) for t in terms]
         spans = sorted((at, span) for at, span in spans if span is not None)
         text_at = spans[0][1][0] if spans else 0
-        for f in _candidates(passages[i - 1], question):
+        after: set[str] = set()  # labels of the named entry's own fields, from `text_at` on
+        for f in sorted(_candidates(passages[i - 1], question), key=lambda f: f.start):
             if not label_matches(f.label, labelled, half=_is_pair(f)):
                 continue
             if _is_pair(f) and not _pair_answers(f, question):
                 continue
+            label = _fold(f.label)
+            if not _is_pair(f) and f.start >= text_at:
+                if label in after:
+                    # The second field of that label after the name is the row's next
+                    # entry's: "pop3; puerto: 110; ... pop3s; puerto: 995" gives pop3 no
+                    # port when the question already states 110. Chosen on the Spanish dev
+                    # split (e109, "... ¿desde qué puerto local se reenvía el puerto POP3
+                    # (110) ...?", answered 995), with the cut in appliance.answering.prepare.
+                    continue
+                after.add(label)
             # The value less the entry's own name ("Default: KeepAliveTimeout 5" -> "5";
             # a row's "Code: E-47" -> "", the name, not a fact about it).
             rest = _strip_terms(f.value, terms)

@@ -485,6 +485,32 @@ def test_a_looping_answer_is_quoted_from_the_sentence_in_the_other_language_that
     assert "(587)" not in a.text
 
 
+def test_a_named_entry_sentence_of_two_alternatives_is_cut_to_the_one_with_the_given_value():
+    tunnel = StubPassage(
+        "Para crear una tubería que conecte al puerto 25 del servidor remoto desde el puerto "
+        "4025 del equipo local y al puerto 110 de servidor remoto desde el puerto 4110 del "
+        "equipo local a través de ssh, ejecute en el equipo local lo que sigue.",
+        0.94,
+        "ssh#7",
+        section="6.3. SSH > 6.3.7. Puerto de reenvio para túnel SMTP/POP3",
+    )
+    row = StubPassage(
+        "Nombre del servicio inseguro: pop3; puerto: 110; "
+        "nombre del servicio seguro: pop3s; puerto: 995",
+        0.86,
+        "sec#1",
+        section="4.6. Contraseñas seguras en Internet > pop3",
+    )
+    q = (
+        "En el ejemplo de túnel SMTP/POP3 por SSH, ¿desde qué puerto local se reenvía el "
+        "puerto POP3 (110) del servidor remoto?"
+    )
+    gen = FakeGenerator()
+    a = answer(q, generator=gen, retriever=StubRetriever([tunnel, row]), params=PARAMS)
+    assert gen.started == 0 and a.cited == [1]
+    assert "4110" in a.text and "4025" not in a.text and "995" not in a.text
+
+
 def test_a_question_worded_as_a_shown_sentence_is_quoted_under_the_threshold():
     """Under the score threshold, a sentence of the shown passages that covers nearly every
     content word of the question (DEFAULT_LOW_SCORE_QUOTE) is quoted, without the model."""

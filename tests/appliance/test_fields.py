@@ -237,6 +237,15 @@ def test_the_entry_named_first_is_the_one_asked_about():
     row = "Plain service: pop3; port: 110; secure service: pop3s; port: 995"
     ev = asked_field(q, [row], ["Ports > pop3"])
     assert ev is not None and ev.sentence == "port: 995"
+    # The question names pop3 and gives its port (110): the row's next port is pop3s's, not
+    # an answer; the sentence of a named passage that states a port is.
+    prose = (
+        "To forward port 25 of the remote server from local port 4025 and port 110 of the "
+        "remote server from local port 4110, run the following."
+    )
+    given = "In the SSH tunnel example, from which local port is the pop3 port (110) forwarded?"
+    ev = asked_field(given, [row, prose], ["Ports > pop3", "SSH > Forwarding SMTP/pop3"])
+    assert ev is not None and ev.passage == 2 and "4110" in ev.sentence
 
 
 def test_a_which_file_question_is_answered_by_a_file_name():
