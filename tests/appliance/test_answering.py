@@ -427,6 +427,28 @@ def test_a_named_entry_under_the_threshold_is_quoted_on_what_is_asked_not_on_its
     assert a.abstained and a.abstain_reason == "low_score"
 
 
+def test_a_code_held_by_a_passage_text_under_the_threshold_is_quoted_on_what_is_asked():
+    """A code the question names that a shown passage's text holds, where no heading names it,
+    counts as a named entry under the threshold: the sentence that states what is asked."""
+    low = DEFAULT_ABSTAIN_THRESHOLD - 0.05
+    security = StubPassage(
+        "Desde el kernel 5.6, hay 8 tipos de espacios de nombres. A partir de Debian 11 "
+        "Bullseye (2021), Debian utiliza jerarquía de grupos unificados (a.k.a. cgroups-v2).",
+        low,
+        "sec#4",
+        section="4.7. Otros controles de acceso > 4.7.4. Características de seguridad de Linux",
+    )
+    gen = FakeGenerator()
+    q = "¿Desde qué versión usa Debian la jerarquía de grupos unificados cgroups-v2?"
+    a = answer(q, generator=gen, retriever=StubRetriever([security]), params=PARAMS)
+    assert not a.abstained and gen.started == 0 and a.grounding == "quoted"
+    assert "Debian 11" in a.text and "kernel 5.6" not in a.text
+    # The code alone matches: the documents do not say.
+    q2 = "¿Qué controlador de memoria de cgroups-v2 usa Debian por defecto?"
+    a = answer(q2, generator=gen, retriever=StubRetriever([security]), params=PARAMS)
+    assert a.abstained and a.abstain_reason == "low_score"
+
+
 def test_the_names_a_question_sets_aside():
     q = "Aparte de «openssl passwd», ¿qué orden (del paquete whois) sirve?"
     assert excluded_names(q) == "openssl passwd"
