@@ -471,7 +471,6 @@ def best_sentence_score(
     embedded on its own with the index's embedder), or None when there is none or the
     retriever has no embedder. The question's vector is the retriever's own
     (`Retriever.embed_query`, kept from its search) where it has one."""
-    from appliance.grounding import sentence_spans
 
     embedder = getattr(retriever, "embedder", None)
     sentences = [

@@ -209,6 +209,17 @@ def test_a_quote_is_widened_to_the_sentence_that_answers_a_second_ask():
         ("One. Two! Three?", ["One.", "Two!", "Three?"]),
         ("Tag: P-101; Duty: feed\nNext line", ["Tag: P-101", "Duty: feed", "Next line"]),
         ("Version 2.4.1 is current.", ["Version 2.4.1 is current."]),
+        # An abbreviation's period ends no sentence.
+        (
+            "Debian utiliza grupos unificados (a.k.a. cgroups-v2). Ejemplos:",
+            ["Debian utiliza grupos unificados (a.k.a. cgroups-v2).", "Ejemplos:"],
+        ),
+        (
+            "Haga que el usuario, p. ej. foo, entre. Fin.",
+            ["Haga que el usuario, p. ej. foo, entre.", "Fin."],
+        ),
+        ("Use a tool, e.g. ip, or cf. arp. Next.", ["Use a tool, e.g. ip, or cf. arp.", "Next."]),
+        ("It ends at A. Then B.", ["It ends at A.", "Then B."]),
     ],
 )
 def test_sentence_spans(text, expected):
