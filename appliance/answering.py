@@ -803,7 +803,7 @@ def across_languages(
     sentence about port 993 instead of the untranslated "It sends the message to the ISP's
     smarthost SMTP server listening to the message submission port (587)." Spanish dev 74 ->
     75/84 right outcomes; every other dev answer of the five sets, base + RAG and fine-tuned +
-    RAG, unchanged (`benchmarks.reader_replay` on `make eval`'s reports of 0b96aa9)."""
+    RAG, unchanged (the reader replay of `make eval`'s reports of 0b96aa9)."""
     names = [t.text for t in _entry_terms(question)] + [
         n for n in question_names(question) if n.isupper()
     ]
