@@ -782,9 +782,17 @@ def stated_values(text: str, question: str) -> list:
     ]
 
 
-def holding(values: Sequence) -> Callable[[str], bool]:
+def holds_all(values: Sequence) -> Callable[[str], bool]:
     """Whether a sentence holds every one of `values`."""
     return lambda sentence: all(occurs(v, sentence) is not None for v in values)
+
+
+def neutral_names(question: str, quoted: bool = False) -> list[str]:
+    """The question's names that read the same in any language: its codes and identifiers
+    (`_entry_terms`; its quoted strings too when `quoted`) and its words in capitals (SMTPS,
+    not "Debian")."""
+    names = [t.text for t in _entry_terms(question) if quoted or t.kind != "quoted"]
+    return names + [n for n in question_names(question) if n.isupper()]
 
 
 def across_languages(
@@ -794,8 +802,9 @@ def across_languages(
     quotable: Callable[[str], bool],
 ) -> Evidence | None:
     """The first quotable sentence of `texts` in the other language than `question`'s that
-    holds (`holds`) and names every language-neutral name of the question (its codes,
-    identifiers and names in capitals: SMTP, ISP), at least one; or None.
+    holds (`holds`) and names every language-neutral name of the question (`neutral_names`
+    with its quoted strings: SMTP, ISP, «ping -M do»), at least one; or None. (Without the
+    quoted strings, fine-tuned + RAG Spanish dev e106 quoted another sentence, wrong.)
 
     For the quote that replaces a model's answer whose values the passages hold (AnswerStream).
     Chosen on the Spanish dev split: e047 ("¿En qué puerto escucha el servidor SMTP del ISP
@@ -804,9 +813,7 @@ def across_languages(
     smarthost SMTP server listening to the message submission port (587)." Spanish dev 74 ->
     75/84 right outcomes; every other dev answer of the five sets, base + RAG and fine-tuned +
     RAG, unchanged (the reader replay of `make eval`'s reports of 0b96aa9)."""
-    names = [t.text for t in _entry_terms(question)] + [
-        n for n in question_names(question) if n.isupper()
-    ]
+    names = neutral_names(question, quoted=True)
     if not names:
         return None
     asked = detect_language(question)
@@ -1077,9 +1084,7 @@ def quote_span(ev: Evidence, texts: Sequence[str], question: str) -> Evidence:
     ev = with_next_value(ev, texts, question)
     cut = list_item_of(ev, texts, question, ignore=is_function_word)
     if cut == ev:
-        names = [t.text for t in _entry_terms(question) if t.kind != "quoted"]
-        names += [n for n in question_names(question) if n.isupper()]  # SMTPS, not "Debian"
-        cut = alternative_of(ev, texts, question, names)
+        cut = alternative_of(ev, texts, question, neutral_names(question))
     return with_second_ask(cut, texts, question, ignore=is_function_word)
 
 
@@ -1283,6 +1288,7 @@ class AnswerStream:
         text = model_text
         cited: list[int] = []
         appended: list[int] = []
+        texts = [s.text for s in sources]
         quotable = quotable_filter(
             p.question, [s.section for s in sources], p.wants_number, p.wants_file
         )
@@ -1326,7 +1332,7 @@ class AnswerStream:
             not mended.)"""
             return best_sentence(
                 p.question,
-                [s.text for s in sources],
+                texts,
                 within=p.focus or None,
                 min_share=min_share,
                 headings=[s.section for s in sources],
@@ -1346,7 +1352,7 @@ class AnswerStream:
                     else closest(policy.quote_over_abstention, record_bonus=False)
                 )
                 if over is not None:
-                    over = quote_span(over, [s.text for s in sources], p.question)
+                    over = quote_span(over, texts, p.question)
                     # The model refused, but a passage sentence matches the question closely:
                     # the small model refuses answerable questions far more than the others.
                     status, text, evidence, abstained = (
@@ -1358,7 +1364,7 @@ class AnswerStream:
         elif checking:
             verdict = check_grounding(
                 model_text,
-                [s.text for s in sources],
+                texts,
                 cited_numbers(model_text, len(sources)),
                 focus=p.focus or None,
             )
@@ -1378,7 +1384,7 @@ class AnswerStream:
                     15 -> 16/23; alone it moved nothing on the three dev splits."""
                     mine = stated_values(model_text, p.question)
                     return bool(mine) and (
-                        closest(policy.quote_min_share, holding=holding(mine)) is not None
+                        closest(policy.quote_min_share, holding=holds_all(mine)) is not None
                     )
 
                 if best is not None and (
@@ -1408,16 +1414,19 @@ class AnswerStream:
                 unsupported = list(verdict.unsupported)
                 best = best or closest(policy.quote_min_share)
                 said = stated_values(model_text, p.question)
-                if said and not verdict.unsupported and not (best and holding(said)(best.sentence)):
+                if (
+                    said
+                    and not verdict.unsupported
+                    and not (best and holds_all(said)(best.sentence))
+                ):
                     # Every value the model stated is in the passages (a loop around the right
                     # value, say), but the closest sentence holds another: word overlap cannot
                     # match the question to a sentence in the other language (the English
                     # left untranslated in a Spanish manual). One that holds the values and
                     # names the question's codes and capitalised names is the quote.
-                    texts = [s.text for s in sources]
-                    best = across_languages(p.question, texts, holding(said), quotable) or best
+                    best = across_languages(p.question, texts, holds_all(said), quotable) or best
                 if best is not None:
-                    best = quote_span(best, [s.text for s in sources], p.question)
+                    best = quote_span(best, texts, p.question)
                     status, text, evidence = (
                         "quoted",
                         policy.wording.quote_of(best.sentence, best.passage),
