@@ -1362,6 +1362,10 @@ class AnswerStream:
                         False,
                     )
         elif checking:
+            # The numbers and codes the model stated beyond the question's, and whether a
+            # sentence holds them all: read by the neighbour rule and the quote below.
+            stated = stated_values(model_text, p.question)
+            holds_stated = holds_all(stated)
             verdict = check_grounding(
                 model_text,
                 texts,
@@ -1382,9 +1386,8 @@ class AnswerStream:
                     ("GLB-2 — compressor house" beside "GLB-1 — ... except the compressor
                     house"). Chosen on plant dev with the dense-top passage (see prepare):
                     15 -> 16/23; alone it moved nothing on the three dev splits."""
-                    mine = stated_values(model_text, p.question)
-                    return bool(mine) and (
-                        closest(policy.quote_min_share, holding=holds_all(mine)) is not None
+                    return bool(stated) and (
+                        closest(policy.quote_min_share, holding=holds_stated) is not None
                     )
 
                 if best is not None and (
@@ -1413,18 +1416,17 @@ class AnswerStream:
             else:
                 unsupported = list(verdict.unsupported)
                 best = best or closest(policy.quote_min_share)
-                said = stated_values(model_text, p.question)
                 if (
-                    said
+                    stated
                     and not verdict.unsupported
-                    and not (best and holds_all(said)(best.sentence))
+                    and not (best and holds_stated(best.sentence))
                 ):
                     # Every value the model stated is in the passages (a loop around the right
                     # value, say), but the closest sentence holds another: word overlap cannot
                     # match the question to a sentence in the other language (the English
                     # left untranslated in a Spanish manual). One that holds the values and
                     # names the question's codes and capitalised names is the quote.
-                    best = across_languages(p.question, texts, holds_all(said), quotable) or best
+                    best = across_languages(p.question, texts, holds_stated, quotable) or best
                 if best is not None:
                     best = quote_span(best, texts, p.question)
                     status, text, evidence = (
